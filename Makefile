@@ -1,0 +1,64 @@
+# Two commands for users: `make test` and `make demo`. Both bootstrap everything:
+# Debian packages the tests need, a .venv with the package installed editable
+# (which compiles the Rust extension), then run. Stamps keep a second run fast.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := bubblewrap
+RUST_SRC := $(shell find rust/src -name '*.rs') Cargo.toml
+
+.PHONY: all test demo ext rust-test lint pytest clean bootstrap
+
+all: test
+
+bootstrap: $(VENV)/.apt $(VENV)/.ext
+
+# Debian packages (bubblewrap for the sandbox); apt-get only when one is missing.
+$(VENV)/.apt: | $(BIN)/python
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Editable install with the dev extra; this also compiles the extension once.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@ $(VENV)/.ext
+
+# Rebuild only the extension when Rust sources change (stale .so removed first).
+$(VENV)/.ext: $(RUST_SRC) | $(VENV)/.installed
+	rm -f amr_async/_core*.so
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop -q --release
+	@touch $@
+
+ext: $(VENV)/.ext
+
+rust-test:
+	cargo test -q
+	cargo clippy -q --all-targets -- -D warnings
+	cargo fmt --check
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check amr_async tests bench
+	$(BIN)/ruff format --check amr_async tests bench
+	$(BIN)/mypy
+
+pytest: bootstrap
+	$(BIN)/pytest -q
+
+test: bootstrap rust-test lint pytest
+
+demo: bootstrap
+	$(BIN)/amr-async demo
+
+clean:
+	rm -rf $(VENV) target amr_async/_core*.so .pytest_cache .mypy_cache .ruff_cache

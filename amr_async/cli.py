@@ -1,0 +1,42 @@
+"""The `amr-async` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from amr_async import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from amr_async.demo import run_demo
+
+    return run_demo(top=args.top)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amr-async",
+        description="Distil coding instructions into training responses with AMR-Evol.",
+    )
+    parser.add_argument("--version", action="version", version=f"amr-async {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded HumanEval prompts")
+    demo.add_argument("--top", type=int, default=5, help="how many nearest pairs to show")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
