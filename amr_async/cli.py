@@ -1,18 +1,34 @@
-"""The `amr-async` command line."""
+"""The `amr-async` command line.
+
+Each stage that has commands owns them in its own `cli.py` with a
+`register(subparsers)` function; this module only lists those registrars.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from amr_async import __version__
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
 def _demo(args: argparse.Namespace) -> int:
     from amr_async.demo import run_demo
 
     return run_demo(top=args.top)
+
+
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="run the main job on the embedded HumanEval prompts")
+    demo.add_argument("--top", type=int, default=5, help="how many nearest pairs to show")
+    demo.set_defaults(func=_demo)
+
+
+# One line per stage that has commands (keep sorted by command name).
+REGISTRARS: list[Registrar] = [_register_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"amr-async {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = sub.add_parser("demo", help="run the main job on the embedded HumanEval prompts")
-    demo.add_argument("--top", type=int, default=5, help="how many nearest pairs to show")
-    demo.set_defaults(func=_demo)
+    for register in REGISTRARS:
+        register(sub)
     return parser
 
 
