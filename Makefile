@@ -32,12 +32,16 @@ $(BIN)/python:
 # Editable install with the dev extra; this also compiles the extension once.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
-	@touch $@ $(VENV)/.ext
+	@touch $@
 
-# Rebuild only the extension when Rust sources change (stale .so removed first).
-$(VENV)/.ext: $(RUST_SRC) | $(VENV)/.installed
-	rm -f amr_async/_core*.so
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop -q --release
+# Rebuild only the extension, and only when a Rust source is newer than the built
+# module (the editable install above has usually just built it). Stale .so removed first.
+$(VENV)/.ext: $(RUST_SRC) $(VENV)/.installed
+	@so=$$(ls amr_async/_core*.so 2>/dev/null | head -1); \
+	if [ -z "$$so" ] || [ -n "$$(find $(RUST_SRC) -newer "$$so" 2>/dev/null)" ]; then \
+	  rm -f amr_async/_core*.so; \
+	  VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop -q --release; \
+	fi
 	@touch $@
 
 ext: $(VENV)/.ext
