@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -235,3 +236,24 @@ async def test_no_request_sent_twice(emulator: RunningEmulator) -> None:
         snap = await r.json()
     assert sorted(snap["body_hashes"].values()) == [1] * 5
     assert snap["requests"]["/v1/chat/completions"] == {"200": 5}
+
+
+async def test_cancelled_send_leaves_the_pool_clean(start_emulator: StartEmulator) -> None:
+    running = await start_emulator(faults=FaultRates(hang=1.0), hang_s=30.0)
+    session = open_session(ClientConfig(max_connections=2))
+    client = OpenAIClient(base_url=running.openai_base_url, session=session)
+    try:
+        task = asyncio.create_task(client.send(REQ))
+        for _ in range(3000):  # until the server holds the request (bounded)
+            if running.emulator.counters.body_hashes:
+                break
+            await asyncio.sleep(0.01)
+        assert running.emulator.counters.body_hashes
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        connector = session.connector
+        assert connector is not None
+        assert not connector._acquired  # no connection left checked out
+    finally:
+        await session.close()
