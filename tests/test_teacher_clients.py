@@ -257,3 +257,39 @@ async def test_cancelled_send_leaves_the_pool_clean(start_emulator: StartEmulato
         assert not connector._acquired  # no connection left checked out
     finally:
         await session.close()
+
+
+async def test_timed_out_hang_frees_the_servers_slot(start_emulator: StartEmulator) -> None:
+    running = await start_emulator(
+        faults=FaultRates(hang=1.0), hang_s=30.0, limits=Limits(max_concurrency=1)
+    )
+    config = ClientConfig(timeouts=Timeouts(read=0.2))
+    async with OpenAIClient(base_url=running.openai_base_url, config=config) as client:
+        assert (await client.send(REQ)).kind is OutcomeKind.TIMEOUT
+    limits = running.emulator.openai_limits
+    for _ in range(3000):  # the server notices the hang-up and cancels its handler
+        if limits.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert limits.in_flight == 0
+
+
+async def test_max_completion_tokens_goes_over_the_wire(emulator: RunningEmulator) -> None:
+    req = ChatRequest(model="m", messages=REQ.messages, max_tokens=5)
+    async with OpenAIClient(
+        base_url=emulator.openai_base_url, token_param="max_completion_tokens"
+    ) as client:
+        out = await client.send(req)
+    assert out.kind is OutcomeKind.TRUNCATED
+    assert out.finish_reason == "length"
+    assert 0 < out.usage.output_tokens <= 5
+    assert not out.kind.retryable
+
+
+async def test_anthropic_stop_sequence(emulator: RunningEmulator) -> None:
+    req = ChatRequest(model="m", messages=REQ.messages, max_tokens=500, stop=("```",))
+    async with AnthropicClient(base_url=emulator.anthropic_base_url) as client:
+        out = await client.send(req)
+    assert out.kind is OutcomeKind.OK
+    assert out.finish_reason == "stop_sequence"
+    assert "```" not in out.text

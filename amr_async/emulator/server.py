@@ -170,6 +170,8 @@ class Emulator:
             max_concurrency=lim.max_concurrency,
             clock=clock,
         )
+        self._openai_proto = _OpenAI(self.openai_limits)
+        self._anthropic_proto = _Anthropic(self.anthropic_limits)
         self._ids = itertools.count(1)
         self._answers: dict[str, str] = {}
         self._fault_table = [(k, r) for k, r in config.faults.items() if r > 0]
@@ -256,6 +258,11 @@ class Emulator:
             counters.requests[route][str(resp.status)] += 1
             if resp.status == 429:
                 counters.rate_limited += 1
+            if proto.request_id_header not in resp.headers:
+                # Errors carry a request id and the limits in force, as the real APIs do.
+                resp.headers[proto.request_id_header] = f"req_emu{next(self._ids):016x}"
+                for name, value in self._headers(proto).items():
+                    resp.headers.setdefault(name, value)
             return resp
 
         auth = proto.check_auth(request, self.config.api_key)
@@ -301,9 +308,11 @@ class Emulator:
                 text = text[: limit * CHARS_PER_TOKEN]
                 output_tokens, finish = estimate_tokens(text), "length"
 
-            delay = self.config.latency.draw(
-                stable_unit(self.config.seed, "latency", digest, seen), output_tokens
-            )
+            latency = self.config.latency
+            delay = 0.0
+            if latency.base_s or latency.per_output_token_s:
+                u = stable_unit(self.config.seed, "latency", digest, seen)
+                delay = latency.draw(u, output_tokens)
             if fault == "hang":
                 delay = max(delay, self.config.hang_s)
             if delay > 0:
@@ -348,10 +357,10 @@ class Emulator:
     # ------------------------------------------------------------- routes
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _OpenAI(self.openai_limits))
+        return await self._handle(request, self._openai_proto)
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _Anthropic(self.anthropic_limits))
+        return await self._handle(request, self._anthropic_proto)
 
 
 # ---------------------------------------------------------------- protocols
