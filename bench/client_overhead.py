@@ -64,8 +64,15 @@ async def emulator_process() -> AsyncIterator[str]:
             await proc.wait()
 
 
-async def drive(n: int, concurrency: int, one: Callable[[], Awaitable[bool]]) -> tuple[float, int]:
-    """Run `n` calls of `one` on `concurrency` workers; return (requests/s, failures)."""
+async def drive(
+    n: int, concurrency: int, one: Callable[[], Awaitable[bool]]
+) -> tuple[float, float, int]:
+    """Run `n` calls of `one` on `concurrency` workers.
+
+    Returns:
+        (requests/s, this process's CPU µs per request, failures). CPU time per request is
+        the less load-sensitive figure on a shared machine.
+    """
     remaining = n
     failures = 0
 
@@ -77,13 +84,15 @@ async def drive(n: int, concurrency: int, one: Callable[[], Awaitable[bool]]) ->
                 failures += 1
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(worker())
-    return n / (time.perf_counter() - start), failures
+    cpu_us = (time.process_time() - cpu_start) / n * 1e6
+    return n / (time.perf_counter() - start), cpu_us, failures
 
 
-async def bare_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
+async def bare_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
     body = orjson.dumps(
         {
             "model": MODEL,
@@ -105,7 +114,7 @@ async def bare_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
         return await drive(n, concurrency, one)
 
 
-async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
+async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
     request = ChatRequest(model=MODEL, messages=(Message("user", PROMPT),), max_tokens=256)
     session = open_session(ClientConfig(max_connections=concurrency))
     client = OpenAIClient(base_url=base, api_key="sk-bench", session=session)
@@ -120,7 +129,7 @@ async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
         await session.close()
 
 
-async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
+async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
     # The SDK's aiohttp transport, its pool sized like the others'.
     http_client = openai.DefaultAioHttpClient(
         limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -144,7 +153,7 @@ async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, int]:
         await client.close()
 
 
-MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, int]]]] = {
+MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float, int]]]] = {
     "bare": bare_mode,
     "client": client_mode,
     "sdk": sdk_mode,
@@ -153,6 +162,7 @@ MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, int]]]] = {
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     rates: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     failures: dict[str, int] = dict.fromkeys(MODES, 0)
     names = list(MODES)
     async with emulator_process() as base:
@@ -163,10 +173,15 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 n = args.requests if name != "sdk" else args.sdk_requests
-                rps, failed = await MODES[name](base, n, args.concurrency)
+                rps, cpu_us, failed = await MODES[name](base, n, args.concurrency)
                 rates[name].append(rps)
+                cpu[name].append(cpu_us)
                 failures[name] += failed
-                print(f"rep {rep} {name:6s} {rps:9.0f} req/s  failures {failed}", file=sys.stderr)
+                print(
+                    f"rep {rep} {name:6s} {rps:9.0f} req/s {cpu_us:8.0f} cpu-us/req "
+                    f"failures {failed}",
+                    file=sys.stderr,
+                )
     bare, client, sdk = (statistics.median(rates[m]) for m in ("bare", "client", "sdk"))
     return {
         "bare_rps": round(bare, 1),
@@ -174,6 +189,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "sdk_rps": round(sdk, 1),
         "client_vs_bare": round(client / bare, 3),
         "client_vs_sdk": round(client / sdk, 2),
+        "bare_cpu_us_per_req": round(statistics.median(cpu["bare"]), 1),
+        "client_cpu_us_per_req": round(statistics.median(cpu["client"]), 1),
+        "sdk_cpu_us_per_req": round(statistics.median(cpu["sdk"]), 1),
         "concurrency": args.concurrency,
         "requests": args.requests,
         "sdk_requests": args.sdk_requests,

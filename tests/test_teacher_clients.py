@@ -272,6 +272,8 @@ async def test_timed_out_hang_frees_the_servers_slot(start_emulator: StartEmulat
             break
         await asyncio.sleep(0.01)
     assert limits.in_flight == 0
+    counts = running.emulator.counters.snapshot()["requests"]["/v1/chat/completions"]
+    assert counts == {"cancelled": 1}
 
 
 async def test_max_completion_tokens_goes_over_the_wire(emulator: RunningEmulator) -> None:

@@ -61,7 +61,8 @@ class Counters:
     def snapshot(self) -> dict[str, Any]:
         """Counters as JSON-ready data.
 
-        Keys: `requests` {route: {status: n}} (status "reset" for dropped connections),
+        Keys: `requests` {route: {status: n}} (status "reset" for connections the server
+        dropped, "cancelled" for requests whose client hung up before the answer),
         `rate_limited` (429s sent), `faults` {kind: n}, `tokens` {input, output} (answered
         requests), `body_hashes` {blake2b-128 hex of the raw body: times seen}.
         """
@@ -333,6 +334,10 @@ class Emulator:
             counters.input_tokens += parsed.input_tokens
             counters.output_tokens += output_tokens
             return reply(web.Response(body=body, headers=headers, content_type="application/json"))
+        except asyncio.CancelledError:
+            # The client hung up (a timeout during latency or a hang): aiohttp cancels us.
+            counters.requests[route]["cancelled"] += 1
+            raise
         finally:
             limits.finish(admission, output_tokens)
 
