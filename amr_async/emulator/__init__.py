@@ -26,12 +26,12 @@ from amr_async.emulator.config import EmulatorConfig as EmulatorConfig
 from amr_async.emulator.config import FaultRates as FaultRates
 from amr_async.emulator.config import LatencyModel as LatencyModel
 from amr_async.emulator.config import Limits as Limits
+from amr_async.emulator.protocol import estimate_tokens as estimate_tokens
 from amr_async.emulator.scripted import KINDS as KINDS
 from amr_async.emulator.scripted import ScriptedTeacher as ScriptedTeacher
 from amr_async.emulator.server import Emulator as Emulator
 from amr_async.emulator.server import RunningEmulator as RunningEmulator
 from amr_async.emulator.server import body_hash as body_hash
-from amr_async.emulator.server import estimate_tokens as estimate_tokens
 from amr_async.emulator.server import serve as serve
 
 __all__ = [
