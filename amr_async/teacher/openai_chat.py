@@ -105,7 +105,14 @@ class OpenAIClient(WireClient):
             )
             if not isinstance(content, str):
                 raise TypeError("message.content is not a string")
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as exc:
             return Outcome(
                 kind=OutcomeKind.MALFORMED_RESPONSE,
                 status=status,
