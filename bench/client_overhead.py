@@ -189,6 +189,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "sdk_rps": round(sdk, 1),
         "client_vs_bare": round(client / bare, 3),
         "client_vs_sdk": round(client / sdk, 2),
+        # CPU cost per request in this process: how much cheaper our client is per call,
+        # independent of the (single-process) server's throughput.
+        "client_vs_sdk_cpu": round(
+            statistics.median(cpu["sdk"]) / statistics.median(cpu["client"]), 2
+        ),
         "bare_cpu_us_per_req": round(statistics.median(cpu["bare"]), 1),
         "client_cpu_us_per_req": round(statistics.median(cpu["client"]), 1),
         "sdk_cpu_us_per_req": round(statistics.median(cpu["sdk"]), 1),
