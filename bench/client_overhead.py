@@ -172,8 +172,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         for rep in range(args.reps):
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
-                n = args.requests if name != "sdk" else args.sdk_requests
-                rps, cpu_us, failed = await MODES[name](base, n, args.concurrency)
+                rps, cpu_us, failed = await MODES[name](base, args.requests, args.concurrency)
                 rates[name].append(rps)
                 cpu[name].append(cpu_us)
                 failures[name] += failed
@@ -199,7 +198,6 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "sdk_cpu_us_per_req": round(statistics.median(cpu["sdk"]), 1),
         "concurrency": args.concurrency,
         "requests": args.requests,
-        "sdk_requests": args.sdk_requests,
         "reps": args.reps,
         "failures": failures,
         "sdk_transport": "aiohttp",
@@ -213,12 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="fewer requests and repetitions")
     p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--requests", type=int, help="requests per bare/client run")
-    p.add_argument("--sdk-requests", type=int, help="requests per SDK run (it is slower)")
+    p.add_argument("--requests", type=int, help="requests per run of each mode")
     p.add_argument("--reps", type=int, help="repetitions per mode (median reported)")
     args = p.parse_args(argv)
-    args.requests = args.requests or (2000 if args.quick else 20000)
-    args.sdk_requests = args.sdk_requests or (500 if args.quick else 4000)
+    args.requests = args.requests or (600 if args.quick else 5000)
     args.reps = args.reps or (3 if args.quick else 5)
     return args
 

@@ -295,3 +295,16 @@ async def test_anthropic_stop_sequence(emulator: RunningEmulator) -> None:
     assert out.kind is OutcomeKind.OK
     assert out.finish_reason == "stop_sequence"
     assert "```" not in out.text
+
+
+@BOTH
+async def test_request_larger_than_the_token_limit_is_not_retryable(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(limits=Limits(tpm=1000))
+    big = ChatRequest(model="m", messages=REQ.messages, max_tokens=5000)
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        out = await client.send(big)
+    assert out.status == 429
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+    assert not out.kind.retryable

@@ -131,6 +131,12 @@ class AnthropicProtocol(Protocol):
                 f"{refusal.limit} {what}. Please reduce the prompt length or the maximum "
                 "tokens requested, or try again later."
             )
+            if refusal.too_large:
+                message = (
+                    f"Request too large: it needs {refusal.requested} {what} but the rate "
+                    f"limit for your organization is {refusal.limit} {what}. Please reduce the "
+                    "prompt length or the maximum tokens requested."
+                )
         headers["retry-after"] = str(math.ceil(wait))
         return json_response(429, self._error("rate_limit_error", message), headers)
 

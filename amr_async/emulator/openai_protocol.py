@@ -149,6 +149,13 @@ class OpenAIProtocol(Protocol):
         if refusal.limit_name == "concurrency":
             message = f"Too many concurrent requests: limit {refusal.limit}. Please retry shortly."
             type_ = "requests"
+        elif refusal.too_large:
+            type_ = "tokens"
+            message = (
+                f"Request too large for {parsed.model} in organization org-emulator on tokens "
+                f"per min (TPM): Limit {refusal.limit}, Requested {refusal.requested}. The input "
+                "or output tokens must be reduced in order to run successfully."
+            )
         else:
             unit = (
                 "requests per min (RPM)"
