@@ -127,3 +127,22 @@ def test_missing_fields_are_malformed_not_exceptions() -> None:
     # An error status with an unreadable body is still classified by status.
     assert oc._decode(503, _headers(), b"<html>", 0).kind is OutcomeKind.OVERLOADED
     assert ac._decode(529, _headers(), b"", 0).kind is OutcomeKind.OVERLOADED
+
+
+def test_openai_compatible_error_shapes() -> None:
+    oc = OpenAIClient(base_url="http://127.0.0.1:9/v1", api_key="k")
+    vllm = (
+        b'{"object": "error", "message": "max_tokens too large", "type": "BadRequestError",'
+        b' "param": null, "code": 400}'
+    )
+    out = oc._decode(400, _headers(), vllm, 0)
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+    assert "max_tokens too large" in (out.error or "")
+    ollama = b'{"error": "model \'llama9\' not found"}'
+    out = oc._decode(404, _headers(), ollama, 0)
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+    assert "llama9" in (out.error or "")
+    llamacpp = b'{"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}'
+    out = oc._decode(503, _headers(), llamacpp, 0)
+    assert out.kind is OutcomeKind.OVERLOADED
+    assert "Loading model" in (out.error or "")

@@ -108,6 +108,7 @@ _KEYLIKE = re.compile(r"\b(?:sk|key|anthropic)[-_][A-Za-z0-9*_\-.]{4,}")
 
 def redact(message: str, secret: str) -> str:
     """`message` with the secret and anything shaped like an API key replaced by `***`."""
-    if secret and secret in message:
+    # Real keys are long; a short test key would blank out ordinary words.
+    if len(secret) >= 8 and secret in message:
         message = message.replace(secret, "***")
     return _KEYLIKE.sub("***", message)
