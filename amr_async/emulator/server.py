@@ -246,6 +246,7 @@ class Emulator:
             if fault is not None:
                 counters.faults[fault] += 1
             if fault in ("server_error", "overloaded", "rate_limit", "insufficient_quota"):
+                output_tokens = 0  # nothing generated: the output reservation is released
                 return reply(proto.fault_error(fault, self._headers(proto)))
 
             text, finish = answer_text, "stop"
