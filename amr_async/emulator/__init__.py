@@ -17,6 +17,9 @@ Prompt kinds are recognised by a `### TASK: <kind>` marker line; see
 
 Token counts (usage and TPM limits) are an estimate: ceil(characters / 4) per text plus 4
 per message. They are consistent within the emulator but do not match any real tokenizer.
+
+Limits of the double: no streaming (`stream: true` gets a 400), one process (its throughput
+is one core's), and the counters keep one entry per distinct request body.
 """
 
 from amr_async.emulator.bank import Bank as Bank
