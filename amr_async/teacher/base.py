@@ -30,7 +30,7 @@ class Timeouts:
         connect: establishing a connection (including waiting for a pooled one).
         read: longest silence while reading the response. Off by default: a non-streamed
             answer is silent until it is complete, so a read limit catches nothing `total`
-            does not, and it costs a timer per read (measured: ~15% more client CPU per
+            does not, and it costs timers per read (measured: ~9% more client CPU per
             request at 200 in flight).
         total: the whole request, from sending to the last byte.
     """
