@@ -27,7 +27,8 @@ class Timeouts:
     """Per-request time limits in seconds; None disables one.
 
     Attributes:
-        connect: establishing a connection (including waiting for a pooled one).
+        connect: opening a new TCP connection (waiting for a free pooled one counts
+            against `total` only).
         read: longest silence while reading the response. Off by default: a non-streamed
             answer is silent until it is complete, so a read limit catches nothing `total`
             does not, and it costs timers per read (measured: ~9% more client CPU per
