@@ -155,9 +155,12 @@ class _Dimension:
 
     @property
     def source(self) -> str:
-        if self.advertised is not None:
-            return "learned"
-        return "configured" if self.configured is not None else "default"
+        """Which figure binds: the configured one, the advertised one, or the default."""
+        if self.configured is not None and (
+            self.advertised is None or self.configured <= self.advertised
+        ):
+            return "configured"
+        return "learned" if self.advertised is not None else "default"
 
 
 class Limiter:
