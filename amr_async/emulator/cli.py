@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from amr_async.emulator.bank import BankError
 from amr_async.emulator.config import EmulatorConfig, FaultRates, LatencyModel, Limits
 from amr_async.emulator.server import serve
 
@@ -132,16 +134,34 @@ async def _serve_until_signal(config: EmulatorConfig, host: str, port: int) -> N
         await stop.wait()
 
 
+def _raise_open_files_limit() -> None:
+    """Let this process hold as many sockets as the hard limit allows.
+
+    The emulator runs as its own process in benchmarks with thousands of connections.
+    (Written here rather than imported from teacher/: the emulator shares no code with
+    the clients.)
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"amr-async emulator: {exc}", file=sys.stderr)
         return 2
+    _raise_open_files_limit()
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        asyncio.run(_serve_until_signal(config, args.host, args.port))
-    else:
-        uvloop.run(_serve_until_signal(config, args.host, args.port))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+            asyncio.run(_serve_until_signal(config, args.host, args.port))
+        else:
+            uvloop.run(_serve_until_signal(config, args.host, args.port))
+    except (BankError, OSError) as exc:  # unreadable bank file, port in use, ...
+        print(f"amr-async emulator: {exc}", file=sys.stderr)
+        return 1
     return 0
