@@ -1,0 +1,107 @@
+"""Mapping of HTTP statuses, error bodies and aiohttp exceptions onto `OutcomeKind`.
+
+aiohttp's exception tree, and what each branch becomes (most specific first)::
+
+    TimeoutError (incl. aiohttp.ServerTimeoutError, ConnectionTimeoutError)  -> TIMEOUT
+    aiohttp.InvalidURL                                                       -> INVALID_REQUEST
+    aiohttp.ClientPayloadError (body cut by a dropped connection)            -> CONNECTION
+    aiohttp.ClientResponseError (unparseable status line or headers)         -> MALFORMED_RESPONSE
+    aiohttp.ClientConnectionError, OSError (refused, reset, disconnected)    -> CONNECTION
+    aiohttp.ClientError (anything else the client library raises)            -> CONNECTION
+
+This is the only place that knows aiohttp's exception classes; nothing outside teacher/
+sees them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+
+from amr_async.teacher.types import OutcomeKind
+
+# What `send` catches: everything a network call can raise that is not a bug of ours.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def classify_exception(exc: BaseException) -> OutcomeKind:
+    """The outcome kind for an exception raised while sending or reading.
+
+    Args:
+        exc: one of `TRANSPORT_ERRORS`.
+
+    Returns:
+        The matching kind (see the module docstring).
+    """
+    if isinstance(exc, TimeoutError):
+        return OutcomeKind.TIMEOUT
+    if isinstance(exc, aiohttp.InvalidURL):
+        return OutcomeKind.INVALID_REQUEST
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return OutcomeKind.CONNECTION
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return OutcomeKind.MALFORMED_RESPONSE
+    return OutcomeKind.CONNECTION
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, secret-free description: the class name and aiohttp's message.
+
+    aiohttp's messages name host and port at most, never request headers.
+    """
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if len(text) > 200:
+        text = text[:200] + "…"
+    return f"{name}: {text}" if text else name
+
+
+_QUOTA_MARKERS = ("insufficient_quota", "billing", "credit balance", "quota")
+
+
+def classify_status(status: int, error_type: str, error_code: str, message: str) -> OutcomeKind:
+    """The outcome kind for an error response (status >= 400).
+
+    Args:
+        status: HTTP status.
+        error_type: the body's `error.type` ("" if absent).
+        error_code: the body's `error.code` ("" if absent; OpenAI only).
+        message: the body's `error.message` ("" if absent).
+
+    Returns:
+        The matching kind. Quota and billing errors are told apart from rate limits by the
+        body, since OpenAI sends both as 429 and Anthropic sends billing as 400 or 402.
+    """
+    lowered = message.lower()
+    is_quota = (
+        error_code == "insufficient_quota"
+        or error_type in ("insufficient_quota", "billing_error")
+        or (status in (400, 402, 403, 429) and any(m in lowered for m in _QUOTA_MARKERS[2:]))
+    )
+    if status == 429:
+        return OutcomeKind.QUOTA_EXHAUSTED if is_quota else OutcomeKind.RATE_LIMITED
+    if is_quota or status == 402:
+        return OutcomeKind.QUOTA_EXHAUSTED
+    if status in (401, 403):
+        return OutcomeKind.AUTH
+    if status in (503, 529) or error_type == "overloaded_error":
+        return OutcomeKind.OVERLOADED
+    if status == 408:
+        return OutcomeKind.TIMEOUT
+    if status == 409:  # conflict on the provider's side; its SDKs retry it
+        return OutcomeKind.SERVER_ERROR
+    if status >= 500:
+        return OutcomeKind.SERVER_ERROR
+    return OutcomeKind.INVALID_REQUEST
+
+
+# Key-like tokens some error messages echo back (OpenAI shows a masked key on 401).
+_KEYLIKE = re.compile(r"\b(?:sk|key|anthropic)[-_][A-Za-z0-9*_\-.]{4,}")
+
+
+def redact(message: str, secret: str) -> str:
+    """`message` with the secret and anything shaped like an API key replaced by `***`."""
+    if secret and secret in message:
+        message = message.replace(secret, "***")
+    return _KEYLIKE.sub("***", message)

@@ -1,0 +1,43 @@
+"""One constructor for every provider, for callers that pick the provider from config."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from amr_async.teacher.anthropic_messages import ANTHROPIC_BASE_URL, AnthropicClient
+from amr_async.teacher.base import ClientConfig, Secret, TeacherClient
+from amr_async.teacher.openai_chat import OPENAI_BASE_URL, OpenAIClient
+from amr_async.teacher.types import Provider
+
+
+def make_client(
+    provider: Provider | str,
+    *,
+    base_url: str | None = None,
+    api_key: str | Secret | None = None,
+    session: aiohttp.ClientSession | None = None,
+    config: ClientConfig | None = None,
+) -> TeacherClient:
+    """A client for `provider`.
+
+    Args:
+        provider: `openai` (also OpenAI-compatible servers) or `anthropic`.
+        base_url: server root; the provider's public API when None.
+        api_key: the key; from the provider's environment variable when None.
+        session: a shared session; the client makes its own when None.
+        config: pool size and timeouts for an own session.
+
+    Returns:
+        A client satisfying `TeacherClient`.
+
+    Raises:
+        ValueError: unknown provider.
+    """
+    kind = Provider(provider)
+    if kind is Provider.OPENAI:
+        return OpenAIClient(
+            base_url=base_url or OPENAI_BASE_URL, api_key=api_key, session=session, config=config
+        )
+    return AnthropicClient(
+        base_url=base_url or ANTHROPIC_BASE_URL, api_key=api_key, session=session, config=config
+    )

@@ -1,0 +1,162 @@
+"""OpenAI Chat Completions client, also for OpenAI-compatible servers.
+
+`POST {base_url}/chat/completions`, bearer auth. Works unchanged against vLLM, SGLang,
+llama.cpp server and Ollama, whose base_url also ends in `/v1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from amr_async.teacher._wire import WireClient
+from amr_async.teacher.base import ClientConfig, Secret, key_from
+from amr_async.teacher.classify import classify_status, redact
+from amr_async.teacher.headers import parse_openai_rate_limits, parse_retry_after
+from amr_async.teacher.types import (
+    ChatRequest,
+    Outcome,
+    OutcomeKind,
+    Provider,
+    RateLimitInfo,
+    Usage,
+)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIClient(WireClient):
+    """Chat Completions over aiohttp + orjson.
+
+    Args:
+        base_url: up to and including `/v1`.
+        api_key: the key; defaults to `$OPENAI_API_KEY` (empty is fine for local servers,
+            which then get no Authorization header).
+        session: a shared session (see `open_session`); the client makes its own if None.
+        config: pool size and timeouts for an own session.
+        token_param: the body field carrying `max_tokens`. OpenAI's reasoning models need
+            `max_completion_tokens`; most compatible servers accept `max_tokens`.
+
+    Safe to share between tasks of one event loop.
+    """
+
+    provider = Provider.OPENAI
+
+    def __init__(
+        self,
+        *,
+        base_url: str = OPENAI_BASE_URL,
+        api_key: str | Secret | None = None,
+        session: aiohttp.ClientSession | None = None,
+        config: ClientConfig | None = None,
+        token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            path="/chat/completions",
+            api_key=key_from(api_key, "OPENAI_API_KEY"),
+            session=session,
+            config=config,
+        )
+        self._token_param = token_param
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = "Bearer " + self._api_key.reveal()
+        self._headers = headers
+
+    def _encode(self, request: ChatRequest) -> bytes:
+        messages: list[dict[str, str]] = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "temperature": request.temperature,
+            self._token_param: request.max_tokens,
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return orjson.dumps(body)
+
+    def _decode(
+        self, status: int, headers: Mapping[str, str], raw: bytes, latency_s: float
+    ) -> Outcome:
+        rate_limits = parse_openai_rate_limits(headers)
+        request_id = headers.get("x-request-id")
+        if status >= 400:
+            return self._error_outcome(status, headers, raw, latency_s, rate_limits, request_id)
+        try:
+            data = orjson.loads(raw)
+            choice = data["choices"][0]
+            content = choice["message"].get("content") or ""
+            finish_reason = choice.get("finish_reason")
+            usage_raw = data.get("usage") or {}
+            details = usage_raw.get("prompt_tokens_details") or {}
+            usage = Usage(
+                input_tokens=int(usage_raw.get("prompt_tokens") or 0),
+                output_tokens=int(usage_raw.get("completion_tokens") or 0),
+                cached_input_tokens=int(details.get("cached_tokens") or 0),
+            )
+            if not isinstance(content, str):
+                raise TypeError("message.content is not a string")
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            return Outcome(
+                kind=OutcomeKind.MALFORMED_RESPONSE,
+                status=status,
+                rate_limits=rate_limits,
+                request_id=request_id,
+                error=f"unreadable chat completion: {type(exc).__name__}",
+                latency_s=latency_s,
+            )
+        kind = OutcomeKind.TRUNCATED if finish_reason == "length" else OutcomeKind.OK
+        return Outcome(
+            kind=kind,
+            text=content,
+            finish_reason=finish_reason,
+            usage=usage,
+            rate_limits=rate_limits,
+            status=status,
+            request_id=request_id,
+            latency_s=latency_s,
+        )
+
+    def _error_outcome(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        raw: bytes,
+        latency_s: float,
+        rate_limits: RateLimitInfo,
+        request_id: str | None,
+    ) -> Outcome:
+        error_type = error_code = message = ""
+        try:
+            err = orjson.loads(raw)["error"]
+            if isinstance(err, dict):
+                error_type = str(err.get("type") or "")
+                error_code = str(err.get("code") or "")
+                message = str(err.get("message") or "")
+            elif isinstance(err, str):  # some compatible servers send {"error": "text"}
+                message = err
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            pass
+        kind = classify_status(status, error_type, error_code, message)
+        message = redact(message, self._api_key.reveal())
+        detail = error_code or error_type or "no error body"
+        return Outcome(
+            kind=kind,
+            status=status,
+            rate_limits=rate_limits,
+            retry_after_s=parse_retry_after(headers),
+            request_id=request_id,
+            error=f"HTTP {status} {detail}: {message[:200]}"
+            if message
+            else f"HTTP {status} {detail}",
+            latency_s=latency_s,
+        )

@@ -1,0 +1,154 @@
+"""The scripted teacher: every prompt kind gives a parseable, plausible answer."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from amr_async.emulator import KINDS, Bank, BankError, ScriptedTeacher
+from amr_async.emulator.bank import load_tasks
+from amr_async.emulator.scripted import UnknownKindError, read_prompt
+
+CODE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
+
+
+def _code(text: str) -> str:
+    blocks = CODE.findall(text)
+    assert len(blocks) == 1, text
+    return str(blocks[0])
+
+
+def _prompt(kind: str, body: str) -> str:
+    return f"### TASK: {kind}\n{body}"
+
+
+def test_bank_has_humaneval(emulator_bank: Bank) -> None:
+    assert len(emulator_bank.tasks) == 164
+    task = emulator_bank.by_entry["has_close_elements"]
+    assert task.task_id == "HumanEval/0"
+    assert task.asserts
+    assert all(a.startswith("assert has_close_elements(") for a in task.asserts)
+    ast.parse(task.solution)
+
+
+@pytest.mark.parametrize("kind", ["direct", "cot", "evolve", "repair", "seed-function"])
+def test_code_kinds_give_the_reference_solution(kind: str, emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    text = teacher.answer(_prompt(kind, "def below_zero(operations):"), "q")
+    code = _code(text)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "<answer>", "exec"), namespace)  # reference code from HumanEval
+    for line in emulator_bank.by_entry["below_zero"].asserts:
+        exec(line, namespace)
+
+
+def test_decompose_gives_typed_stubs_with_docstrings(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    text = teacher.answer(_prompt("decompose", "def separate_paren_groups(paren_string)"), "q")
+    tree = ast.parse(_code(text))
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert 2 <= len(funcs) <= 3
+    for f in funcs:
+        doc = ast.get_docstring(f)
+        assert doc
+        assert "Returns:" in doc
+        assert f.returns is not None
+        assert isinstance(f.body[-1], ast.Expr)  # `...`, no implementation
+        assert all(a.annotation is not None for a in f.args.args)
+    assert "separate_paren_groups" in {f.name for f in funcs}
+
+
+def test_tests_kind_gives_asserts(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    text = teacher.answer(_prompt("tests", "def truncate_number(number: float) -> float:"), "q")
+    tree = ast.parse(_code(text))
+    assert tree.body
+    assert all(isinstance(s, ast.Assert) for s in tree.body)
+
+
+def test_instruction_kinds_name_a_signature(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    for kind in ("instruction", "evol-instruct"):
+        text = teacher.answer(_prompt(kind, "Write a new coding question."), f"seed-{kind}")
+        assert "```" not in text
+        name = re.search(r"`([a-z_0-9]+)\(", text)
+        assert name
+        assert name.group(1) in emulator_bank.by_entry
+        # The question it produced is recognised as that task when sent back.
+        assert read_prompt(_prompt("direct", text), emulator_bank).task is not None
+
+
+def test_unknown_plain_question_gets_generic_valid_python(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    text = teacher.answer("What is the capital of France?", "What is the capital of France?")
+    ns: dict[str, object] = {}
+    exec(compile(_code(text), "<answer>", "exec"), ns)
+    assert callable(ns["solve"])
+
+
+def test_marked_unmatched_prompt_gets_a_stable_bank_task(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    a = teacher.answer(_prompt("direct", "Sort a list of words by length."), "Sort words")
+    b = teacher.answer(_prompt("direct", "Sort a list of words by length."), "Sort words")
+    assert a == b
+    ast.parse(_code(a))
+
+
+def test_unknown_kind_is_refused(emulator_bank: Bank) -> None:
+    with pytest.raises(UnknownKindError, match="known: direct"):
+        read_prompt("### TASK: summarise\nhello", emulator_bank)
+
+
+def test_every_kind_answers(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank)
+    for kind in KINDS:
+        assert teacher.answer(_prompt(kind, "def add(x: int, y: int):"), "q").strip()
+
+
+def test_bug_rate_injects_parseable_bugs(emulator_bank: Bank) -> None:
+    clean = ScriptedTeacher(emulator_bank, seed=1)
+    buggy = ScriptedTeacher(emulator_bank, seed=1, bug_rate=1.0)
+    differing = 0
+    for task in emulator_bank.tasks[:40]:
+        prompt = _prompt("direct", f"def {task.entry_point}(")
+        good, bad = (
+            _code(clean.answer(prompt, task.task_id)),
+            _code(buggy.answer(prompt, task.task_id)),
+        )
+        ast.parse(bad)
+        differing += good != bad
+    assert differing == 40
+
+
+def test_bug_rate_share_is_about_right(emulator_bank: Bank) -> None:
+    teacher = ScriptedTeacher(emulator_bank, seed=3, bug_rate=0.25)
+    clean = ScriptedTeacher(emulator_bank, seed=3)
+    prompt = _prompt("direct", "def below_zero(")
+    bugs = sum(teacher.answer(prompt, f"q{i}") != clean.answer(prompt, f"q{i}") for i in range(400))
+    assert 60 <= bugs <= 140  # 100 expected; a deterministic function of the seed
+
+
+@pytest.mark.skipif(not EVALPLUS.exists(), reason="EvalPlus data not present")
+def test_evalplus_banks_load() -> None:
+    bank = Bank.load((EVALPLUS / "HumanEvalPlus.jsonl.gz", EVALPLUS / "MbppPlus.jsonl.gz"))
+    assert len(bank.tasks) == 164 + 164 + 378
+    mbpp = bank.by_entry["is_not_prime"]
+    assert mbpp.asserts
+    assert mbpp.instruction.startswith("Write a python function")
+    ast.parse(mbpp.solution)
+
+
+def test_bad_bank_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bank.jsonl"
+    path.write_text(
+        '{"task_id": "a", "prompt": "", "entry_point": "f", "canonical_solution": ""}\nnot json\n'
+    )
+    with pytest.raises(BankError, match=r"bank.jsonl:2"):
+        load_tasks(path)
+    path.write_text('{"task_id": "a"}\n')
+    with pytest.raises(BankError, match=r"bank.jsonl:1: field 'prompt'"):
+        load_tasks(path)

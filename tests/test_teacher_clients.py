@@ -1,0 +1,237 @@
+"""Our wire clients against the emulator: every outcome kind, over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from amr_async.emulator import FaultRates, Limits, RunningEmulator
+from amr_async.teacher import (
+    AnthropicClient,
+    ChatRequest,
+    ClientConfig,
+    Message,
+    OpenAIClient,
+    OutcomeKind,
+    Provider,
+    TeacherClient,
+    Timeouts,
+    make_client,
+    open_session,
+)
+
+StartEmulator = Callable[..., Awaitable[RunningEmulator]]
+
+KEY = "sk-test-SECRETKEY-0123456789"
+REQ = ChatRequest(
+    model="emu-1",
+    messages=(
+        Message("user", "### TASK: direct\nWrite def has_close_elements(numbers, threshold)."),
+    ),
+    max_tokens=2000,
+    system="You are a professional coder.",
+)
+
+
+def _client(provider: Provider, running: RunningEmulator, **kw: object) -> TeacherClient:
+    base = running.openai_base_url if provider is Provider.OPENAI else running.anthropic_base_url
+    return make_client(provider, base_url=base, api_key=KEY, **kw)  # type: ignore[arg-type]
+
+
+BOTH = pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.ANTHROPIC])
+
+
+@BOTH
+async def test_ok_answer_with_usage_and_request_id(
+    provider: Provider, emulator: RunningEmulator
+) -> None:
+    client = _client(provider, emulator)
+    async with client:  # type: ignore[attr-defined]
+        out = await client.send(REQ)
+    assert out.kind is OutcomeKind.OK, out.error
+    assert "```python" in out.text
+    assert "def has_close_elements" in out.text
+    assert out.usage.input_tokens > 0
+    assert out.usage.output_tokens > 0
+    assert out.status == 200
+    assert out.request_id is not None
+    assert out.request_id.startswith("req_")
+    assert out.finish_reason in ("stop", "end_turn")
+
+
+@BOTH
+async def test_rate_limit_headers_are_parsed(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(limits=Limits(rpm=50, tpm=1_000_000))
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        await client.send(REQ)
+        out = await client.send(REQ)
+    rl = out.rate_limits
+    assert rl.limit_requests == 50
+    assert rl.remaining_requests == 48
+    assert rl.reset_requests_s is not None
+    assert 0 < rl.reset_requests_s <= 61
+    assert rl.limit_tokens == 1_000_000
+    assert rl.remaining_tokens is not None
+    assert rl.remaining_tokens < 1_000_000
+    if provider is Provider.ANTHROPIC:
+        # Output is reserved at max_tokens, then settled to the real count.
+        assert rl.limit_output_tokens == 1_000_000
+        assert rl.remaining_output_tokens is not None
+        assert rl.remaining_output_tokens > 1_000_000 - 2 * REQ.max_tokens
+
+
+@BOTH
+async def test_rpm_exceeded_is_rate_limited_with_retry_hint(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(limits=Limits(rpm=2))
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        kinds = [(await client.send(REQ)).kind for _ in range(3)]
+        out = await client.send(REQ)
+    assert kinds == [OutcomeKind.OK, OutcomeKind.OK, OutcomeKind.RATE_LIMITED]
+    assert out.kind is OutcomeKind.RATE_LIMITED
+    assert out.kind.retryable
+    assert out.retry_after_s is not None
+    assert 0 < out.retry_after_s <= 60
+    assert out.status == 429
+
+
+FAULT_KINDS = [
+    ("server_error", OutcomeKind.SERVER_ERROR),
+    ("overloaded", OutcomeKind.OVERLOADED),
+    ("rate_limit", OutcomeKind.RATE_LIMITED),
+    ("insufficient_quota", OutcomeKind.QUOTA_EXHAUSTED),
+    ("connection_reset", OutcomeKind.CONNECTION),
+    ("malformed_json", OutcomeKind.MALFORMED_RESPONSE),
+    ("truncated_body", OutcomeKind.MALFORMED_RESPONSE),
+    ("finish_length", OutcomeKind.TRUNCATED),
+]
+
+
+@BOTH
+@pytest.mark.parametrize(("fault", "kind"), FAULT_KINDS)
+async def test_each_fault_is_classified(
+    provider: Provider, fault: str, kind: OutcomeKind, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(faults=FaultRates(**{fault: 1.0}))
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        out = await client.send(REQ)
+    assert out.kind is kind, out
+    assert KEY not in repr(out)
+    if fault == "rate_limit":
+        assert out.retry_after_s == 1.0
+    if fault == "finish_length":
+        assert out.text
+        assert out.finish_reason in ("length", "max_tokens")
+    snap = running.emulator.counters.snapshot()
+    assert snap["faults"] == {fault: 1}
+
+
+@BOTH
+async def test_hang_times_out(provider: Provider, start_emulator: StartEmulator) -> None:
+    running = await start_emulator(faults=FaultRates(hang=1.0), hang_s=30.0)
+    config = ClientConfig(timeouts=Timeouts(connect=5, read=0.2, total=10))
+    async with _client(provider, running, config=config) as client:  # type: ignore[attr-defined]
+        out = await client.send(REQ)
+    assert out.kind is OutcomeKind.TIMEOUT
+    assert out.status is None
+
+
+@BOTH
+async def test_wrong_key_is_auth_and_key_never_leaks(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(api_key="sk-the-right-one-xyz")
+    client = _client(provider, running)
+    assert KEY not in repr(client)
+    async with client:  # type: ignore[attr-defined]
+        out = await client.send(REQ)
+    assert out.kind is OutcomeKind.AUTH
+    assert not out.kind.retryable
+    assert KEY not in repr(out)
+    assert "sk-the-right-one" not in repr(out)
+
+
+@BOTH
+async def test_invalid_request(provider: Provider, emulator: RunningEmulator) -> None:
+    bad = ChatRequest(model="emu-1", messages=(), max_tokens=10)
+    async with _client(provider, emulator) as client:  # type: ignore[attr-defined]
+        out = await client.send(bad)
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+    assert out.status == 400
+    assert "messages" in (out.error or "")
+
+
+@BOTH
+async def test_context_length_is_invalid_request(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(context_window=100)
+    big = ChatRequest(model="m", messages=(Message("user", "x" * 2000),), max_tokens=10)
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        out = await client.send(big)
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+
+
+@BOTH
+async def test_refused_connection(provider: Provider) -> None:
+    with socket.socket() as s:  # a port that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}" + ("/v1" if provider is Provider.OPENAI else "")
+    async with make_client(provider, base_url=base, api_key=KEY) as client:  # type: ignore[attr-defined]
+        out = await client.send(REQ)
+    assert out.kind is OutcomeKind.CONNECTION
+    assert KEY not in repr(out)
+
+
+async def test_stop_sequence_and_seed_reach_the_server(emulator: RunningEmulator) -> None:
+    req = ChatRequest(model="m", messages=REQ.messages, max_tokens=500, seed=7, stop=("```python",))
+    async with OpenAIClient(base_url=emulator.openai_base_url, api_key=KEY) as client:
+        out = await client.send(req)
+    assert out.kind is OutcomeKind.OK
+    assert "```python" not in out.text
+    assert out.text.startswith("Here is")
+
+
+async def test_shared_session_and_protocol(emulator: RunningEmulator) -> None:
+    session = open_session(ClientConfig(max_connections=8))
+    try:
+        clients: list[TeacherClient] = [
+            OpenAIClient(base_url=emulator.openai_base_url, session=session),
+            AnthropicClient(base_url=emulator.anthropic_base_url, session=session),
+        ]
+        for client in clients:
+            assert isinstance(client, TeacherClient)
+            out = await client.send(REQ)
+            assert out.kind is OutcomeKind.OK
+            await client.aclose()
+        assert not session.closed  # a shared session belongs to its creator
+    finally:
+        await session.close()
+
+
+async def test_closed_client_refuses(emulator: RunningEmulator) -> None:
+    client = OpenAIClient(base_url=emulator.openai_base_url)
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.send(REQ)
+
+
+async def test_no_request_sent_twice(emulator: RunningEmulator) -> None:
+    async with OpenAIClient(base_url=emulator.openai_base_url) as client:
+        for i in range(5):
+            req = ChatRequest(model="m", messages=(Message("user", f"q{i}"),), max_tokens=50)
+            assert (await client.send(req)).kind.is_success
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(emulator.base_url + "/_emulator/counters") as r,
+    ):
+        snap = await r.json()
+    assert sorted(snap["body_hashes"].values()) == [1] * 5
+    assert snap["requests"]["/v1/chat/completions"] == {"200": 5}
