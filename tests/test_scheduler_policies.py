@@ -1,0 +1,143 @@
+"""Retry policy and budget, circuit breaker, token counting and correction, pricing."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from amr_async.scheduler import (
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    CorrectionFactor,
+    EstimatingCounter,
+    PricingError,
+    PricingTable,
+    RateWindow,
+    RetryBudget,
+    RetryPolicy,
+    prompt_tokens,
+)
+from amr_async.teacher.types import ChatRequest, Message, OutcomeKind, Usage
+
+
+def test_backoff_is_full_jitter_exponential_and_capped() -> None:
+    policy = RetryPolicy(base_s=1.0, max_backoff_s=8.0)
+    rng = random.Random(7)
+    for retry, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        draws = [policy.backoff_s(retry, rng) for _ in range(500)]
+        assert all(0.0 <= d <= ceiling for d in draws)
+        assert max(draws) > 0.9 * ceiling  # the whole range is used...
+        assert min(draws) < 0.1 * ceiling  # ...down to zero (full jitter)
+
+
+def test_retry_budget_is_a_share_of_first_attempts() -> None:
+    budget = RetryBudget(ratio=0.1, minimum=2)
+    assert budget.try_spend()
+    assert budget.try_spend()
+    assert not budget.try_spend()
+    for _ in range(30):
+        budget.on_first_attempt()
+    spent = sum(budget.try_spend() for _ in range(10))
+    assert spent == 3
+    assert budget.denied == 8
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    breaker = CircuitBreaker(BreakerConfig(window=4, min_calls=4, failure_ratio=0.75, open_s=10))
+    for kind in (OutcomeKind.OK, OutcomeKind.SERVER_ERROR, OutcomeKind.CONNECTION):
+        assert not breaker.record(kind, 0.0)
+    assert breaker.record(OutcomeKind.OVERLOADED, 1.0)  # 3 of 4 failed
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.wait_s(1.0) == pytest.approx(10.0)
+    assert not breaker.record(OutcomeKind.OK, 2.0)  # a late answer does not close it
+    assert breaker.wait_s(11.0) == 0.0
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.on_send()  # the probe
+    assert breaker.wait_s(11.0) == math.inf  # one probe at a time
+    assert breaker.record(OutcomeKind.SERVER_ERROR, 12.0)  # probe failed
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.wait_s(12.0) == pytest.approx(20.0)  # cool-down doubled
+    assert breaker.wait_s(32.0) == 0.0
+    breaker.on_send()
+    assert breaker.record(OutcomeKind.OK, 33.0)
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.wait_s(33.0) == 0.0
+
+
+def test_breaker_ignores_client_errors_and_429() -> None:
+    breaker = CircuitBreaker(BreakerConfig(window=4, min_calls=4, failure_ratio=0.5))
+    for kind in [OutcomeKind.RATE_LIMITED, OutcomeKind.INVALID_REQUEST, OutcomeKind.AUTH] * 3:
+        breaker.record(kind, 0.0)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_breaker_abort_frees_the_probe() -> None:
+    breaker = CircuitBreaker(BreakerConfig(window=1, min_calls=1, failure_ratio=1.0, open_s=1))
+    breaker.record(OutcomeKind.TIMEOUT, 0.0)
+    assert breaker.wait_s(1.0) == 0.0
+    breaker.on_send()
+    breaker.on_abort()  # the probe's caller was cancelled
+    assert breaker.wait_s(1.0) == 0.0
+
+
+def test_prompt_tokens_estimate_and_correction() -> None:
+    request = ChatRequest(
+        model="m", messages=(Message("user", "x" * 400),), max_tokens=10, system="y" * 40
+    )
+    assert prompt_tokens(EstimatingCounter(), request) == 100 + 10 + 2 * 4
+    factor = CorrectionFactor(smoothing=0.5)
+    assert factor.apply(100) == 100
+    factor.observe(100, 130)  # first observation replaces the prior
+    assert factor.apply(100) == 130
+    factor.observe(100, 110)
+    assert factor.value == pytest.approx(1.2)
+    factor.observe(100, 0)  # nothing to learn
+    factor.observe(1, 10_000)  # bounded
+    assert factor.value <= 4.0
+
+
+def test_pricing_shipped_prefix_cached_and_batch() -> None:
+    table = PricingTable.load()
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000, cached_input_tokens=500_000)
+    # gpt-4o-mini: 0.5M uncached × 0.15 + 0.5M cached × 0.075 + 1M out × 0.60
+    assert table.cost("gpt-4o-mini", usage) == pytest.approx(0.075 + 0.0375 + 0.60)
+    assert table.cost("gpt-4o-mini-2024-07-18", usage) == table.cost("gpt-4o-mini", usage)
+    assert table.cost("gpt-4o-mini", Usage(1_000_000, 1_000_000), batch=True) == pytest.approx(
+        0.075 + 0.30
+    )
+    # Anthropic reports cache reads apart from input tokens.
+    anthropic = Usage(input_tokens=1_000_000, output_tokens=0, cached_input_tokens=1_000_000)
+    cost = table.cost("claude-3-5-haiku-20241022", anthropic, cached_in_input=False)
+    assert cost == pytest.approx(0.80 + 0.08)
+    assert table.cost("no-such-model", usage) is None
+
+
+def test_pricing_override_merges_and_errors_name_the_place(tmp_path: Path) -> None:
+    good = tmp_path / "prices.toml"
+    good.write_text(
+        '[models."gpt-4o-mini"]\noutput = 1.0\n[models."local"]\ninput = 0\noutput = 0\n'
+    )
+    table = PricingTable.load([good])
+    assert table.cost("gpt-4o-mini", Usage(0, 1_000_000)) == pytest.approx(1.0)
+    assert table.cost("gpt-4o-mini", Usage(1_000_000, 0)) == pytest.approx(0.15)  # kept
+    assert "local" in table
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models."x"]\ninput = "cheap"\noutput = 1\n')
+    with pytest.raises(PricingError, match=r"bad\.toml: models\.'x'\.input"):
+        PricingTable.load([bad])
+    partial = tmp_path / "partial.toml"
+    partial.write_text('[models."y"]\ninput = 1\n')
+    with pytest.raises(PricingError, match="needs both input and output"):
+        PricingTable.load([partial])
+
+
+def test_rate_window_trailing_minute() -> None:
+    window = RateWindow(60, now=0.0)
+    for t in range(120):
+        window.add(10, float(t))
+    assert window.per_minute(119.5) == pytest.approx(600)
+    assert window.per_minute(500.0) == 0.0
