@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
+from amr_async.pipeline import cli as pipeline_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -32,6 +33,7 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 REGISTRARS: list[Registrar] = [
     _register_demo,
     emulator_cli.register,
+    pipeline_cli.register,
 ]
 
 

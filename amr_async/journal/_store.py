@@ -505,8 +505,12 @@ class RunJournal:
         stage: str,
         output: Any,
         provenance: Mapping[str, Any],
-    ) -> asyncio.Future[None]:
-        """Journal a completed stage of an item; await the result for durability."""
+    ) -> None:
+        """Journal a completed stage of an item (committed within the writer's max delay).
+
+        Not awaited: the stage's teacher calls are already durable, and the item's final
+        commit is ordered after this row, so a crash before it only repeats local work.
+        """
         now = time.time()
         self._writer.submit(
             _INSERT_STAGE,
@@ -515,7 +519,7 @@ class RunJournal:
                 orjson.dumps(dict(provenance)).decode(), now,
             ),
         )  # fmt: skip
-        return self._writer.submit_async(
+        self._writer.submit(
             _UPSERT_ITEM,
             (self.run_id, item_id, line_no, "active", stage, None, None, None, now),
         )
