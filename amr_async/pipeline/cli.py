@@ -64,7 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--input", type=Path, help="input JSONL (one {id, instruction} per line)")
     p.add_argument("--output", type=Path, help="output JSONL (one record per finished item)")
     p.add_argument("--journal", type=Path, required=True, help="the run's SQLite journal")
-    p.add_argument("--resume", action="store_true", help="continue a run from its journal")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the journal's run (the latest, or --run-id); starts it if none yet",
+    )
     p.add_argument("--run-id", help="run to create or resume (default: new / the latest)")
     p.add_argument("--rejects", type=Path, help="rejected lines (default OUTPUT.rejects.jsonl)")
     p.add_argument("--strategy", choices=["direct"], help="pipeline strategy (default direct)")
@@ -149,23 +153,27 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, RunReport]]) -> RunReport:
 def _prepare(args: argparse.Namespace, journal: Journal) -> tuple[dict[str, Any], RunJournal]:
     """Resolve the settings, check the output, create or resume the run (blocking I/O)."""
     stored: dict[str, Any] | None = None
-    if args.resume:
+    resume = args.resume
+    if resume:
         runs = journal.runs()
         match = [r for r in runs if r.run_id == args.run_id] if args.run_id else runs[-1:]
-        if not match:
-            raise _UsageError(f"nothing to resume in {args.journal}")
-        stored = match[0].config
+        if match:
+            stored = match[0].config
+        elif args.run_id:
+            raise _UsageError(f"no run {args.run_id!r} to resume in {args.journal}")
+        else:
+            resume = False  # nothing journaled yet (e.g. killed while starting): start it
     cfg = _settings(args, stored)
     for name in ("input", "output", "model"):
         if cfg[name] is None:
             raise _UsageError(f"--{name} is required for a new run")
     output = Path(cfg["output"])
-    if not args.resume and output.exists() and output.stat().st_size > 0:
+    if not resume and output.exists() and output.stat().st_size > 0:
         raise _UsageError(f"output {output} exists and is not empty; use --resume or remove it")
     cfg["rejects"] = cfg["rejects"] or f"{output}.rejects.jsonl"
     # The config is journaled: it holds no key (keys come only from the environment).
     run = journal.start_run(
-        config=cfg, output_path=output, run_id=args.run_id, resume=args.resume, cache=cfg["cache"]
+        config=cfg, output_path=output, run_id=args.run_id, resume=resume, cache=cfg["cache"]
     )
     return cfg, run
 
