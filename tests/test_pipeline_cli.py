@@ -146,8 +146,8 @@ def _run_args(tmp: Path, emu: RunningEmulator, *extra: str) -> list[str]:
 async def test_kill9_at_random_moments_then_resume_equals_uninterrupted_run(
     tmp_path: Path, start_emulator: StartEmulator
 ) -> None:
-    n = 300
-    latency = LatencyModel(base_s=0.03, sigma=0.5)
+    n = 400
+    latency = LatencyModel(base_s=0.01, sigma=0.5)
     reference_emu = await start_emulator(EmulatorConfig(latency=latency))
     emu = await start_emulator(EmulatorConfig(latency=latency))
     ref_dir, dir_ = tmp_path / "ref", tmp_path / "kill"
@@ -164,14 +164,16 @@ async def test_kill9_at_random_moments_then_resume_equals_uninterrupted_run(
     rng = random.Random(20261126)
 
     def moment() -> Callable[[], Awaitable[None]]:
-        """A random moment of the process's working life: 0-0.6 s after its first call."""
-        delay = rng.uniform(0.0, 0.6)
+        """A random moment of the process's working life, measured in progress so that it
+        falls inside the run on any machine: after 1-25 requests reached the emulator, plus
+        0-50 ms (which may land between a send and its answer, or mid-commit)."""
+        requests, delay = rng.randint(1, 25), rng.uniform(0.0, 0.05)
 
         async def wait() -> None:
             seen = sum(_counts(emu).values())
             # The emulator offers no notification; a short poll is the simplest honest wait.
-            while sum(_counts(emu).values()) == seen:  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+            while sum(_counts(emu).values()) < seen + requests:  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
             await asyncio.sleep(delay)
 
         return wait

@@ -524,7 +524,7 @@ class RunJournal:
             (self.run_id, item_id, line_no, "active", stage, None, None, None, now),
         )
 
-    async def finish_item(
+    def finish_item(
         self,
         item_id: str,
         line_no: int,
@@ -532,8 +532,8 @@ class RunJournal:
         *,
         stage: str | None = None,
         verdict: str | None = None,
-    ) -> None:
-        """Journal an item's final record durably; its output line follows (exactly once).
+    ) -> asyncio.Future[None]:
+        """Journal an item's final record; its output line follows (exactly once).
 
         Args:
             item_id: the item; `record["id"]` must equal it.
@@ -541,11 +541,16 @@ class RunJournal:
             record: the output record (one JSON object).
             stage: the last stage it completed.
             verdict: e.g. "ok", "truncated".
+
+        Returns:
+            A future resolved once the record is committed (failed on a storage error).
+            The caller may go on without awaiting it; the teacher answers it was made from
+            are already durable, so a crash before it commits only repeats local work.
         """
         if record.get("id") != item_id:
             raise ValueError("the output record's 'id' must be the item id")
         line = orjson.dumps(dict(record))
-        await self._writer.submit_async(
+        return self._writer.submit_async(
             _UPSERT_ITEM,
             (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time()),
             Emit(self.run_id, item_id, line),

@@ -127,7 +127,9 @@ class Runner:
         self._stop: str | None = None
         self._stop_message = ""
         self._in_flight: dict[str, int] = {}  # item id -> line, queued or running
-        self._finished_since_load: dict[str, int] = {}
+        # Finished items whose final commit was not yet known done at the last batch load
+        # (the load cannot see them): item id -> (line, commit future).
+        self._finishing: dict[str, tuple[int, asyncio.Future[None]]] = {}
         self._report = RunReport(run.run_id if run else None, "running", ExitCode.OK, "")
 
     def request_stop(
@@ -182,9 +184,9 @@ class Runner:
                 break
             items = [b for b in batch if isinstance(b, InputItem)]
             rejects.extend(b for b in batch if isinstance(b, Reject))
-            # Cleared before the load: an item finishing after this point is caught here,
-            # one finishing before it is committed and so seen by the load.
-            self._finished_since_load = {}
+            # Pruned before the load: what is committed by now the load sees; the rest
+            # stays here, so a duplicate id is caught either way.
+            self._finishing = {k: v for k, v in self._finishing.items() if not v[1].done()}
             states: dict[str, ItemState] = {}
             if run is not None and items:
                 states = await run.journal.read(run.load_items, [i.item_id for i in items])
@@ -192,9 +194,9 @@ class Runner:
                 if self._stop is not None:
                     break
                 state = states.get(item.item_id)
-                first = self._in_flight.get(item.item_id) or self._finished_since_load.get(
-                    item.item_id
-                )
+                first = self._in_flight.get(item.item_id)
+                if first is None and item.item_id in self._finishing:
+                    first = self._finishing[item.item_id][0]
                 if first is None and state is not None:
                     first = state.line_no
                 if first is not None and first != item.line_no:
@@ -222,7 +224,6 @@ class Runner:
                 self.request_stop("storage", str(exc))
             finally:
                 del self._in_flight[item.item_id]
-                self._finished_since_load[item.item_id] = item.line_no
 
     async def _process(self, work: _Work) -> None:
         item, state = work.item, work.state
@@ -249,17 +250,30 @@ class Runner:
             return
         record, verdict = self.strategy.record(item, outputs)
         if run is not None:
-            await run.finish_item(item.item_id, item.line_no, record, stage=last, verdict=verdict)
+            # Not awaited: the answers are durable already; the worker takes the next item
+            # while the record commits (checked in `_on_committed` and at the end).
+            committed = run.finish_item(
+                item.item_id, item.line_no, record, stage=last, verdict=verdict
+            )
+            committed.add_done_callback(self._on_committed)
+            self._finishing[item.item_id] = (item.line_no, committed)
         else:
             assert self._plain is not None
             self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write
         self._report.done += 1
+
+    def _on_committed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self.request_stop("storage", str(exc))
 
     # ------------------------------------------------------------------- end
 
     async def _finish(self) -> RunReport:
         report = self._report
         run = self.run_journal
+        # Every final record committed (or the storage error known) before reporting.
+        await asyncio.gather(*(f for _, f in self._finishing.values()), return_exceptions=True)
+        self._finishing.clear()
         report.totals = self.teacher.totals
         if run is not None:
             report.answered_from_journal = run.calls_answered_from_journal
