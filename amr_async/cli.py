@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
 from amr_async.pipeline import cli as pipeline_cli
+from amr_async.scheduler import cli as scheduler_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -32,6 +33,7 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 # One line per stage that has commands (keep sorted by command name).
 REGISTRARS: list[Registrar] = [
     _register_demo,
+    scheduler_cli.register,
     emulator_cli.register,
     pipeline_cli.register,
 ]

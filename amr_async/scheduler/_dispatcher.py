@@ -22,7 +22,6 @@ import random
 from collections import Counter
 from collections.abc import (
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -30,13 +29,13 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from amr_async.scheduler._breaker import BreakerConfig, CircuitBreaker
 from amr_async.scheduler._errors import Abandoned, DispatcherClosed, UnknownEndpoint
 from amr_async.scheduler._limiter import Cost, Limiter, LimiterTuning, Limits
 from amr_async.scheduler._metrics import Metrics, MetricsSnapshot
-from amr_async.scheduler._pricing import PricingTable
+from amr_async.scheduler._pricing import Price, PricingTable
 from amr_async.scheduler._retry import RetryBudget, RetryPolicy
 from amr_async.scheduler._tokens import (
     CorrectionFactor,
@@ -123,12 +122,13 @@ class _EndpointState:
 class _Lane:
     """The waiting line and limiter of one (provider, base_url, model)."""
 
-    __slots__ = ("correction", "ep", "limiter", "model", "timer", "timer_at", "waiters")
+    __slots__ = ("correction", "ep", "limiter", "model", "price", "timer", "timer_at", "waiters")
 
-    def __init__(self, ep: _EndpointState, model: str, limiter: Limiter) -> None:
+    def __init__(self, ep: _EndpointState, model: str, limiter: Limiter, price: Price | None):
         self.ep = ep
         self.model = model
         self.limiter = limiter
+        self.price = price
         self.correction = CorrectionFactor()
         self.waiters: list[tuple[int, int, _Waiter]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -148,7 +148,8 @@ class Dispatcher:
         breaker: circuit-breaker thresholds.
         pricing: the $ table; the shipped one when None.
         counter: offline prompt-token counter; an estimate when None.
-        request_timeout_s: longest one attempt may take on the wire (None: the client's own).
+        request_timeout_s: longest one attempt may take on the wire, enforced here on top of
+            the client's own timeouts (`teacher.Timeouts`); None leaves it to the client.
         lookup: journal hook asked before anything is sent.
         on_outcome: journal hook told of each final sent outcome before the caller sees it.
         batch_prices: price answers at Batch API rates.
@@ -164,7 +165,7 @@ class Dispatcher:
         breaker: BreakerConfig | None = None,
         pricing: PricingTable | None = None,
         counter: TokenCounter | None = None,
-        request_timeout_s: float | None = 600.0,
+        request_timeout_s: float | None = None,
         lookup: Lookup | None = None,
         on_outcome: OnOutcome | None = None,
         batch_prices: bool = False,
@@ -196,8 +197,8 @@ class Dispatcher:
         self._idle: asyncio.Event | None = None
         self._closing: asyncio.Event | None = None
         self._closed = False
-        self._abandoning = False
-        self._timeouts: set[asyncio.Timeout] = set()
+        self._sending: set[asyncio.Task[Any]] = set()  # tasks inside `client.send`
+        self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled by `aclose`
 
     # -- public --------------------------------------------------------------------------
 
@@ -263,7 +264,8 @@ class Dispatcher:
             attempts += 1
             outcome = await self._attempt(lane, request, cost, counted)
             last = outcome
-            if outcome.kind.is_success or not outcome.kind.retryable:
+            kind = outcome.kind
+            if kind is OutcomeKind.OK or kind is OutcomeKind.TRUNCATED or not kind.retryable:
                 break
             delay = self._retry_delay(outcome, attempts, loop.time(), deadline)
             if delay is None:
@@ -303,18 +305,25 @@ class Dispatcher:
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        source = _pull(items)
-        lock = asyncio.Lock()
         done = 0
+        sync_source = iter(items) if isinstance(items, Iterable) else None
+        async_source = None if isinstance(items, Iterable) else aiter(items)
+        lock = asyncio.Lock()  # one async iterator must not be advanced concurrently
+
+        async def pull() -> tuple[K, ChatRequest] | None:
+            if sync_source is not None:
+                return next(sync_source, None)  # no await: atomic on the loop
+            assert async_source is not None
+            async with lock:
+                return await anext(async_source, None)
 
         async def worker() -> None:
             nonlocal done
             while not self._closed:
-                async with lock:
-                    try:
-                        key, request = await anext(source)
-                    except StopAsyncIteration:
-                        return
+                item = await pull()
+                if item is None:
+                    return
+                key, request = item
                 try:
                     outcome = await self.submit(request, priority=priority, endpoint=endpoint)
                 except DispatcherClosed:
@@ -395,7 +404,7 @@ class Dispatcher:
         Waiting calls get `DispatcherClosed` at once (they were never sent); calls still on
         the wire when the grace period ends get `Abandoned`. Idempotent.
         """
-        loop, _ = self._bind()
+        self._bind()
         self._closed = True
         assert self._closing is not None
         assert self._idle is not None
@@ -408,10 +417,10 @@ class Dispatcher:
                 async with asyncio.timeout(grace_s):
                     await self._idle.wait()
             except TimeoutError:
-                self._abandoning = True
-                now = loop.time()
-                for timeout in list(self._timeouts):
-                    timeout.reschedule(now)
+                # Cancel the sends still out; each raises `Abandoned` to its caller.
+                self._abandoned.update(self._sending)
+                for task in self._sending:
+                    task.cancel()
                 await self._idle.wait()
 
     # -- internals -----------------------------------------------------------------------
@@ -429,6 +438,12 @@ class Dispatcher:
         assert self._metrics is not None
         return loop, self._metrics
 
+    def _bound(self) -> tuple[asyncio.AbstractEventLoop, Metrics]:
+        """The loop and metrics of a dispatcher already bound (internal hot path)."""
+        assert self._loop is not None
+        assert self._metrics is not None
+        return self._loop, self._metrics
+
     def _endpoint(self, name: str | None) -> _EndpointState:
         if name is None:
             if self._default_endpoint is None:
@@ -445,7 +460,7 @@ class Dispatcher:
             limits = ep.endpoint.limits
             configured = limits.get(model) or limits.get("*") or Limits()
             limiter = Limiter(configured, ep.endpoint.client.provider, self._tuning, now)
-            lane = ep.lanes[model] = _Lane(ep, model, limiter)
+            lane = ep.lanes[model] = _Lane(ep, model, limiter, self._pricing.price(model))
         return lane
 
     async def _acquire(
@@ -553,30 +568,38 @@ class Dispatcher:
         self, lane: _Lane, request: ChatRequest, cost: Cost, counted: int
     ) -> Outcome:
         """Send once (the cost is already reserved) and learn from the answer."""
-        loop, metrics = self._bind()
+        loop, metrics = self._bound()
         ep = lane.ep
         self._in_flight += 1
         assert self._idle is not None
         self._idle.clear()
         metrics.sent += 1
         metrics.requests.add(1, loop.time())
+        task = asyncio.current_task()
+        assert task is not None
+        self._sending.add(task)
+        send = ep.endpoint.client.send
         try:
-            async with asyncio.timeout(self._request_timeout_s) as timeout:
-                self._timeouts.add(timeout)
-                try:
-                    outcome = await ep.endpoint.client.send(request)
-                finally:
-                    self._timeouts.discard(timeout)
+            if self._request_timeout_s is None:
+                outcome = await send(request)
+            else:
+                async with asyncio.timeout(self._request_timeout_s):
+                    outcome = await send(request)
         except TimeoutError:
-            if self._abandoning:
-                self._finish_attempt(lane, cost, None)
-                raise Abandoned("in flight when the shutdown grace period ended") from None
             outcome = Outcome(
                 OutcomeKind.TIMEOUT, error=f"no answer within {self._request_timeout_s} s"
             )
+        except asyncio.CancelledError:
+            self._finish_attempt(lane, cost, None)
+            # Cancelled by `aclose` (and by no one else): report it as abandoned.
+            if task in self._abandoned and task.uncancel() == 0:
+                raise Abandoned("in flight when the shutdown grace period ended") from None
+            raise
         except BaseException:
             self._finish_attempt(lane, cost, None)
             raise
+        finally:
+            self._sending.discard(task)
         self._finish_attempt(lane, cost, outcome)
         self._learn(lane, request, outcome, counted)
         return outcome
@@ -595,33 +618,33 @@ class Dispatcher:
             self._idle.set()
 
     def _learn(self, lane: _Lane, request: ChatRequest, outcome: Outcome, counted: int) -> None:
-        loop, metrics = self._bind()
+        loop, metrics = self._bound()
         now = loop.time()
         ep = lane.ep
+        kind = outcome.kind
+        success = kind is OutcomeKind.OK or kind is OutcomeKind.TRUNCATED
         lane.limiter.observe(outcome, now)
-        breaker_changed = ep.breaker.record(outcome.kind, now)
-        metrics.attempts_by_kind[outcome.kind] += 1
+        breaker_changed = ep.breaker.record(kind, now)
+        metrics.attempts_by_kind[kind] += 1
         usage = outcome.usage
-        if outcome.kind.is_success:
+        if success:
             lane.correction.observe(counted, _reported_prompt_tokens(ep, usage))
         if usage.input_tokens or usage.output_tokens:
             metrics.tokens_in += usage.input_tokens
             metrics.tokens_out += usage.output_tokens
             metrics.cached_tokens_in += usage.cached_input_tokens
             metrics.tokens.add(usage.input_tokens + usage.output_tokens, now)
-            dollars = self._pricing.cost(
-                request.model,
-                usage,
-                batch=self._batch_prices,
-                cached_in_input=ep.endpoint.client.provider is not Provider.ANTHROPIC,
-            )
-            if dollars is None:
+            if lane.price is None:
                 metrics.unpriced_models.add(request.model)
             else:
-                metrics.cost_usd += dollars
-        if not outcome.kind.is_success and not outcome.kind.retryable:
+                metrics.cost_usd += lane.price.cost(
+                    usage,
+                    batch=self._batch_prices,
+                    cached_in_input=ep.endpoint.client.provider is not Provider.ANTHROPIC,
+                )
+        if not success and not kind.retryable:
             self._report_once(ep, request, outcome)
-            if outcome.kind in _ENDPOINT_FATAL and ep.fatal is None:
+            if kind in _ENDPOINT_FATAL and ep.fatal is None:
                 ep.fatal = outcome
                 for other in ep.lanes.values():
                     self._release_waiters(other, None)
@@ -698,12 +721,3 @@ def _not_sent(fatal: Outcome) -> Outcome:
         status=None,
         error=f"not sent: endpoint stopped after {fatal.kind.value} ({fatal.error or 'no detail'})",
     )
-
-
-async def _pull(items: Iterable[K] | AsyncIterable[K]) -> AsyncIterator[K]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item

@@ -155,9 +155,12 @@ class _Dimension:
 
     @property
     def source(self) -> str:
-        if self.advertised is not None:
-            return "learned"
-        return "configured" if self.configured is not None else "default"
+        """Which figure binds: the configured one, the advertised one, or the default."""
+        if self.configured is not None and (
+            self.advertised is None or self.configured <= self.advertised
+        ):
+            return "configured"
+        return "learned" if self.advertised is not None else "default"
 
 
 class Limiter:
@@ -262,13 +265,12 @@ class Limiter:
 
     def _learn(self, info: RateLimitInfo, success: bool, now: float) -> None:
         changed = False
-        for name, (limit, remaining) in self._reported(info).items():
-            dim = self._dims.get(name)
-            if dim is None:
-                continue
+        for name, dim in self._dims.items():
+            limit, remaining = self._reported(info, name)
             if limit is None and remaining is None:
                 # The server does not advertise this dimension; nobody configured it.
-                if success and dim.configured is None and dim.advertised is None:
+                unclaimed = dim.configured is None and dim.advertised is None
+                if success and unclaimed and dim.bucket is not None:
                     dim.dropped = True
                     dim.bucket = None
                 continue
@@ -281,18 +283,19 @@ class Limiter:
         if changed:
             self._apply(now)
 
-    def _reported(self, info: RateLimitInfo) -> dict[str, tuple[int | None, int | None]]:
-        reported = {
-            "requests": (info.limit_requests, info.remaining_requests),
-            "tokens": (info.limit_tokens, info.remaining_tokens),
-            "input_tokens": (info.limit_input_tokens, info.remaining_input_tokens),
-            "output_tokens": (info.limit_output_tokens, info.remaining_output_tokens),
-        }
-        if self._provider is Provider.ANTHROPIC and "tokens" in self._dims:
-            # Anthropic's tokens-* headers report the most restrictive of its token limits,
-            # not a combined one: a configured combined limit is never learned from them.
-            reported["tokens"] = (None, None)
-        return reported
+    def _reported(self, info: RateLimitInfo, name: str) -> tuple[int | None, int | None]:
+        """(limit, remaining) the server reported for dimension `name`."""
+        if name == "requests":
+            return info.limit_requests, info.remaining_requests
+        if name == "tokens":
+            if self._provider is Provider.ANTHROPIC:
+                # Anthropic's tokens-* headers report the most restrictive of its token
+                # limits, not a combined one: a configured combined limit is not learned.
+                return None, None
+            return info.limit_tokens, info.remaining_tokens
+        if name == "input_tokens":
+            return info.limit_input_tokens, info.remaining_input_tokens
+        return info.limit_output_tokens, info.remaining_output_tokens
 
     def _apply(self, now: float) -> None:
         """Recompute every bucket's rate and capacity from its base limit and the factor."""

@@ -32,6 +32,8 @@ class RateWindow:
 
     def _advance(self, now: float) -> None:
         tick = math.floor(now)
+        if tick == self._tick:
+            return
         if tick - self._tick >= self._span:
             self._slots = [0.0] * self._span
         else:
