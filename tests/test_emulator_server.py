@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -179,3 +180,17 @@ def test_cli_rejects_bad_options() -> None:
     )
     assert proc.returncode == 2
     assert "gremlins" in proc.stderr
+
+
+def test_cli_reports_a_missing_bank_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0", "--bank", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "nope.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,6 +21,7 @@ from amr_async.teacher.types import OutcomeKind as K
     [
         (429, "requests", "rate_limit_exceeded", "Rate limit reached", K.RATE_LIMITED),
         (429, "rate_limit_error", "", "Number of requests exceeded", K.RATE_LIMITED),
+        (429, "tokens", "rate_limit_exceeded", "Request too large for gpt-4o", K.INVALID_REQUEST),
         (
             429,
             "insufficient_quota",

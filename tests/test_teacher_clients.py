@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -235,3 +236,75 @@ async def test_no_request_sent_twice(emulator: RunningEmulator) -> None:
         snap = await r.json()
     assert sorted(snap["body_hashes"].values()) == [1] * 5
     assert snap["requests"]["/v1/chat/completions"] == {"200": 5}
+
+
+async def test_cancelled_send_leaves_the_pool_clean(start_emulator: StartEmulator) -> None:
+    running = await start_emulator(faults=FaultRates(hang=1.0), hang_s=30.0)
+    session = open_session(ClientConfig(max_connections=2))
+    client = OpenAIClient(base_url=running.openai_base_url, session=session)
+    try:
+        task = asyncio.create_task(client.send(REQ))
+        for _ in range(3000):  # until the server holds the request (bounded)
+            if running.emulator.counters.body_hashes:
+                break
+            await asyncio.sleep(0.01)
+        assert running.emulator.counters.body_hashes
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        connector = session.connector
+        assert connector is not None
+        assert not connector._acquired  # no connection left checked out
+    finally:
+        await session.close()
+
+
+async def test_timed_out_hang_frees_the_servers_slot(start_emulator: StartEmulator) -> None:
+    running = await start_emulator(
+        faults=FaultRates(hang=1.0), hang_s=30.0, limits=Limits(max_concurrency=1)
+    )
+    config = ClientConfig(timeouts=Timeouts(read=0.2))
+    async with OpenAIClient(base_url=running.openai_base_url, config=config) as client:
+        assert (await client.send(REQ)).kind is OutcomeKind.TIMEOUT
+    limits = running.emulator.openai_limits
+    for _ in range(3000):  # the server notices the hang-up and cancels its handler
+        if limits.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert limits.in_flight == 0
+    counts = running.emulator.counters.snapshot()["requests"]["/v1/chat/completions"]
+    assert counts == {"cancelled": 1}
+
+
+async def test_max_completion_tokens_goes_over_the_wire(emulator: RunningEmulator) -> None:
+    req = ChatRequest(model="m", messages=REQ.messages, max_tokens=5)
+    async with OpenAIClient(
+        base_url=emulator.openai_base_url, token_param="max_completion_tokens"
+    ) as client:
+        out = await client.send(req)
+    assert out.kind is OutcomeKind.TRUNCATED
+    assert out.finish_reason == "length"
+    assert 0 < out.usage.output_tokens <= 5
+    assert not out.kind.retryable
+
+
+async def test_anthropic_stop_sequence(emulator: RunningEmulator) -> None:
+    req = ChatRequest(model="m", messages=REQ.messages, max_tokens=500, stop=("```",))
+    async with AnthropicClient(base_url=emulator.anthropic_base_url) as client:
+        out = await client.send(req)
+    assert out.kind is OutcomeKind.OK
+    assert out.finish_reason == "stop_sequence"
+    assert "```" not in out.text
+
+
+@BOTH
+async def test_request_larger_than_the_token_limit_is_not_retryable(
+    provider: Provider, start_emulator: StartEmulator
+) -> None:
+    running = await start_emulator(limits=Limits(tpm=1000))
+    big = ChatRequest(model="m", messages=REQ.messages, max_tokens=5000)
+    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+        out = await client.send(big)
+    assert out.status == 429
+    assert out.kind is OutcomeKind.INVALID_REQUEST
+    assert not out.kind.retryable

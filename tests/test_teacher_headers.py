@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from amr_async.emulator.openai_protocol import go_duration
 from amr_async.teacher.headers import (
     parse_anthropic_rate_limits,
     parse_duration,
@@ -130,3 +133,17 @@ def test_anthropic_rate_limit_headers() -> None:
     assert rl.reset_input_tokens_s == 3.0
     assert (rl.limit_output_tokens, rl.remaining_output_tokens) == (8000, 7000)
     assert rl.reset_output_tokens_s == 4.0
+
+
+@given(st.floats(min_value=0, max_value=7200, allow_nan=False))
+def test_client_reads_the_emulators_durations(seconds: float) -> None:
+    # Two independent readings of one format: the emulator writes, the client parses.
+    text = go_duration(seconds)
+    parsed = parse_duration(text)
+    assert parsed is not None, text
+    assert parsed == pytest.approx(seconds, abs=1e-3), text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(360, "6m0s"), (1.5, "1.5s"), (0.009, "9ms")])
+def test_emulator_writes_openai_style_durations(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text

@@ -17,6 +17,9 @@ Prompt kinds are recognised by a `### TASK: <kind>` marker line; see
 
 Token counts (usage and TPM limits) are an estimate: ceil(characters / 4) per text plus 4
 per message. They are consistent within the emulator but do not match any real tokenizer.
+
+Limits of the double: no streaming (`stream: true` gets a 400), one process (its throughput
+is one core's), and the counters keep one entry per distinct request body.
 """
 
 from amr_async.emulator.bank import Bank as Bank
@@ -26,12 +29,12 @@ from amr_async.emulator.config import EmulatorConfig as EmulatorConfig
 from amr_async.emulator.config import FaultRates as FaultRates
 from amr_async.emulator.config import LatencyModel as LatencyModel
 from amr_async.emulator.config import Limits as Limits
+from amr_async.emulator.protocol import estimate_tokens as estimate_tokens
 from amr_async.emulator.scripted import KINDS as KINDS
 from amr_async.emulator.scripted import ScriptedTeacher as ScriptedTeacher
 from amr_async.emulator.server import Emulator as Emulator
 from amr_async.emulator.server import RunningEmulator as RunningEmulator
 from amr_async.emulator.server import body_hash as body_hash
-from amr_async.emulator.server import estimate_tokens as estimate_tokens
 from amr_async.emulator.server import serve as serve
 
 __all__ = [

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from amr_async.emulator.bank import BankError
 from amr_async.emulator.config import EmulatorConfig, FaultRates, LatencyModel, Limits
 from amr_async.emulator.server import serve
 
@@ -139,9 +140,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"amr-async emulator: {exc}", file=sys.stderr)
         return 2
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        asyncio.run(_serve_until_signal(config, args.host, args.port))
-    else:
-        uvloop.run(_serve_until_signal(config, args.host, args.port))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+            asyncio.run(_serve_until_signal(config, args.host, args.port))
+        else:
+            uvloop.run(_serve_until_signal(config, args.host, args.port))
+    except (BankError, OSError) as exc:  # unreadable bank file, port in use, ...
+        print(f"amr-async emulator: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from statistics import NormalDist
+
+_STANDARD_NORMAL = NormalDist()
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,10 +84,8 @@ class LatencyModel:
 
 
 def _normal_quantile(u: float) -> float:
-    """Inverse standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(min(max(u, 1e-12), 1 - 1e-12))
+    """Inverse standard normal CDF, clamped away from 0 and 1."""
+    return _STANDARD_NORMAL.inv_cdf(min(max(u, 1e-12), 1 - 1e-12))
 
 
 @dataclass(slots=True, frozen=True)

@@ -99,6 +99,9 @@ class Refusal:
     limit_name: str  # "requests", "tokens", "input_tokens", "output_tokens", "concurrency"
     limit: int
     retry_after_s: float
+    # The request alone exceeds the limit: waiting cannot help, it must be made smaller.
+    too_large: bool = False
+    requested: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -150,9 +153,9 @@ class RouteLimits:
             amount = charges.get(name, 0)
             wait = window.wait_for(amount)
             if wait is None:
-                # Can never fit; the real APIs answer 429 here too. Retry-after is a full
-                # window: the caller must shrink the request.
-                return Refusal(name, window.limit, WINDOW_S)
+                # Can never fit. OpenAI answers 429 "Request too large"; retry-after is a
+                # full window, but only a smaller request can succeed.
+                return Refusal(name, window.limit, WINDOW_S, too_large=True, requested=amount)
             if wait > 0:
                 return Refusal(name, window.limit, wait)
         admission = Admission()

@@ -29,7 +29,9 @@ fails loudly. The task is found by the function names in the prompt: first a ``d
 whose NAME is a bank entry point, then a call in backticks (`` `NAME(`` ), then any bank
 entry point written as a word with an underscore in it. When no task matches, a prompt with
 a marker gets a task picked by a hash of its text (so pipelines see varied real code), and
-a prompt without one gets a generic but valid Python answer.
+a prompt without one gets a generic but valid Python answer. (So a ``tests`` prompt about
+a function the bank does not know gets asserts for some other function: they fail, as
+tests written for the wrong function should.)
 
 A configurable share of code answers (``bug_rate``) carries an injected bug: the first
 comparison of the solution is flipped, or failing that an integer constant is changed.

@@ -99,7 +99,14 @@ class AnthropicClient(WireClient):
                 cached_input_tokens=int(usage_raw.get("cache_read_input_tokens") or 0),
                 cache_creation_tokens=int(usage_raw.get("cache_creation_input_tokens") or 0),
             )
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as exc:
             return Outcome(
                 kind=OutcomeKind.MALFORMED_RESPONSE,
                 status=status,

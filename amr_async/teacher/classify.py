@@ -71,7 +71,8 @@ def classify_status(status: int, error_type: str, error_code: str, message: str)
 
     Returns:
         The matching kind. Quota and billing errors are told apart from rate limits by the
-        body, since OpenAI sends both as 429 and Anthropic sends billing as 400 or 402.
+        body, since OpenAI sends both as 429 and Anthropic sends billing as 400 or 402; so is
+        a 429 "Request too large" (larger than the whole per-minute limit: not retryable).
     """
     lowered = message.lower()
     is_quota = (
@@ -80,7 +81,12 @@ def classify_status(status: int, error_type: str, error_code: str, message: str)
         or (status in (400, 402, 403, 429) and any(m in lowered for m in _QUOTA_MARKERS[2:]))
     )
     if status == 429:
-        return OutcomeKind.QUOTA_EXHAUSTED if is_quota else OutcomeKind.RATE_LIMITED
+        if is_quota:
+            return OutcomeKind.QUOTA_EXHAUSTED
+        # A request larger than the whole per-minute limit: no wait makes it fit.
+        if "request too large" in lowered:
+            return OutcomeKind.INVALID_REQUEST
+        return OutcomeKind.RATE_LIMITED
     if is_quota or status == 402:
         return OutcomeKind.QUOTA_EXHAUSTED
     if status in (401, 403):
@@ -102,6 +108,7 @@ _KEYLIKE = re.compile(r"\b(?:sk|key|anthropic)[-_][A-Za-z0-9*_\-.]{4,}")
 
 def redact(message: str, secret: str) -> str:
     """`message` with the secret and anything shaped like an API key replaced by `***`."""
-    if secret and secret in message:
+    # Real keys are long; a short test key would blank out ordinary words.
+    if len(secret) >= 8 and secret in message:
         message = message.replace(secret, "***")
     return _KEYLIKE.sub("***", message)

@@ -105,7 +105,14 @@ class OpenAIClient(WireClient):
             )
             if not isinstance(content, str):
                 raise TypeError("message.content is not a string")
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as exc:
             return Outcome(
                 kind=OutcomeKind.MALFORMED_RESPONSE,
                 status=status,
@@ -137,18 +144,23 @@ class OpenAIClient(WireClient):
     ) -> Outcome:
         error_type = error_code = message = ""
         try:
-            err = orjson.loads(raw)["error"]
+            data = orjson.loads(raw)
+            # OpenAI and llama.cpp: {"error": {...}}; Ollama: {"error": "text"};
+            # vLLM and SGLang: {"object": "error", "message": ..., "type": ..., "code": ...}.
+            err = data.get("error", data) if isinstance(data, dict) else None
             if isinstance(err, dict):
                 error_type = str(err.get("type") or "")
                 error_code = str(err.get("code") or "")
                 message = str(err.get("message") or "")
-            elif isinstance(err, str):  # some compatible servers send {"error": "text"}
+            elif isinstance(err, str):
                 message = err
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except orjson.JSONDecodeError:
             pass
         kind = classify_status(status, error_type, error_code, message)
         message = redact(message, self._api_key.reveal())
-        detail = error_code or error_type or "no error body"
+        # llama.cpp and vLLM put the HTTP status in `code`; the type says more.
+        code = "" if error_code.isdigit() else error_code
+        detail = code or error_type or "no error body"
         return Outcome(
             kind=kind,
             status=status,
