@@ -283,7 +283,8 @@ async def test_fake_key_never_reaches_journal_logs_or_outputs(
         ],
         env={"OPENAI_API_KEY": FAKE_KEY[::-1]},
     )
-    assert rc == ExitCode.PARTIAL, err2
+    assert rc == ExitCode.TEACHER, err2  # stops at once instead of failing every item
+    assert "teacher refused the call (auth)" in err2
     (tmp_path / "wrong.log").write_text(out2 + err2)
     files = _files(tmp_path)
     assert any(p.name == "j.db" for p in files)

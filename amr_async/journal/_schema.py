@@ -30,7 +30,7 @@ CREATE TABLE runs (
     created_at  REAL NOT NULL,
     started_at  REAL,                    -- latest start (first run or resume)
     stopped_at  REAL,
-    status      TEXT NOT NULL,           -- running|finished|partial|budget|failed|interrupted
+    status      TEXT NOT NULL,    -- running|finished|partial|budget|stopped|failed|interrupted
     message     TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
     output_path TEXT,

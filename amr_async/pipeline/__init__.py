@@ -14,6 +14,7 @@ from amr_async.pipeline._input import Reject as Reject
 from amr_async.pipeline._input import parse_line as parse_line
 from amr_async.pipeline._teacher import BudgetExhausted as BudgetExhausted
 from amr_async.pipeline._teacher import JournaledTeacher as JournaledTeacher
+from amr_async.pipeline._teacher import TeacherUnavailable as TeacherUnavailable
 from amr_async.pipeline.runner import ExitCode as ExitCode
 from amr_async.pipeline.runner import Runner as Runner
 from amr_async.pipeline.runner import RunReport as RunReport
@@ -29,5 +30,6 @@ __all__ = [
     "RunReport",
     "RunSettings",
     "Runner",
+    "TeacherUnavailable",
     "parse_line",
 ]

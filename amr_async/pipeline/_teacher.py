@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from amr_async.journal import Budget, CostTotals, RunJournal, request_key
-from amr_async.teacher.types import ChatRequest, Outcome, Provider, Usage
+from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
 
 Send = Callable[[ChatRequest], Awaitable[Outcome]]
 Pricer = Callable[[str, Usage], float | None]
@@ -26,6 +26,14 @@ Pricer = Callable[[str, Usage], float | None]
 
 class BudgetExhausted(Exception):
     """A budget cap is reached: no new call may be sent."""
+
+
+class TeacherUnavailable(Exception):
+    """The teacher refuses every call (bad key, exhausted quota): stop, resume once fixed."""
+
+
+# Failures no other request can get past either: stop the run rather than fail every item.
+_STOPS_THE_RUN = frozenset({OutcomeKind.AUTH, OutcomeKind.QUOTA_EXHAUSTED})
 
 
 class JournaledTeacher:
@@ -68,6 +76,7 @@ class JournaledTeacher:
 
         Raises:
             BudgetExhausted: a cap is reached and the answer is not in the journal.
+            TeacherUnavailable: the teacher refused for a reason no retry can fix.
             JournalStorageError: the answer could not be journaled.
         """
         run = self.run
@@ -81,6 +90,8 @@ class JournaledTeacher:
         if reason is not None:
             raise BudgetExhausted(reason)
         outcome = await self._send(request)
+        if outcome.kind in _STOPS_THE_RUN:
+            raise TeacherUnavailable(f"teacher refused the call ({outcome.kind}): {outcome.error}")
         if not outcome.kind.is_success:
             return outcome
         cost = self._price(request.model, outcome.usage)

@@ -10,7 +10,8 @@ each completed stage, and finally commits the strategy's record, which the journ
 to the output exactly once (see `amr_async.journal._output` for the order).
 
 A run stops early, leaving everything resumable, when a budget cap is reached
-(`BudgetExhausted`), when the journal cannot write (disk full), or on `request_stop()`
+(`BudgetExhausted`), when the teacher refuses every call (`TeacherUnavailable`: bad key,
+exhausted quota), when the journal cannot write (disk full), or on `request_stop()`
 (SIGINT/SIGTERM in the CLI): no new item or call starts, calls in flight finish and are
 journaled, and the run's status and a one-line message are recorded.
 """
@@ -27,7 +28,7 @@ import orjson
 
 from amr_async.journal import CostTotals, ItemState, JournalError, RunJournal
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES, InputItem, InputReader, Reject
-from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher
+from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher, TeacherUnavailable
 from amr_async.pipeline.strategies.base import ItemFailed, Strategy
 
 
@@ -41,6 +42,7 @@ class ExitCode(enum.IntEnum):
     BUDGET = 4  # a budget cap stopped dispatch; resume with a higher cap
     STORAGE = 5  # the journal or output could not be written (e.g. disk full); resume later
     LOCKED = 6  # another process has the journal open for writing
+    TEACHER = 7  # the teacher refuses every call (bad key, exhausted quota); resume once fixed
     INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
 
 
@@ -70,7 +72,7 @@ class RunReport:
     """How a run (or one attempt of a resumed run) ended."""
 
     run_id: str | None
-    status: str  # finished | partial | budget | failed | interrupted
+    status: str  # finished | partial | budget | stopped | failed | interrupted
     exit_code: ExitCode
     message: str
     done: int = 0  # items finished in this attempt
@@ -220,6 +222,8 @@ class Runner:
                     await self._process(work)
             except BudgetExhausted as exc:
                 self.request_stop("budget", f"budget reached: {exc}")
+            except TeacherUnavailable as exc:
+                self.request_stop("teacher", str(exc))
             except JournalError as exc:
                 self.request_stop("storage", str(exc))
             finally:
@@ -281,6 +285,8 @@ class Runner:
             report.status, report.exit_code = "failed", ExitCode.STORAGE
         elif self._stop == "budget":
             report.status, report.exit_code = "budget", ExitCode.BUDGET
+        elif self._stop == "teacher":
+            report.status, report.exit_code = "stopped", ExitCode.TEACHER
         elif self._stop is not None:
             report.status, report.exit_code = "interrupted", ExitCode.INTERRUPTED
         elif report.failed or report.rejected:
@@ -305,8 +311,8 @@ class Runner:
         )
         if self._stop == "budget":
             return f"{self._stop_message}; resume with a higher cap ({counts})"
-        if self._stop == "storage":
-            return f"stopped: {self._stop_message} ({counts})"
+        if self._stop in ("storage", "teacher"):
+            return f"stopped: {self._stop_message}; resume once fixed ({counts})"
         if self._stop is not None:
             return f"interrupted: {self._stop_message}; resume with --resume ({counts})"
         extra = f"; rejects in {self.rejects_path}" if report.rejected else ""
