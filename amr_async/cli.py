@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
+from amr_async.journal import cli as journal_cli
 from amr_async.pipeline import cli as pipeline_cli
 from amr_async.scheduler import cli as scheduler_cli
 
@@ -36,6 +37,7 @@ REGISTRARS: list[Registrar] = [
     scheduler_cli.register,
     emulator_cli.register,
     pipeline_cli.register,
+    journal_cli.register,
 ]
 
 

@@ -253,11 +253,22 @@ async def test_budget_stops_dispatch_and_higher_cap_resumes(
     assert "resume with a higher cap" in err
     done = len(_records(tmp_path / "out.jsonl"))
     assert 0 < done < n
+    rc, out, _ = await _cli(["runs", "--journal", str(tmp_path / "j.db"), "--json"])
+    assert rc == 0
+    (run,) = [orjson.loads(line) for line in out.splitlines()]
+    assert run["status"] == "budget"
+    assert run["items"]["done"] == done
+    assert run["by_stage"]["direct"]["tokens"] == run["totals"]["tokens"] >= 2000
+    assert run["totals"]["cost_usd"] > 0  # gpt-4o-mini is in the pricing table
     rc, _, err = await _cli(
         ["run", "--journal", str(tmp_path / "j.db"), "--resume", "--budget-tokens", "10000000"]
     )
     assert rc == ExitCode.OK, err
     assert len(_records(tmp_path / "out.jsonl")) == n
+    rc, out, _ = await _cli(["runs", "--journal", str(tmp_path / "j.db"), "--json"])
+    (run,) = [orjson.loads(line) for line in out.splitlines()]
+    assert (run["status"], run["attempts"], run["items"]) == ("finished", 2, {"done": n})
+    assert run["totals"]["calls"] == n
     # Calls in flight at the stop were journaled: nothing was bought twice.
     assert set(_counts(emu).values()) == {1}
 

@@ -23,6 +23,8 @@ from amr_async.journal._errors import JournalSchemaError as JournalSchemaError
 from amr_async.journal._errors import JournalStorageError as JournalStorageError
 from amr_async.journal._keys import normalise_request as normalise_request
 from amr_async.journal._keys import request_key as request_key
+from amr_async.journal._report import RunSummary as RunSummary
+from amr_async.journal._report import read_runs as read_runs
 from amr_async.journal._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from amr_async.journal._store import ItemState as ItemState
 from amr_async.journal._store import Journal as Journal
@@ -45,6 +47,8 @@ __all__ = [
     "JournaledCall",
     "RunInfo",
     "RunJournal",
+    "RunSummary",
     "normalise_request",
+    "read_runs",
     "request_key",
 ]
