@@ -325,3 +325,46 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
 def test_same_process_second_open_is_refused_too(tmp_path: Path) -> None:
     with Journal.open(tmp_path / "j.db"), pytest.raises(JournalLockedError):
         Journal.open(tmp_path / "j.db")
+
+
+async def test_new_output_path_on_resume_gets_every_finished_item(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j.db") as journal:
+        await _finish(journal, "r", ["a", "b"], resume=False)
+    other = tmp_path / "moved.jsonl"
+    with Journal.open(tmp_path / "j.db") as journal:
+        journal.start_run(config={}, output_path=other, run_id="r", resume=True)
+    assert sorted(r["id"] for r in _lines(other)) == ["a", "b"]  # type: ignore[type-var]
+
+
+async def test_cache_hit_keeps_provider_and_model(tmp_path: Path) -> None:
+    key = request_key("openai", _req())
+    with Journal.open(tmp_path / "j.db") as journal:
+        first = journal.start_run(config={}, run_id="r1")
+        await first.record_call(key, _ok(), provider="openai", model="gpt-x", cost_usd=0.1)
+        second = journal.start_run(config={}, run_id="r2", cache=True)
+        assert await second.lookup_call(key) is not None
+    row = (
+        _raw(tmp_path / "j.db")
+        .execute("SELECT provider, model, source, cost_usd FROM calls WHERE run_id = 'r2'")
+        .fetchone()
+    )
+    assert row == ("openai", "gpt-x", "cache", 0.0)
+
+
+def test_read_runs_reports_totals_without_the_lock(tmp_path: Path) -> None:
+    import asyncio
+
+    from amr_async.journal import read_runs
+
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={"model": "m"}, run_id="r1")
+        asyncio.run(
+            run.record_call(
+                request_key("openai", _req()), _ok(), provider="openai", model="m", cost_usd=0.2
+            )
+        )
+        (summary,) = read_runs(tmp_path / "j.db")  # while the writer holds the journal
+    assert summary.info.run_id == "r1"
+    assert summary.info.config == {"model": "m"}
+    assert summary.totals == CostTotals(1, 10, 20, 0.2)
+    assert summary.as_dict()["by_stage"][""]["tokens"] == 30

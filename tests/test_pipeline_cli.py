@@ -317,3 +317,40 @@ async def test_second_run_on_same_journal_is_refused(
     assert rc == ExitCode.LOCKED
     assert f"pid {os.getpid()}" in err
     assert "already open for writing" in err
+
+
+async def test_sigterm_stops_cleanly_and_resume_finishes(
+    tmp_path: Path, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator(EmulatorConfig(latency=LatencyModel(base_s=0.05)))
+    n = 200
+    _write_input(tmp_path / "in.jsonl", n)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "amr_async.cli", *_run_args(tmp_path, emu, "--concurrency", "4")),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    while sum(_counts(emu).values()) < 10:  # noqa: ASYNC110  (no notification to wait on)
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "interrupted" in err.decode()
+    done = len(_records(tmp_path / "out.jsonl"))
+    assert 0 < done < n
+    # In-flight calls finished and were journaled: the resume sends each request once.
+    rc, _, err2 = await _cli(["run", "--journal", str(tmp_path / "j.db"), "--resume"])
+    assert rc == ExitCode.OK, err2
+    assert len(_records(tmp_path / "out.jsonl")) == n
+    assert set(_counts(emu).values()) == {1}
+
+
+async def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
+    rc, _, err = await _cli(
+        [
+            *("run", "--input", str(tmp_path / "nope.jsonl")),
+            *("--output", str(tmp_path / "o.jsonl"), "--journal", str(tmp_path / "j.db")),
+            *("--model", MODEL),
+        ]
+    )
+    assert rc == ExitCode.USAGE
+    assert "nope.jsonl is not a readable file" in err

@@ -31,7 +31,7 @@ from amr_async.teacher.types import Outcome, OutcomeKind, Usage
 
 _CALL_COLUMNS = (
     "kind, text, finish_reason, input_tokens, output_tokens, cached_input_tokens, "
-    "cache_creation_tokens, cost_usd, request_id, run_id, source"
+    "cache_creation_tokens, cost_usd, request_id, run_id, source, provider, model"
 )
 _INSERT_CALL = (
     "INSERT OR IGNORE INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
@@ -65,6 +65,8 @@ class JournaledCall:
     request_id: str | None
     run_id: str
     source: str
+    provider: str
+    model: str
 
     def to_outcome(self) -> Outcome:
         """The `Outcome` a caller gets when answered from the journal."""
@@ -329,12 +331,17 @@ class RunJournal:
     def attach_output(self, path: Path) -> None:
         """Repair `path` against the journal (see `_output`) and queue unemitted lines."""
         conn = self.journal.reader()
-        offset = int(
-            conn.execute(
-                "SELECT output_offset FROM runs WHERE run_id = ?", (self.run_id,)
-            ).fetchone()[0]
-        )
+        offset, old_path = conn.execute(
+            "SELECT output_offset, output_path FROM runs WHERE run_id = ?", (self.run_id,)
+        ).fetchone()
         size = path.stat().st_size if path.exists() else 0
+        if old_path is not None and Path(old_path) != path:
+            # A new output file for this run: write every finished item into it afresh.
+            self._writer.submit(
+                "UPDATE items SET emitted = 0 WHERE run_id = ? AND state = 'done'", (self.run_id,)
+            )
+            self._writer.flush_sync()
+            offset = 0
         try:
             if size >= offset:
                 if size > offset:
@@ -344,6 +351,11 @@ class RunJournal:
                 offset = self._rescan(path)
         except OSError as exc:
             raise storage_error(exc, f"output {path}") from None
+        # Flush first: no line of an earlier sink for this run may still be on its way.
+        self._writer.flush_sync()
+        old = self.journal._sinks.pop(self.run_id, None)
+        if old is not None:
+            old.close()
         self.journal._sinks[self.run_id] = OutputSink(path, offset)
         self._writer.submit(
             "UPDATE runs SET output_path = ?, output_offset = ? WHERE run_id = ?",
@@ -390,7 +402,7 @@ class RunJournal:
             await self._writer.submit_async(
                 _INSERT_CALL,
                 (
-                    self.run_id, key, None, None, "cache", "cache", str(found.kind),
+                    self.run_id, key, None, None, found.provider, found.model, str(found.kind),
                     found.text, found.finish_reason, found.usage.input_tokens,
                     found.usage.output_tokens, found.usage.cached_input_tokens,
                     found.usage.cache_creation_tokens, 0.0, found.request_id, 0.0, "cache",
@@ -421,6 +433,8 @@ class RunJournal:
             request_id=row[8],
             run_id=row[9],
             source=row[10],
+            provider=row[11],
+            model=row[12],
         )
 
     async def record_call(

@@ -185,7 +185,6 @@ class GroupCommitWriter:
 
     def _main(self) -> None:
         conn = open_connection(self._path, synchronous=self._synchronous)
-        sinks: dict[str, OutputSink | None] = {}
         try:
             stop = False
             while not stop:
@@ -200,12 +199,9 @@ class GroupCommitWriter:
                 assert isinstance(first, _Row)
                 batch = [first]
                 stop = self._gather(batch)
-                self._commit(conn, batch, sinks)
+                self._commit(conn, batch)
             self._commit_offsets(conn)
         finally:
-            for sink in sinks.values():
-                if sink is not None:
-                    sink.close()
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
@@ -231,9 +227,7 @@ class GroupCommitWriter:
             batch.append(row)
         return False
 
-    def _commit(
-        self, conn: sqlite3.Connection, batch: list[_Row], sinks: dict[str, OutputSink | None]
-    ) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Row]) -> None:
         error = self.error
         if error is None:
             try:
@@ -246,7 +240,7 @@ class GroupCommitWriter:
         self._settle(batch, error)
         if error is None:
             try:
-                self._emit(conn, batch, sinks)
+                self._emit(batch)
             except JournalStorageError as exc:
                 self.error = exc
             except sqlite3.Error as exc:
@@ -278,9 +272,7 @@ class GroupCommitWriter:
         self.rows_committed += len(rows)
         self.batches += 1
 
-    def _emit(
-        self, conn: sqlite3.Connection, batch: list[_Row], sinks: dict[str, OutputSink | None]
-    ) -> None:
+    def _emit(self, batch: list[_Row]) -> None:
         """Append the batch's output lines; their offsets commit with the next transaction.
 
         Deferring the offset costs nothing in safety: until it commits, resume sees a file
@@ -291,9 +283,7 @@ class GroupCommitWriter:
             if row.emit is not None:
                 by_run.setdefault(row.emit.run_id, []).append(row.emit)
         for run_id, emits in by_run.items():
-            if run_id not in sinks:
-                sinks[run_id] = self._sink_for(run_id)
-            sink = sinks[run_id]
+            sink = self._sink_for(run_id)  # owned (and closed) by the journal
             if sink is None:
                 continue
             offset = sink.append([e.line for e in emits])

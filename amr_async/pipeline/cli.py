@@ -167,6 +167,8 @@ def _prepare(args: argparse.Namespace, journal: Journal) -> tuple[dict[str, Any]
     for name in ("input", "output", "model"):
         if cfg[name] is None:
             raise _UsageError(f"--{name} is required for a new run")
+    if not Path(cfg["input"]).is_file():
+        raise _UsageError(f"input {cfg['input']} is not a readable file")
     output = Path(cfg["output"])
     if not resume and output.exists() and output.stat().st_size > 0:
         raise _UsageError(f"output {output} exists and is not empty; use --resume or remove it")
