@@ -9,7 +9,10 @@ Usage: python bench/journal.py [--quick]
   its throughput without one (plain output file), against a zero-latency emulator in its
   own process, same input, runs alternated. Values near 1 mean the journal costs little.
 
-Medians of repetitions; ratios come from the same run. Last line: one JSON object.
+Also reported, because a shared machine's load swings wall-clock rates: the process CPU
+time per journaled call and per item (all threads), from which `writes_per_cpu_s` and
+`journal_overhead_cpu` follow. Medians of repetitions; ratios come from the same run.
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, 
 MODEL = "gpt-4o-mini"
 
 
-async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float]:
-    """Journaled calls per second and mean rows per commit."""
+async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float, float]:
+    """Journaled calls per second, mean rows per commit, process CPU µs per call."""
     keys = [
         request_key(
             Provider.OPENAI,
@@ -64,18 +67,20 @@ async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float]:
                     stage="direct",
                 )
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as tg:
             for _ in range(tasks):
                 tg.create_task(worker())
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         rows = journal.writer.rows_committed - rows0
         batches = journal.writer.batches - batches0
-    return calls / elapsed, rows / max(batches, 1)
+    return calls / elapsed, rows / max(batches, 1), cpu / calls * 1e6
 
 
-async def _engine(base_url: str, src: Path, work: Path, *, journaled: bool, conc: int) -> float:
-    """Items per second of the direct strategy over `src`."""
+async def _engine(
+    base_url: str, src: Path, work: Path, *, journaled: bool, conc: int
+) -> tuple[float, float]:
+    """Items per second of the direct strategy over `src`, and process CPU ms per item."""
     client = OpenAIClient(base_url=base_url, api_key="")
     dispatcher = Dispatcher([Endpoint(client)])
     strategy = DirectStrategy(model=MODEL)
@@ -93,12 +98,12 @@ async def _engine(base_url: str, src: Path, work: Path, *, journaled: bool, conc
             plain_output=None if journaled else work / "plain.jsonl",
             settings=settings,
         )
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = await runner.run()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         if report.done == 0 or report.failed:
             raise RuntimeError(f"benchmark run did not complete: {report.message}")
-        return report.done / elapsed
+        return report.done / elapsed, cpu / report.done * 1e3
     finally:
         if journal is not None:
             journal.close()
@@ -136,13 +141,14 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         pass
 
-    write_rates, rows_per_commit = [], []
+    write_rates, rows_per_commit, cpu_per_write = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                rate, per = runner.run(_writes(Path(tmp) / f"w{rep}.db", calls, tasks))
+                rate, per, cpu_us = runner.run(_writes(Path(tmp) / f"w{rep}.db", calls, tasks))
             write_rates.append(rate)
             rows_per_commit.append(per)
+            cpu_per_write.append(cpu_us)
 
         src = Path(tmp) / "in.jsonl"
         with src.open("wb") as f:
@@ -151,6 +157,7 @@ def main() -> None:
                 f.write(orjson.dumps({"id": f"t{i}", "instruction": text}) + b"\n")
         emulator, base_url = _start_emulator()
         with_j, without_j = [], []
+        cpu_with, cpu_without = [], []
         try:
             for rep in range(reps):
                 order = (True, False) if rep % 2 == 0 else (False, True)
@@ -158,15 +165,17 @@ def main() -> None:
                     work = Path(tmp) / f"e{rep}{int(journaled)}"
                     work.mkdir()
                     with asyncio.Runner(loop_factory=loop_factory) as runner:
-                        rate = runner.run(
+                        rate, cpu_ms = runner.run(
                             _engine(base_url, src, work, journaled=journaled, conc=conc)
                         )
                     (with_j if journaled else without_j).append(rate)
+                    (cpu_with if journaled else cpu_without).append(cpu_ms)
         finally:
             emulator.terminate()
             emulator.wait()
 
     ratios = [w / wo for w, wo in zip(with_j, without_j, strict=True)]
+    cpu_ratios = [wo / w for w, wo in zip(cpu_with, cpu_without, strict=True)]
     print(
         orjson.dumps(
             {
@@ -178,11 +187,19 @@ def main() -> None:
                 "writer_tasks": tasks,
                 "writes_per_s": round(statistics.median(write_rates)),
                 "rows_per_commit": round(statistics.median(rows_per_commit), 1),
+                # CPU time (all threads of this process) per journaled call, and the rate
+                # that would give on one uncontended core: less sensitive to a busy machine.
+                "cpu_us_per_write": round(statistics.median(cpu_per_write), 1),
+                "writes_per_cpu_s": round(1e6 / statistics.median(cpu_per_write)),
                 "items": items,
                 "concurrency": conc,
                 "items_per_s_with_journal": round(statistics.median(with_j), 1),
                 "items_per_s_without_journal": round(statistics.median(without_j), 1),
                 "journal_overhead": round(statistics.median(ratios), 3),
+                "cpu_ms_per_item_with_journal": round(statistics.median(cpu_with), 3),
+                "cpu_ms_per_item_without_journal": round(statistics.median(cpu_without), 3),
+                # Throughput ratio if CPU were the only limit (CPU per item without / with).
+                "journal_overhead_cpu": round(statistics.median(cpu_ratios), 3),
             }
         ).decode()
     )
