@@ -120,7 +120,7 @@ class Journal:
         path: Path,
         *,
         max_rows: int = 2000,
-        max_delay_s: float = 0.02,
+        max_delay_s: float = 0.01,
         synchronous: str = "FULL",
     ) -> None:
         self.path = Path(path)
@@ -520,7 +520,7 @@ class RunJournal:
         output: Any,
         provenance: Mapping[str, Any],
     ) -> None:
-        """Journal a completed stage of an item (committed within the writer's max delay).
+        """Journal a completed stage of an item (committed with the writer's next batch).
 
         Not awaited: the stage's teacher calls are already durable, and the item's final
         commit is ordered after this row, so a crash before it only repeats local work.

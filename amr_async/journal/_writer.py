@@ -4,12 +4,11 @@ Every write goes through one queue to one thread that owns the only writing conn
 The thread takes the first waiting row, then every row queued behind it (up to
 `max_rows`), and commits them in one transaction: one fsync pays for the whole group.
 
-When a batch closes:
-- as soon as the queue is momentarily empty, if someone awaits durability of a row in it
-  (a teacher answer must be on disk before its caller sees it: waiting longer would only
-  add latency; while a commit runs, the next group queues up behind it);
-- otherwise (fire-and-forget rows: item progress) after `max_delay_s` since its first row,
-  or at `max_rows`, whichever comes first.
+A batch closes at `max_rows`, or `max_delay_s` (10 ms by default) after its first row,
+or at once for a `flush()`. The window trades a few milliseconds of latency per journaled
+answer (teacher calls take seconds) for fewer, larger commits: on the development machine
+it cut the journal's CPU per item by roughly a sixth against committing whenever the queue
+was momentarily empty, since every commit costs page writes and an fsync whatever its size.
 
 Rows may carry an output line (`emit`): once their transaction is committed the lines
 are appended to the output file, and the new offset is committed with the next
@@ -112,7 +111,7 @@ class GroupCommitWriter:
         path: Path,
         *,
         max_rows: int = 2000,
-        max_delay_s: float = 0.02,
+        max_delay_s: float = 0.01,
         synchronous: str = "FULL",
         sink_for: Callable[[str], OutputSink | None] | None = None,
     ) -> None:
@@ -140,7 +139,7 @@ class GroupCommitWriter:
     def submit(
         self, sql: str | None, params: Sequence[object] = (), emit: Emit | None = None
     ) -> None:
-        """Queue a row without waiting; it is committed within `max_delay_s`."""
+        """Queue a row without waiting; it is committed with the next batch."""
         self._check_open()
         self._queue.put(_Row(sql, params, emit, None))
 
@@ -206,16 +205,19 @@ class GroupCommitWriter:
                 conn.close()
 
     def _gather(self, batch: list[_Row]) -> bool:
-        """Add queued rows to `batch`; True when the stop marker was taken."""
-        urgent = batch[0].future is not None or batch[0].event is not None
+        """Add queued rows to `batch` until it is full or its window is over.
+
+        Returns:
+            True when the stop marker was taken (the batch is then committed last).
+        """
         deadline = time.monotonic() + self._max_delay_s
         while len(batch) < self._max_rows:
             try:
                 row = self._queue.get_nowait()
             except queue.Empty:
                 wait = deadline - time.monotonic()
-                if urgent or wait <= 0:
-                    return False
+                if wait <= 0 or batch[-1].event is not None:
+                    return False  # window over, or a flush() is waiting: commit now
                 try:
                     row = self._queue.get(timeout=wait)
                 except queue.Empty:
@@ -223,7 +225,6 @@ class GroupCommitWriter:
             if row is _STOP:
                 return True
             assert isinstance(row, _Row)
-            urgent = urgent or row.future is not None or row.event is not None
             batch.append(row)
         return False
 
