@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="requests per run of each mode")
     p.add_argument("--reps", type=int, help="repetitions per mode (median reported)")
     args = p.parse_args(argv)
-    args.requests = args.requests or (600 if args.quick else 5000)
+    args.requests = args.requests or (500 if args.quick else 5000)
     args.reps = args.reps or (3 if args.quick else 5)
     return args
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from amr_async.emulator import FaultRates, Limits, RunningEmulator
+from amr_async.emulator import FaultRates, LatencyModel, Limits, RunningEmulator
 from amr_async.teacher import (
     AnthropicClient,
     ChatRequest,
@@ -308,3 +308,39 @@ async def test_request_larger_than_the_token_limit_is_not_retryable(
     assert out.status == 429
     assert out.kind is OutcomeKind.INVALID_REQUEST
     assert not out.kind.retryable
+
+
+async def test_concurrent_faults_are_all_classified_and_counted(
+    start_emulator: StartEmulator,
+) -> None:
+    running = await start_emulator(
+        faults=FaultRates.spread(0.5), seed=5, latency=LatencyModel.parse("lognormal:0.002,0.5")
+    )
+    session = open_session(ClientConfig(max_connections=50))
+    client = OpenAIClient(base_url=running.openai_base_url, session=session)
+    try:
+        requests = [
+            ChatRequest(model="m", messages=(Message("user", f"question {i}"),), max_tokens=400)
+            for i in range(200)
+        ]
+        outcomes = await asyncio.gather(*(client.send(r) for r in requests))
+    finally:
+        await session.close()
+    snap = running.emulator.counters.snapshot()
+    faults = snap["faults"]
+    kinds = [o.kind for o in outcomes]
+    expected = {
+        OutcomeKind.SERVER_ERROR: faults.get("server_error", 0),
+        OutcomeKind.OVERLOADED: faults.get("overloaded", 0),
+        OutcomeKind.RATE_LIMITED: faults.get("rate_limit", 0),
+        OutcomeKind.CONNECTION: faults.get("connection_reset", 0),
+        OutcomeKind.MALFORMED_RESPONSE: faults.get("malformed_json", 0)
+        + faults.get("truncated_body", 0),
+        OutcomeKind.TRUNCATED: faults.get("finish_length", 0),
+    }
+    for kind, count in expected.items():
+        assert kinds.count(kind) == count, kind
+    assert kinds.count(OutcomeKind.OK) == 200 - sum(faults.values())
+    assert 60 <= sum(faults.values()) <= 140  # ~100 expected from rate 0.5
+    assert sum(snap["requests"]["/v1/chat/completions"].values()) == 200
+    assert sorted(snap["body_hashes"].values()) == [1] * 200

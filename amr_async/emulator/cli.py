@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import sys
 from dataclasses import replace
@@ -133,12 +134,26 @@ async def _serve_until_signal(config: EmulatorConfig, host: str, port: int) -> N
         await stop.wait()
 
 
+def _raise_open_files_limit() -> None:
+    """Let this process hold as many sockets as the hard limit allows.
+
+    The emulator runs as its own process in benchmarks with thousands of connections.
+    (Written here rather than imported from teacher/: the emulator shares no code with
+    the clients.)
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"amr-async emulator: {exc}", file=sys.stderr)
         return 2
+    _raise_open_files_limit()
     try:
         try:
             import uvloop

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import aiohttp
 
 from amr_async.teacher.anthropic_messages import ANTHROPIC_BASE_URL, AnthropicClient
@@ -17,6 +19,7 @@ def make_client(
     api_key: str | Secret | None = None,
     session: aiohttp.ClientSession | None = None,
     config: ClientConfig | None = None,
+    token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
 ) -> TeacherClient:
     """A client for `provider`.
 
@@ -26,6 +29,8 @@ def make_client(
         api_key: the key; from the provider's environment variable when None.
         session: a shared session; the client makes its own when None.
         config: pool size and timeouts for an own session.
+        token_param: OpenAI only: the body field for the output limit (OpenAI's reasoning
+            models need `max_completion_tokens`).
 
     Returns:
         A client satisfying `TeacherClient`.
@@ -36,7 +41,11 @@ def make_client(
     kind = Provider(provider)
     if kind is Provider.OPENAI:
         return OpenAIClient(
-            base_url=base_url or OPENAI_BASE_URL, api_key=api_key, session=session, config=config
+            base_url=base_url or OPENAI_BASE_URL,
+            api_key=api_key,
+            session=session,
+            config=config,
+            token_param=token_param,
         )
     return AnthropicClient(
         base_url=base_url or ANTHROPIC_BASE_URL, api_key=api_key, session=session, config=config
