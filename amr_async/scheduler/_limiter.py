@@ -76,8 +76,10 @@ class LimiterTuning:
         defaults: the conservative limits used until the server says otherwise.
         default_max_in_flight: in-flight cap when none is configured.
         burst_s: bucket capacity, in seconds of the rate.
-        headroom: share of a limit the limiter aims for; the rest absorbs the sliding-window
-            jitter that would otherwise turn into 429s.
+        headroom: share of a limit the limiter aims for. Against a sliding one-minute
+            window, a bucket holding `burst_s` of rate r admits at most r × (60 + burst_s)
+            in any minute, so headroom ≤ 60 / (60 + burst_s) (0.984 for 1 s) never
+            overshoots; 0.98 leaves a little for clock skew between us and the server.
         aimd: the back-off constants.
     """
 
@@ -86,7 +88,7 @@ class LimiterTuning:
     )
     default_max_in_flight: int = 256
     burst_s: float = 1.0
-    headroom: float = 0.97
+    headroom: float = 0.98
     aimd: AimdConfig = field(default_factory=AimdConfig)
 
     def __post_init__(self) -> None:
