@@ -59,3 +59,15 @@ def test_reader_streams_batches_rejects_long_lines_and_writes_rejects(tmp_path: 
     reader.close()
     written = [orjson.loads(x) for x in (tmp_path / "rejects.jsonl").read_bytes().splitlines()]
     assert written == [{"file": str(src), "line": 3, "reason": rejects[0].reason}]
+
+
+def test_journaled_config_has_no_url_password() -> None:
+    from amr_async.cli import build_parser
+    from amr_async.pipeline.cli import _settings
+
+    args = build_parser().parse_args(
+        ["run", "--journal", "j.db", "--base-url", "http://bob:hunter2@127.0.0.1:9/v1"]
+    )
+    cfg = _settings(args, None)
+    assert cfg["base_url"] == "http://127.0.0.1:9/v1"
+    assert "hunter2" not in orjson.dumps(cfg).decode()

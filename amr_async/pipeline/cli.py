@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from amr_async.journal import (
     Budget,
@@ -105,7 +106,20 @@ def _settings(args: argparse.Namespace, stored: dict[str, Any] | None) -> dict[s
     for name in ("input", "output", "rejects"):
         if out[name] is not None:
             out[name] = str(Path(out[name]).resolve())
+    if out["base_url"]:
+        out["base_url"] = _without_password(out["base_url"])
     return out
+
+
+def _without_password(url: str) -> str:
+    """`url` with any `user:password@` removed: the config is journaled, secrets are not."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -186,7 +200,8 @@ async def _run(args: argparse.Namespace, cfg: dict[str, Any], run: RunJournal) -
 
     provider = Provider(cfg["provider"])
     pricing = PricingTable.load(cfg["pricing"])
-    client = make_client(provider, base_url=cfg["base_url"])
+    # The URL as given (it may carry credentials); the journaled config has them removed.
+    client = make_client(provider, base_url=args.base_url or cfg["base_url"])
     dispatcher = Dispatcher([Endpoint(client)], pricing=pricing)
     teacher = JournaledTeacher(
         dispatcher.submit,
