@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
+from amr_async.journal import cli as journal_cli
+from amr_async.pipeline import cli as pipeline_cli
 from amr_async.scheduler import cli as scheduler_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -34,6 +36,8 @@ REGISTRARS: list[Registrar] = [
     _register_demo,
     scheduler_cli.register,
     emulator_cli.register,
+    pipeline_cli.register,
+    journal_cli.register,
 ]
 
 

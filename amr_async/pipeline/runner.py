@@ -1,0 +1,327 @@
+"""The pipeline runner: streams the input through a strategy, resumable at every stage.
+
+Shape: one producer reads the input in batches on a worker thread (parse, validate, look
+up each item's journaled state in one query per batch) and feeds a bounded queue; a fixed
+pool of `concurrency` worker tasks takes items from it. Memory is bounded by the queue and
+the batch size, never by the input: no task, future or record per input row is kept.
+
+Per item the runner skips the stages the journal says are complete, runs the rest, journals
+each completed stage, and finally commits the strategy's record, which the journal appends
+to the output exactly once (see `amr_async.journal._output` for the order).
+
+A run stops early, leaving everything resumable, when a budget cap is reached
+(`BudgetExhausted`), when the teacher refuses every call (`TeacherUnavailable`: bad key,
+exhausted quota), when the journal cannot write (disk full), or on `request_stop()`
+(SIGINT/SIGTERM in the CLI): no new item or call starts, calls in flight finish and are
+journaled, and the run's status and a one-line message are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from amr_async.journal import CostTotals, ItemState, JournalError, RunJournal
+from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES, InputItem, InputReader, Reject
+from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher, TeacherUnavailable
+from amr_async.pipeline.strategies.base import ItemFailed, Strategy
+
+
+class ExitCode(enum.IntEnum):
+    """What `amr-async run` exits with."""
+
+    OK = 0  # every item finished
+    ERROR = 1  # unexpected error (message on stderr)
+    USAGE = 2  # bad command line (argparse)
+    PARTIAL = 3  # finished, but some input lines were rejected or items failed
+    BUDGET = 4  # a budget cap stopped dispatch; resume with a higher cap
+    STORAGE = 5  # the journal or output could not be written (e.g. disk full); resume later
+    LOCKED = 6  # another process has the journal open for writing
+    TEACHER = 7  # the teacher refuses every call (bad key, exhausted quota); resume once fixed
+    INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
+
+
+@dataclass(slots=True, frozen=True)
+class RunSettings:
+    """How the runner streams.
+
+    Attributes:
+        concurrency: items in progress at once (worker tasks).
+        batch_lines: input lines read, validated and looked up per batch.
+        max_line_bytes: longer input lines are rejected.
+    """
+
+    concurrency: int = 64
+    batch_lines: int = 256
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.batch_lines < 1:
+            raise ValueError(f"batch_lines must be >= 1, got {self.batch_lines}")
+
+
+@dataclass(slots=True)
+class RunReport:
+    """How a run (or one attempt of a resumed run) ended."""
+
+    run_id: str | None
+    status: str  # finished | partial | budget | stopped | failed | interrupted
+    exit_code: ExitCode
+    message: str
+    done: int = 0  # items finished in this attempt
+    already_done: int = 0  # items found finished in the journal (resume)
+    failed: int = 0
+    rejected: int = 0
+    answered_from_journal: int = 0
+    totals: CostTotals = field(default_factory=CostTotals)
+    by_stage: dict[str, CostTotals] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Work:
+    item: InputItem
+    state: ItemState | None
+
+
+class Runner:
+    """Runs one strategy over one input file. Not reusable: one `run()` per instance.
+
+    Args:
+        strategy: the stages and record.
+        teacher: the journaled door to the teacher.
+        input_path: the input JSONL.
+        rejects_path: where rejected lines are reported.
+        run: the run's journal (writes the output); None only for benchmarks' baseline,
+            which then needs `plain_output`.
+        plain_output: output file written directly when there is no journal (no
+            exactly-once guarantee: the benchmark baseline only).
+        settings: streaming knobs.
+    """
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        teacher: JournaledTeacher,
+        input_path: Path,
+        rejects_path: Path,
+        run: RunJournal | None,
+        plain_output: Path | None = None,
+        settings: RunSettings | None = None,
+    ) -> None:
+        if run is None and plain_output is None:
+            raise ValueError("without a journal the runner needs plain_output")
+        self.strategy = strategy
+        self.teacher = teacher
+        self.input_path = input_path
+        self.rejects_path = rejects_path
+        self.run_journal = run
+        self.settings = settings or RunSettings()
+        self._plain_output = plain_output
+        self._plain: BinaryIO | None = None
+        self._stop: str | None = None
+        self._stop_message = ""
+        self._in_flight: dict[str, int] = {}  # item id -> line, queued or running
+        # Finished items whose final commit was not yet known done at the last batch load
+        # (the load cannot see them): item id -> (line, commit future).
+        self._finishing: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        self._report = RunReport(run.run_id if run else None, "running", ExitCode.OK, "")
+
+    def request_stop(
+        self, reason: str = "interrupted", message: str = "stopped on request"
+    ) -> None:
+        """Start no new item or call; calls in flight finish. Safe to call repeatedly."""
+        if self._stop is None:
+            self._stop = reason
+            self._stop_message = message
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    async def run(self) -> RunReport:
+        """Process the whole input (or until stopped) and record how the run ended."""
+        settings = self.settings
+        reader = await asyncio.to_thread(
+            InputReader,
+            self.input_path,
+            self.rejects_path,
+            max_line_bytes=settings.max_line_bytes,
+        )
+        if self._plain_output is not None and self.run_journal is None:
+            self._plain = self._plain_output.open("wb")
+        queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=settings.concurrency)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(settings.concurrency):
+                    tg.create_task(self._worker(queue))
+                try:
+                    await self._produce(reader, queue)
+                finally:
+                    for _ in range(settings.concurrency):
+                        await queue.put(None)
+        finally:
+            await asyncio.to_thread(reader.close)
+            if self._plain is not None:
+                self._plain.close()
+        self._report.rejected = reader.rejected
+        return await self._finish()
+
+    # --------------------------------------------------------------- producer
+
+    async def _produce(self, reader: InputReader, queue: asyncio.Queue[_Work | None]) -> None:
+        rejects: list[Reject] = []
+        run = self.run_journal
+        while self._stop is None:
+            batch = await asyncio.to_thread(_write_then_read, reader, rejects, self.settings)
+            rejects = []
+            if not batch:
+                break
+            items = [b for b in batch if isinstance(b, InputItem)]
+            rejects.extend(b for b in batch if isinstance(b, Reject))
+            # Pruned before the load: what is committed by now the load sees; the rest
+            # stays here, so a duplicate id is caught either way.
+            self._finishing = {k: v for k, v in self._finishing.items() if not v[1].done()}
+            states: dict[str, ItemState] = {}
+            if run is not None and items:
+                states = await run.journal.read(run.load_items, [i.item_id for i in items])
+            for item in items:
+                if self._stop is not None:
+                    break
+                state = states.get(item.item_id)
+                first = self._in_flight.get(item.item_id)
+                if first is None and item.item_id in self._finishing:
+                    first = self._finishing[item.item_id][0]
+                if first is None and state is not None:
+                    first = state.line_no
+                if first is not None and first != item.line_no:
+                    rejects.append(Reject(item.line_no, f"field 'id': duplicate of line {first}"))
+                    continue
+                if state is not None and state.state == "done":
+                    self._report.already_done += 1
+                    continue
+                self._in_flight[item.item_id] = item.line_no
+                await queue.put(_Work(item, state))
+        if rejects:
+            await asyncio.to_thread(reader.write_rejects, rejects)
+
+    # ---------------------------------------------------------------- workers
+
+    async def _worker(self, queue: asyncio.Queue[_Work | None]) -> None:
+        while (work := await queue.get()) is not None:
+            item = work.item
+            try:
+                if self._stop is None:  # once stopping, queued items stay for the resume
+                    await self._process(work)
+            except BudgetExhausted as exc:
+                self.request_stop("budget", f"budget reached: {exc}")
+            except TeacherUnavailable as exc:
+                self.request_stop("teacher", str(exc))
+            except JournalError as exc:
+                self.request_stop("storage", str(exc))
+            finally:
+                del self._in_flight[item.item_id]
+
+    async def _process(self, work: _Work) -> None:
+        item, state = work.item, work.state
+        run = self.run_journal
+        outputs: dict[str, Any] = dict(state.outputs) if state is not None else {}
+        stages = self.strategy.stages
+        last: str | None = state.stage if state is not None else None
+        try:
+            for index, stage in enumerate(stages):
+                if stage.name in outputs:
+                    continue  # completed in an earlier attempt
+                result = await stage.run(item, outputs, self.teacher)
+                outputs[stage.name] = result.output
+                last = stage.name
+                # The last stage's output travels in the final record instead.
+                if run is not None and index < len(stages) - 1:
+                    run.record_stage(
+                        item.item_id, item.line_no, stage.name, result.output, result.provenance
+                    )
+        except ItemFailed as exc:
+            self._report.failed += 1
+            if run is not None:
+                await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
+            return
+        record, verdict = self.strategy.record(item, outputs)
+        if run is not None:
+            # Not awaited: the answers are durable already; the worker takes the next item
+            # while the record commits (checked in `_on_committed` and at the end).
+            committed = run.finish_item(
+                item.item_id, item.line_no, record, stage=last, verdict=verdict
+            )
+            committed.add_done_callback(self._on_committed)
+            self._finishing[item.item_id] = (item.line_no, committed)
+        else:
+            assert self._plain is not None
+            self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write
+        self._report.done += 1
+
+    def _on_committed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self.request_stop("storage", str(exc))
+
+    # ------------------------------------------------------------------- end
+
+    async def _finish(self) -> RunReport:
+        report = self._report
+        run = self.run_journal
+        # Every final record committed (or the storage error known) before reporting.
+        await asyncio.gather(*(f for _, f in self._finishing.values()), return_exceptions=True)
+        self._finishing.clear()
+        report.totals = self.teacher.totals
+        if run is not None:
+            report.answered_from_journal = run.calls_answered_from_journal
+        if self._stop == "storage":
+            report.status, report.exit_code = "failed", ExitCode.STORAGE
+        elif self._stop == "budget":
+            report.status, report.exit_code = "budget", ExitCode.BUDGET
+        elif self._stop == "teacher":
+            report.status, report.exit_code = "stopped", ExitCode.TEACHER
+        elif self._stop is not None:
+            report.status, report.exit_code = "interrupted", ExitCode.INTERRUPTED
+        elif report.failed or report.rejected:
+            report.status, report.exit_code = "partial", ExitCode.PARTIAL
+        else:
+            report.status, report.exit_code = "finished", ExitCode.OK
+        report.message = self._one_line(report)
+        if run is not None and self._stop != "storage":
+            try:
+                await run.stop(report.status, report.message)
+                report.by_stage = await run.journal.read(run.cost_by_stage)
+            except JournalError as exc:
+                report.status, report.exit_code = "failed", ExitCode.STORAGE
+                report.message = str(exc)
+        return report
+
+    def _one_line(self, report: RunReport) -> str:
+        t = report.totals
+        counts = (
+            f"{report.done} done, {report.already_done} already done, {report.failed} failed, "
+            f"{report.rejected} rejected; {t.tokens} tokens, ${t.cost_usd:.4f}"
+        )
+        if self._stop == "budget":
+            return f"{self._stop_message}; resume with a higher cap ({counts})"
+        if self._stop in ("storage", "teacher"):
+            return f"stopped: {self._stop_message}; resume once fixed ({counts})"
+        if self._stop is not None:
+            return f"interrupted: {self._stop_message}; resume with --resume ({counts})"
+        extra = f"; rejects in {self.rejects_path}" if report.rejected else ""
+        return f"{report.status}: {counts}{extra}"
+
+
+def _write_then_read(
+    reader: InputReader, rejects: list[Reject], settings: RunSettings
+) -> list[InputItem | Reject]:
+    """One trip to the reader thread: flush rejects found so far, read the next batch."""
+    reader.write_rejects(rejects)
+    return reader.read_batch(settings.batch_lines)

@@ -1,0 +1,59 @@
+"""What a strategy is: an ordered list of stages and how their outputs make a record.
+
+The runner owns resume: it gives each stage the outputs of the stages before it (loaded
+from the journal for a resumed item), skips stages already completed, journals each
+completed stage, and finally writes the strategy's record. A stage only computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from amr_async.pipeline._input import InputItem
+from amr_async.pipeline._teacher import JournaledTeacher
+
+
+class ItemFailed(Exception):
+    """A stage cannot complete this item; the reason is recorded (resume tries again)."""
+
+
+@dataclass(slots=True, frozen=True)
+class StageResult:
+    """A completed stage: its output (JSON-ready) and where it came from."""
+
+    output: Any
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    """One step of a strategy for one item."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        """Compute this stage from the item and earlier stages' outputs.
+
+        Raises:
+            ItemFailed: the item cannot be completed (reason in the message).
+            BudgetExhausted: a call was refused by the budget (the item stays resumable).
+        """
+        ...
+
+
+class Strategy(Protocol):
+    """A named pipeline: stages in order, and the output record they make."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stages(self) -> Sequence[Stage]: ...
+
+    def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """The output record (with `id`) and its verdict, once every stage is done."""
+        ...

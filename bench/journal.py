@@ -1,0 +1,209 @@
+"""Benchmark: the journal's durable write rate, and what journaling costs the engine.
+
+Usage: python bench/journal.py [--quick]
+
+- `writes_per_s`: journaled teacher answers per second. Many tasks each await
+  `RunJournal.record_call` (the call is committed, synchronous=FULL, before the await
+  returns), so this is the rate at which answers can be made durable with group commit.
+- `journal_overhead`: throughput of the direct-strategy runner with the journal divided by
+  its throughput without one (plain output file), against a zero-latency emulator in its
+  own process, same input, runs alternated. Values near 1 mean the journal costs little.
+
+Also reported, because a shared machine's load swings wall-clock rates: the process CPU
+time per journaled call and per item (all threads), from which `writes_per_cpu_s` and
+`journal_overhead_cpu` follow. Medians of repetitions; ratios come from the same run.
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from amr_async.journal import Journal, request_key
+from amr_async.pipeline import JournaledTeacher, Runner, RunSettings
+from amr_async.pipeline.strategies import DirectStrategy
+from amr_async.scheduler import Dispatcher, Endpoint
+from amr_async.teacher.openai_chat import OpenAIClient
+from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, Provider, Usage
+
+MODEL = "gpt-4o-mini"
+
+
+async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float, float]:
+    """Journaled calls per second, mean rows per commit, process CPU µs per call."""
+    keys = [
+        request_key(
+            Provider.OPENAI,
+            ChatRequest(model=MODEL, messages=(Message("user", f"q{i}"),), max_tokens=100),
+        )
+        for i in range(calls)
+    ]
+    answer = Outcome(OutcomeKind.OK, text="x" * 600, finish_reason="stop", usage=Usage(120, 150))
+    with Journal.open(path) as journal:
+        run = journal.start_run(config={"bench": "writes"})
+        batches0, rows0 = journal.writer.batches, journal.writer.rows_committed
+        it = iter(range(calls))
+
+        async def worker() -> None:
+            for i in it:
+                await run.record_call(
+                    keys[i],
+                    answer,
+                    provider="openai",
+                    model=MODEL,
+                    cost_usd=0.0001,
+                    item_id=str(i),
+                    stage="direct",
+                )
+
+        start, cpu = time.perf_counter(), time.process_time()
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(tasks):
+                tg.create_task(worker())
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rows = journal.writer.rows_committed - rows0
+        batches = journal.writer.batches - batches0
+    return calls / elapsed, rows / max(batches, 1), cpu / calls * 1e6
+
+
+async def _engine(
+    base_url: str, src: Path, work: Path, *, journaled: bool, conc: int
+) -> tuple[float, float]:
+    """Items per second of the direct strategy over `src`, and process CPU ms per item."""
+    client = OpenAIClient(base_url=base_url, api_key="")
+    dispatcher = Dispatcher([Endpoint(client)])
+    strategy = DirectStrategy(model=MODEL)
+    settings = RunSettings(concurrency=conc)
+    journal = Journal.open(work / "j.db") if journaled else None
+    try:
+        run = journal.start_run(config={}, output_path=work / "out.jsonl") if journal else None
+        teacher = JournaledTeacher(dispatcher.submit, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=strategy,
+            teacher=teacher,
+            input_path=src,
+            rejects_path=work / "rejects.jsonl",
+            run=run,
+            plain_output=None if journaled else work / "plain.jsonl",
+            settings=settings,
+        )
+        start, cpu = time.perf_counter(), time.process_time()
+        report = await runner.run()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if report.done == 0 or report.failed:
+            raise RuntimeError(f"benchmark run did not complete: {report.message}")
+        return report.done / elapsed, cpu / report.done * 1e3
+    finally:
+        if journal is not None:
+            journal.close()
+        await dispatcher.aclose()
+        await client.aclose()
+
+
+def _start_emulator() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"openai_base_url=(\S+)", line)
+    if match is None:
+        proc.kill()
+        raise RuntimeError(f"emulator did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=64, help="runner items in flight")
+    args = parser.parse_args()
+    calls, items, reps = (10_000, 1_000, 3) if args.quick else (50_000, 4_000, 5)
+    tasks, conc = 512, args.concurrency
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        pass
+
+    write_rates, rows_per_commit, cpu_per_write = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                rate, per, cpu_us = runner.run(_writes(Path(tmp) / f"w{rep}.db", calls, tasks))
+            write_rates.append(rate)
+            rows_per_commit.append(per)
+            cpu_per_write.append(cpu_us)
+
+        src = Path(tmp) / "in.jsonl"
+        with src.open("wb") as f:
+            for i in range(items):
+                text = f"Write a Python function `f_{i}(xs)` that returns the sum of xs."
+                f.write(orjson.dumps({"id": f"t{i}", "instruction": text}) + b"\n")
+        emulator, base_url = _start_emulator()
+        with_j, without_j = [], []
+        cpu_with, cpu_without = [], []
+        try:
+            for rep in range(reps):
+                order = (True, False) if rep % 2 == 0 else (False, True)
+                for journaled in order:
+                    work = Path(tmp) / f"e{rep}{int(journaled)}"
+                    work.mkdir()
+                    with asyncio.Runner(loop_factory=loop_factory) as runner:
+                        rate, cpu_ms = runner.run(
+                            _engine(base_url, src, work, journaled=journaled, conc=conc)
+                        )
+                    (with_j if journaled else without_j).append(rate)
+                    (cpu_with if journaled else cpu_without).append(cpu_ms)
+        finally:
+            emulator.terminate()
+            emulator.wait()
+
+    ratios = [w / wo for w, wo in zip(with_j, without_j, strict=True)]
+    cpu_ratios = [wo / w for w, wo in zip(cpu_with, cpu_without, strict=True)]
+    print(
+        orjson.dumps(
+            {
+                "benchmark": "journal",
+                "quick": args.quick,
+                "cores": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "calls": calls,
+                "writer_tasks": tasks,
+                "writes_per_s": round(statistics.median(write_rates)),
+                "rows_per_commit": round(statistics.median(rows_per_commit), 1),
+                # CPU time (all threads of this process) per journaled call, and the rate
+                # that would give on one uncontended core: less sensitive to a busy machine.
+                "cpu_us_per_write": round(statistics.median(cpu_per_write), 1),
+                "writes_per_cpu_s": round(1e6 / statistics.median(cpu_per_write)),
+                "items": items,
+                "concurrency": conc,
+                "items_per_s_with_journal": round(statistics.median(with_j), 1),
+                "items_per_s_without_journal": round(statistics.median(without_j), 1),
+                "journal_overhead": round(statistics.median(ratios), 3),
+                "cpu_ms_per_item_with_journal": round(statistics.median(cpu_with), 3),
+                "cpu_ms_per_item_without_journal": round(statistics.median(cpu_without), 3),
+                # Throughput ratio if CPU were the only limit (CPU per item without / with).
+                "journal_overhead_cpu": round(statistics.median(cpu_ratios), 3),
+            }
+        ).decode()
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The runner in-process: stage resume, failures, duplicates, journal lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from amr_async.journal import Journal
+from amr_async.pipeline import ExitCode, InputItem, JournaledTeacher, Runner, RunSettings
+from amr_async.pipeline.strategies import ItemFailed, Stage, StageResult
+from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, Provider, Usage
+
+
+class _Teacher:
+    """A double at the send seam: answers every request, counts what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, request: ChatRequest) -> Outcome:
+        text = request.messages[-1].content
+        self.sent.append(text)
+        return Outcome(OutcomeKind.OK, text=f"re:{text}", usage=Usage(10, 5))
+
+
+RAN: list[str] = []  # stage:item for every stage run (reset per test)
+
+
+class _Ask:
+    def __init__(self, name: str, fail_first: set[str] | None = None) -> None:
+        self.name = name
+        self.fail_first = fail_first if fail_first is not None else set()
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        RAN.append(f"{self.name}:{item.item_id}")
+        if item.item_id in self.fail_first:
+            self.fail_first.discard(item.item_id)
+            raise ItemFailed(f"{self.name} refused {item.item_id}")
+        prior = "|".join(str(outputs[k]) for k in sorted(outputs))
+        prompt = f"{self.name}:{item.instruction}:{prior}"
+        request = ChatRequest(model="m", messages=(Message("user", prompt),), max_tokens=10)
+        outcome = await teacher.call(request, item_id=item.item_id, stage=self.name)
+        return StageResult(outcome.text, {"stage": self.name})
+
+
+class _TwoStages:
+    name = "two"
+
+    def __init__(self, fail_second: set[str]) -> None:
+        self._stages = (_Ask("first"), _Ask("second", fail_second))
+
+    @property
+    def stages(self) -> Sequence[Stage]:
+        return self._stages
+
+    def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        return {"id": item.item_id, "out": outputs["second"]}, "ok"
+
+
+async def _run(tmp: Path, double: _Teacher, fail_second: set[str], *, resume: bool) -> Any:
+    with Journal.open(tmp / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp / "out.jsonl", run_id="r", resume=resume)
+        teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=_TwoStages(fail_second),
+            teacher=teacher,
+            input_path=tmp / "in.jsonl",
+            rejects_path=tmp / "rejects.jsonl",
+            run=run,
+            settings=RunSettings(concurrency=3, batch_lines=2),
+        )
+        return await runner.run()
+
+
+def _input(tmp: Path, ids: list[str]) -> None:
+    (tmp / "in.jsonl").write_bytes(
+        b"".join(orjson.dumps({"id": i, "instruction": f"do {i}"}) + b"\n" for i in ids)
+    )
+
+
+async def test_failed_item_resumes_at_its_failed_stage(tmp_path: Path) -> None:
+    RAN.clear()
+    _input(tmp_path, ["a", "b", "c"])
+    double = _Teacher()
+    report = await _run(tmp_path, double, {"b"}, resume=False)
+    assert (report.done, report.failed, report.exit_code) == (2, 1, ExitCode.PARTIAL)
+    assert sorted(double.sent) == sorted(
+        [
+            *("first:do a:", "first:do b:", "first:do c:"),
+            *("second:do a:re:first:do a:", "second:do c:re:first:do c:"),
+        ]
+    )
+    double.sent.clear()
+    RAN.clear()
+    report = await _run(tmp_path, double, set(), resume=True)
+    assert RAN == ["second:b"]  # the first stage's journaled output was reused
+    assert (report.done, report.already_done, report.failed) == (1, 2, 0)
+    assert report.exit_code == ExitCode.OK
+    # Only b's second stage was asked for: its first stage came from the journal.
+    assert double.sent == ["second:do b:re:first:do b:"]
+    records = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert sorted(r["id"] for r in records) == ["a", "b", "c"]
+
+
+async def test_duplicate_ids_are_rejected_and_the_run_goes_on(tmp_path: Path) -> None:
+    _input(tmp_path, ["a", "b", "a", "c", "b"])
+    report = await _run(tmp_path, _Teacher(), set(), resume=False)
+    assert (report.done, report.rejected, report.exit_code) == (3, 2, ExitCode.PARTIAL)
+    rejects = [orjson.loads(x) for x in (tmp_path / "rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (3, "field 'id': duplicate of line 1"),
+        (5, "field 'id': duplicate of line 2"),
+    ]
+    # On resume the same lines are the same items, and the same duplicates.
+    report = await _run(tmp_path, _Teacher(), set(), resume=True)
+    assert (report.done, report.already_done, report.rejected) == (0, 3, 2)
+
+
+async def test_no_journal_baseline_writes_plain_output(tmp_path: Path) -> None:
+    _input(tmp_path, ["a", "b"])
+    double = _Teacher()
+    teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=None)
+    runner = Runner(
+        strategy=_TwoStages(set()),
+        teacher=teacher,
+        input_path=tmp_path / "in.jsonl",
+        rejects_path=tmp_path / "rejects.jsonl",
+        run=None,
+        plain_output=tmp_path / "plain.jsonl",
+    )
+    report = await runner.run()
+    assert report.done == 2
+    assert report.totals.calls == 4
+    assert len((tmp_path / "plain.jsonl").read_bytes().splitlines()) == 2
