@@ -337,7 +337,7 @@ class Sandbox:
         for t in range(len(run.plans)):
             if run.results[t] is None:
                 if run.module_error is not None:
-                    run._set(t, Status.ERROR, f"the module raised {run.module_error}")
+                    run._set(t, Status.ERROR, f"the module failed: {run.module_error}")
                 else:
                     run._set(t, Status.SKIPPED, "not run: an earlier test failed (fail_fast)")
         tests = tuple(r for r in run.results if r is not None)
@@ -493,9 +493,11 @@ class Sandbox:
         lim = run.job.limits
         code = report.get("exit")
         killed = report.get("killed")
-        if "error" in report:
-            status, msg = Status.CRASHED, f"sandbox failure: {report['error']}"
-        elif outcome == "module_timeout":
+        if "error" in report or "exit" not in report:
+            error = report.get("error", "no report from the supervisor")
+            run.module_error = f"SandboxError: {error}"
+            return len(run.probes)
+        if outcome == "module_timeout":
             run.module_error = f"TimeoutError: module execution exceeded {lim.code_timeout_s:g} s"
             return len(run.probes)
         elif outcome == "timeout":

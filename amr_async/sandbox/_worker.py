@@ -56,10 +56,14 @@ CLONE_NEWNET = 0x40000000
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
 NOBODY = 65534
+# Home directories are replaced by empty tmpfs in the child (they hold keys and
+# caches); the interpreter's own directories under them are bound back in.
+HIDDEN_DIRS = ("/root", "/home")
 HEADER = struct.Struct("!Q")
 RESULT_FD = 3
 
@@ -237,6 +241,7 @@ def _child(spec: dict[str, Any], fds: dict[str, int], libc: Any, mode: str) -> N
         # size-capped tmpfs, so writes there vanish with the job.
         _mount(libc, b"none", b"/", None, MS_REC | MS_PRIVATE, None)
         _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        _hide_homes(libc)
         opts = f"size={lim['tmp_bytes']},mode=1777".encode()
         for path in (b"/tmp", b"/var/tmp", b"/dev/shm"):
             if os.path.isdir(path):
@@ -287,6 +292,28 @@ def _child(spec: dict[str, Any], fds: dict[str, int], libc: Any, mode: str) -> N
             os._exit(0)
 
 
+def _interpreter_dirs() -> list[str]:
+    """Directories the interpreter needs at run time (prefixes and sys.path)."""
+    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    dirs |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    ordered = sorted(dirs)
+    return [d for d in ordered if not any(d.startswith(o + "/") for o in ordered if o != d)]
+
+
+def _hide_homes(libc: Any) -> None:
+    needed = _interpreter_dirs()
+    for hidden in HIDDEN_DIRS:
+        if not os.path.isdir(hidden):
+            continue
+        keep = [d for d in needed if d.startswith(hidden + "/")]
+        fds = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d in keep]
+        _mount(libc, b"tmpfs", hidden.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
+        for d, fd in zip(keep, fds, strict=True):
+            os.makedirs(d, 0o755, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}".encode(), d.encode(), None, MS_BIND | MS_REC, None)
+            os.close(fd)
+
+
 def _mount(
     libc: Any, src: bytes, target: bytes, fstype: bytes | None, flags: int, data: Any
 ) -> None:
@@ -315,6 +342,10 @@ def _supervise(spec: dict[str, Any], res_fd: int, ctl: socket.socket, libc: Any,
             ctl.close()
             os.close(out_r)
             _child(spec, {"out": out_w, "res": res_fd}, libc, mode)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # fd 2 is the output pipe by now: the parent sees it
         finally:
             os._exit(70)
     os.close(res_fd)
@@ -378,6 +409,12 @@ def _supervise(spec: dict[str, Any], res_fd: int, ctl: socket.socket, libc: Any,
     }
     with contextlib.suppress(OSError):  # the parent may be gone; nothing to tell then
         ctl.sendall(json.dumps(report).encode())
+        # Half-close, then wait for the parent to close: closing a unix socket with
+        # unread bytes (a late "kill" byte) would reset it and lose the report.
+        ctl.shutdown(socket.SHUT_WR)
+        ctl.settimeout(10)
+        while ctl.recv(64):
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -458,12 +495,16 @@ def main(sock_fd: int, requested: str) -> None:
         spec, fds = job
         if os.fork() == 0:
             code = 0
+            ctl = socket.socket(fileno=fds[1])
             try:
                 sock.close()
-                ctl = socket.socket(fileno=fds[1])
                 _supervise(spec, fds[0], ctl, libc, mode)
             except BaseException:
+                import traceback
+
                 code = 71
+                with contextlib.suppress(OSError):
+                    ctl.sendall(json.dumps({"error": traceback.format_exc()}).encode())
             finally:
                 os._exit(code)
         for fd in fds:
