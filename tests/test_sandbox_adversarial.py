@@ -7,10 +7,10 @@ Hanging cases use short limits; after every test the sandbox is closed and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,9 +51,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     finally:
         await sb.aclose()
     # Supervisors exit right after reporting; give the last one a moment to go.
-    deadline = time.monotonic() + 10
-    while _stray_processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    for _ in range(200):
+        if not _stray_processes():
+            break
+        await asyncio.sleep(0.05)
     assert _stray_processes() == []
 
 

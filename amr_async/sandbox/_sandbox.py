@@ -113,6 +113,7 @@ class _Run:
     module_error: str | None = None
     stop: bool = False  # fail_fast tripped
     ready: bool = False  # the current process has executed the module
+    finished: bool = False  # the current process flushed its output after the last probe
 
     def __post_init__(self) -> None:
         for t, p in enumerate(self.plans):
@@ -437,6 +438,8 @@ class Sandbox:
             if i == -1:
                 if kind == "R":
                     run.ready = True
+                elif kind == "D":
+                    run.finished = True
                 elif kind == "E" and run.module_error is None:
                     with contextlib.suppress(ValueError, TypeError):
                         name, msg = json.loads(raw)
@@ -457,11 +460,12 @@ class Sandbox:
 
     async def _follow(self, run: _Run, start: int, proto: _Lines) -> str:
         """Read records until done, EOF, overflow, fail-fast, or a deadline; say which."""
-        run.ready = False
+        run.ready = run.finished = False
         lim = run.job.limits
         now = time.monotonic()
         deadline = now + lim.code_timeout_s
         nxt = start
+        grace: float | None = None
         while True:
             was_ready = run.ready
             self._consume(run, start, proto)
@@ -471,7 +475,11 @@ class Sandbox:
                 return "fail_fast"
             moved = run.next_probe(nxt)
             if moved >= len(run.probes) and run.ready:
-                return "done"
+                # All verdicts are in; give the child a moment to flush its output.
+                if run.finished or (grace is not None and time.monotonic() >= grace):
+                    return "done"
+                if grace is None:
+                    grace = deadline = time.monotonic() + 1.0
             if moved < len(run.probes) and (moved != nxt or (run.ready and not was_ready)):
                 nxt = moved
                 deadline = time.monotonic() + run.limits[run.owner[nxt]]
@@ -481,16 +489,17 @@ class Sandbox:
                 return "eof"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if grace is not None:
+                    return "done"
                 return "timeout" if run.ready else "module_timeout"
             await proto.wait(remaining)
 
     def _conclude(self, run: _Run, start: int, outcome: str, report: dict[str, Any]) -> int:
         """Assign the verdict of the probe that did not report; return the restart point."""
-        nxt = run.next_probe(start)
-        if nxt >= len(run.probes) or outcome in ("done", "fail_fast", "module_error"):
-            return nxt
-        t = run.owner[nxt]
         lim = run.job.limits
+        nxt = run.next_probe(start)
+        if outcome in ("done", "fail_fast", "module_error"):
+            return nxt
         code = report.get("exit")
         killed = report.get("killed")
         if "error" in report or "exit" not in report:
@@ -500,7 +509,16 @@ class Sandbox:
         if outcome == "module_timeout":
             run.module_error = f"TimeoutError: module execution exceeded {lim.code_timeout_s:g} s"
             return len(run.probes)
-        elif outcome == "timeout":
+        if not run.ready:
+            if killed == "output":
+                run.module_error = f"OutputLimit: printed more than {lim.output_bytes} bytes"
+            else:
+                run.module_error = f"the process exited (status {code}) before running the tests"
+            return len(run.probes)
+        if nxt >= len(run.probes):
+            return nxt
+        t = run.owner[nxt]
+        if outcome == "timeout":
             status, msg = Status.TIMEOUT, f"exceeded the time limit of {run.limits[t]:g} s"
         elif outcome == "overflow":
             status, msg = Status.OUTPUT_LIMIT, f"result larger than {lim.result_bytes} bytes"
@@ -512,9 +530,6 @@ class Sandbox:
             status, msg = Status.TIMEOUT, "exceeded the CPU time limit"
         elif killed == "deadline":
             status, msg = Status.TIMEOUT, "exceeded the job's hard deadline"
-        elif not run.ready:
-            run.module_error = f"the process exited (status {code}) before running the tests"
-            return len(run.probes)
         else:
             status, msg = Status.CRASHED, f"the process ended (status {code}) during this test"
         run._set(t, status, msg)

@@ -221,6 +221,12 @@ def _run_probes(spec: dict[str, Any]) -> None:
             del exc
         emit(line)
     flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        emit("-1 D 0\n")
+        flush()
 
 
 def _child(spec: dict[str, Any], fds: dict[str, int], libc: Any, mode: str) -> None:
