@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +22,7 @@ from amr_async.sandbox import (
     TestResult,
     calibrated_time_limits,
 )
+from amr_async.sandbox._sandbox import _starved_by
 
 CODE = "def add(a, b):\n    return a + b\n"
 LIMITS = Limits(test_timeout_s=20.0, memory_bytes=512 << 20)
@@ -107,7 +109,13 @@ async def test_main_block_stdin_env_and_private_dirs(sandbox: Sandbox) -> None:
 
 
 async def test_output_is_captured(sandbox: Sandbox) -> None:
-    code = "import sys\ndef f():\n    print('hello')\n    print('warn', file=sys.stderr)\n    return 1\n"
+    code = (
+        "import sys\n"
+        "def f():\n"
+        "    print('hello')\n"
+        "    print('warn', file=sys.stderr)\n"
+        "    return 1\n"
+    )
     result = await sandbox.run(Job(code, [AssertTest("assert f() == 1")], limits=LIMITS))
     assert result.passed
     assert "hello" in result.output
@@ -241,3 +249,17 @@ async def test_isolation_none_still_judges() -> None:
         result = await sb.run(Job(CODE, [AssertTest("assert add(1, 1) == 2")], limits=LIMITS))
     assert result.isolation == "none"
     assert result.passed
+
+
+def test_busy_machine_extends_deadlines_but_not_forever() -> None:
+    now = 1e6
+    me = os.getpid()
+    # this process used far less CPU than the 1e6 s since "began": it was starved
+    assert _starved_by(me, 0.0, now - 2.0, now, 2.0, 3.0) > 0
+    assert _starved_by(me, 0.0, now - 6.0, now, 2.0, 3.0) == 0  # the wall cap is reached
+    assert _starved_by(None, 0.0, now - 2.0, now, 2.0, 3.0) == 0
+    # a process that got the whole CPU during the window is slow, not starved
+    while time.process_time() < 0.5:  # enough CPU that /proc's 10 ms ticks do not matter
+        pass
+    cpu = time.process_time()
+    assert _starved_by(me, now - cpu / 2, now - cpu / 2, now, cpu / 4, 3.0) == 0

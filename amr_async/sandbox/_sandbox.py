@@ -92,6 +92,39 @@ class _Lines(asyncio.Protocol):
             self._waiter = None
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (host PID), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _starved_by(
+    pid: int | None, began: float, test_began: float, now: float, limit: float, wall_factor: float
+) -> float:
+    """How much longer a test whose wall-clock limit expired should get (0: none).
+
+    The child's CPU share over its life estimates the CPU time the current test
+    received; if that is below the limit, the machine was busy, not the code slow.
+    """
+    if pid is None or now - test_began >= limit * wall_factor:
+        return 0.0
+    cpu = _cpu_seconds(pid)
+    if cpu is None:
+        return 0.0
+    share = min(1.0, cpu / max(now - began, 1e-3))
+    received = (now - test_began) * share
+    if received >= limit:
+        return 0.0
+    return min(max(limit - received, 0.05), test_began + limit * wall_factor - now)
+
+
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -373,7 +406,7 @@ class Sandbox:
                 "output_keep_bytes": lim.output_keep_bytes,
             },
             "cpu_seconds": budget,
-            "hard_deadline_s": budget + 5.0,
+            "hard_deadline_s": budget * lim.wall_factor + 5.0,
         }
         body = json.dumps(spec).encode("utf-8", "surrogatepass")
         res_r, res_w = os.pipe()
@@ -399,14 +432,22 @@ class Sandbox:
             )
             res_r = -1
             reader, writer = await asyncio.open_connection(sock=ctl)
-            outcome = await self._follow(run, start, proto)
+            hello: Any = {}
+            with contextlib.suppress(TimeoutError, ValueError):
+                hello = json.loads(await asyncio.wait_for(reader.readline(), 30))
+            pid = hello.get("pid") if isinstance(hello, dict) else None
+            if "error" in hello:  # the supervisor could not start the child
+                report = hello
+                outcome = "eof"
+            else:
+                outcome = await self._follow(run, start, proto, pid if type(pid) is int else None)
             # Done, failed fast, or out of time: the supervisor kills the whole tree.
             with contextlib.suppress(ConnectionError):
                 writer.write(b"k")
                 await writer.drain()
             with contextlib.suppress(TimeoutError, ConnectionError, ValueError):
                 raw = await asyncio.wait_for(reader.read(), 30)
-                report = json.loads(raw) if raw else {"error": "supervisor vanished"}
+                report = report or (json.loads(raw) if raw else {"error": "supervisor vanished"})
             if self._isolation == "namespaces":
                 # The namespace is gone, so EOF is near; late records still count.
                 deadline = time.monotonic() + 5
@@ -458,12 +499,17 @@ class Sandbox:
             elif kind == "o":
                 run.record(i, kind, micros, None)
 
-    async def _follow(self, run: _Run, start: int, proto: _Lines) -> str:
-        """Read records until done, EOF, overflow, fail-fast, or a deadline; say which."""
+    async def _follow(self, run: _Run, start: int, proto: _Lines, pid: int | None) -> str:
+        """Read records until done, EOF, overflow, fail-fast, or a deadline; say which.
+
+        Limits are CPU-time-like: when a test's wall-clock limit expires but the
+        child got less than that much CPU (a busy machine), the deadline is
+        extended, up to `Limits.wall_factor` × the limit of wall-clock time.
+        """
         run.ready = run.finished = False
         lim = run.job.limits
-        now = time.monotonic()
-        deadline = now + lim.code_timeout_s
+        began = test_began = time.monotonic()
+        deadline = began + lim.code_timeout_s
         nxt = start
         grace: float | None = None
         while True:
@@ -482,17 +528,22 @@ class Sandbox:
                     grace = deadline = time.monotonic() + 1.0
             if moved < len(run.probes) and (moved != nxt or (run.ready and not was_ready)):
                 nxt = moved
-                deadline = time.monotonic() + run.limits[run.owner[nxt]]
+                test_began = time.monotonic()
+                deadline = test_began + run.limits[run.owner[nxt]]
             if proto.overflow:
                 return "overflow"
             if proto.eof:
                 return "eof"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 if grace is not None:
                     return "done"
-                return "timeout" if run.ready else "module_timeout"
-            await proto.wait(remaining)
+                limit = run.limits[run.owner[nxt]] if run.ready else lim.code_timeout_s
+                extra = _starved_by(pid, began, test_began, now, limit, lim.wall_factor)
+                if extra <= 0:
+                    return "timeout" if run.ready else "module_timeout"
+                deadline = now + extra
+            await proto.wait(deadline - now)
 
     def _conclude(self, run: _Run, start: int, outcome: str, report: dict[str, Any]) -> int:
         """Assign the verdict of the probe that did not report; return the restart point."""

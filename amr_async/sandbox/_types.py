@@ -32,6 +32,9 @@ class Limits:
         output_bytes: stdout+stderr beyond this kills the job (status OUTPUT_LIMIT).
         output_keep_bytes: how much of stdout+stderr is kept in the result.
         result_bytes: largest encoded return value accepted per test.
+        wall_factor: a test whose wall-clock limit expires while its process got
+            less CPU than the limit (a busy machine) gets more time, up to this
+            multiple of the limit.
     """
 
     test_timeout_s: float = 5.0
@@ -44,8 +47,11 @@ class Limits:
     output_bytes: int = 1 << 20
     output_keep_bytes: int = 8 << 10
     result_bytes: int = 16 << 20
+    wall_factor: float = 3.0
 
     def __post_init__(self) -> None:
+        if self.wall_factor < 1:
+            raise ValueError("Limits.wall_factor must be ≥ 1")
         for name in ("test_timeout_s", "code_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be > 0")

@@ -356,6 +356,8 @@ def _supervise(spec: dict[str, Any], res_fd: int, ctl: socket.socket, libc: Any,
             os._exit(70)
     os.close(res_fd)
     os.close(out_w)
+    # The parent reads the child's CPU time from /proc to tell slow code from a busy machine.
+    ctl.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
     lim = spec["limits"]
     pidfd = os.pidfd_open(pid)
