@@ -27,8 +27,14 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo.set_defaults(func=_demo)
 
 
+def _register_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from amr_async.sandbox.cli import register
+
+    register(sub)
+
+
 # One line per stage that has commands (keep sorted by command name).
-REGISTRARS: list[Registrar] = [_register_demo]
+REGISTRARS: list[Registrar] = [_register_demo, _register_sandbox]
 
 
 def build_parser() -> argparse.ArgumentParser:
