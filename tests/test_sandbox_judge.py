@@ -50,6 +50,13 @@ def test_codec_keeps_scalar_kinds_apart() -> None:
     assert math.isnan(decode(encode(float("nan"))))
 
 
+def test_codec_carries_huge_ints() -> None:
+    big = 7**50_000  # far beyond CPython's 4,300-digit str() limit
+    assert decode(encode(big)) == big
+    assert decode(encode(-big)) == -big
+    assert encode(big) != encode(big + 1)
+
+
 def test_codec_refuses_subclasses_and_custom_objects() -> None:
     class Int(int):
         pass

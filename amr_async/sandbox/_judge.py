@@ -78,7 +78,10 @@ def _is_floats(v: Any) -> bool:
 
 
 def _short(v: Any, limit: int = 200) -> str:
-    text = repr(v)
+    try:
+        text = repr(v)
+    except ValueError:  # an int beyond CPython's decimal conversion limit
+        text = f"<{type(v).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -420,10 +420,13 @@ class Sandbox:
             async with self._send_lock:
                 if self._sock is None:
                     raise SandboxError("the sandbox is closed")
-                socket.send_fds(
-                    self._sock, [_worker.HEADER.pack(len(body))], [res_w, ctl_child.fileno()]
-                )
-                await loop.sock_sendall(self._sock, body)
+                try:
+                    socket.send_fds(
+                        self._sock, [_worker.HEADER.pack(len(body))], [res_w, ctl_child.fileno()]
+                    )
+                    await loop.sock_sendall(self._sock, body)
+                except OSError as exc:
+                    raise SandboxError("the sandbox's zygote process is gone") from exc
             os.close(res_w)
             res_w = -1
             ctl_child.close()

@@ -152,7 +152,9 @@ class TestResult:
             returned values; "sandbox" when the test ran whole inside it (forgeable).
         seconds: time the code spent on this test as the child measured it
             (for calibration only; limits are enforced by the parent's clock).
-        value: the decoded return value (CallTest and single-call asserts).
+        value: the decoded return value for RETURNED and FAILED tests and for
+            asserts with one probe; None when a CallTest passed on identical
+            encodings (the fast path decodes nothing).
     """
 
     __test__ = False  # not a pytest class

@@ -85,9 +85,16 @@ class Unencodable(Exception):
     """A value has no strict encoding (custom class, subclass, or too deep)."""
 
 
+# Decimal conversion of ints above ~4300 digits is refused by CPython (and is
+# quadratic); such ints travel as hex, which has no limit. 13,000 bits ≈ 3,900 digits.
+_BIG_INT_BITS = 13_000
+
+
 def _tree(v: Any, depth: int) -> Any:
     t = type(v)
-    if t is int or t is str or t is float or t is bool or v is None:
+    if t is int:
+        return v if v.bit_length() <= _BIG_INT_BITS else {"i": format(v, "x")}
+    if t is str or t is float or t is bool or v is None:
         return v
     if depth > 100:
         raise Unencodable("nesting deeper than 100")
@@ -125,6 +132,8 @@ def _untree(j: Any) -> Any:
         ((tag, body),) = j.items()
         if tag == "t":
             return tuple(_untree(x) for x in body)
+        if tag == "i":
+            return int(body, 16)
         if tag == "d":
             return {_untree(k): _untree(x) for k, x in body}
         if tag == "s":
