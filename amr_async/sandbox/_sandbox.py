@@ -106,23 +106,26 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def _starved_by(
-    pid: int | None, began: float, test_began: float, now: float, limit: float, wall_factor: float
+    pid: int | None,
+    test_cpu: float | None,
+    test_began: float,
+    now: float,
+    limit: float,
+    wall_factor: float,
 ) -> float:
     """How much longer a test whose wall-clock limit expired should get (0: none).
 
-    The child's CPU share over its life estimates the CPU time the current test
-    received; if that is below the limit, the machine was busy, not the code slow.
+    A test is out of time when its process has used `limit` seconds of CPU since
+    the test began, or after `wall_factor` × `limit` of wall-clock time (code that
+    sleeps or blocks). Less CPU than wall time means a busy machine, not slow code.
     """
-    if pid is None or now - test_began >= limit * wall_factor:
+    wall_left = test_began + limit * wall_factor - now
+    if pid is None or test_cpu is None or wall_left <= 0:
         return 0.0
     cpu = _cpu_seconds(pid)
-    if cpu is None:
+    if cpu is None or cpu - test_cpu >= limit:
         return 0.0
-    share = min(1.0, cpu / max(now - began, 1e-3))
-    received = (now - test_began) * share
-    if received >= limit:
-        return 0.0
-    return min(max(limit - received, 0.05), test_began + limit * wall_factor - now)
+    return min(max(limit - (cpu - test_cpu), 0.05), wall_left)
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
@@ -506,13 +509,14 @@ class Sandbox:
         """Read records until done, EOF, overflow, fail-fast, or a deadline; say which.
 
         Limits are CPU-time-like: when a test's wall-clock limit expires but the
-        child got less than that much CPU (a busy machine), the deadline is
-        extended, up to `Limits.wall_factor` × the limit of wall-clock time.
+        child used less CPU than that since the test began (a busy machine), the
+        deadline is extended, up to `Limits.wall_factor` × the limit of wall time.
         """
         run.ready = run.finished = False
         lim = run.job.limits
-        began = test_began = time.monotonic()
-        deadline = began + lim.code_timeout_s
+        test_began = time.monotonic()
+        test_cpu: float | None = 0.0  # the child is new: its CPU clock starts at zero
+        deadline = test_began + lim.code_timeout_s
         nxt = start
         grace: float | None = None
         while True:
@@ -532,6 +536,7 @@ class Sandbox:
             if moved < len(run.probes) and (moved != nxt or (run.ready and not was_ready)):
                 nxt = moved
                 test_began = time.monotonic()
+                test_cpu = _cpu_seconds(pid) if pid is not None else None
                 deadline = test_began + run.limits[run.owner[nxt]]
             if proto.overflow:
                 return "overflow"
@@ -542,7 +547,7 @@ class Sandbox:
                 if grace is not None:
                     return "done"
                 limit = run.limits[run.owner[nxt]] if run.ready else lim.code_timeout_s
-                extra = _starved_by(pid, began, test_began, now, limit, lim.wall_factor)
+                extra = _starved_by(pid, test_cpu, test_began, now, limit, lim.wall_factor)
                 if extra <= 0:
                     return "timeout" if run.ready else "module_timeout"
                 deadline = now + extra

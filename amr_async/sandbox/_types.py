@@ -32,9 +32,10 @@ class Limits:
         output_bytes: stdout+stderr beyond this kills the job (status OUTPUT_LIMIT).
         output_keep_bytes: how much of stdout+stderr is kept in the result.
         result_bytes: largest encoded return value accepted per test.
-        wall_factor: a test whose wall-clock limit expires while its process got
-            less CPU than the limit (a busy machine) gets more time, up to this
-            multiple of the limit.
+        wall_factor: a test whose wall-clock limit expires while its process has
+            used less CPU than the limit (a busy machine) gets more time, up to
+            this multiple of the limit in wall-clock time (the cap for code that
+            sleeps or blocks).
     """
 
     test_timeout_s: float = 5.0
@@ -47,7 +48,7 @@ class Limits:
     output_bytes: int = 1 << 20
     output_keep_bytes: int = 8 << 10
     result_bytes: int = 16 << 20
-    wall_factor: float = 3.0
+    wall_factor: float = 5.0
 
     def __post_init__(self) -> None:
         if self.wall_factor < 1:
