@@ -14,6 +14,7 @@ from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
 from amr_async.journal import cli as journal_cli
 from amr_async.pipeline import cli as pipeline_cli
+from amr_async.sandbox import cli as sandbox_cli
 from amr_async.scheduler import cli as scheduler_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -38,6 +39,7 @@ REGISTRARS: list[Registrar] = [
     emulator_cli.register,
     pipeline_cli.register,
     journal_cli.register,
+    sandbox_cli.register,
 ]
 
 

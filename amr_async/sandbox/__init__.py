@@ -1,0 +1,39 @@
+"""Execution of untrusted code against tests, judged so the code cannot forge a pass.
+
+    Sandbox.run(Job) ─► zygote ─fork─► supervisor ─fork─► child (PID 1, own net/mount ns, uid 65534)
+         ▲                                  │ kill, output cap          │ probe values (fd 3)
+         └──── per-test deadlines, judging in the parent ◄──────────────┘
+
+See `_judge` for why verdicts are computed in the parent and `_worker` for the
+process tree.
+"""
+
+from amr_async.sandbox._judge import same as same
+from amr_async.sandbox._sandbox import Sandbox as Sandbox
+from amr_async.sandbox._sandbox import SandboxError as SandboxError
+from amr_async.sandbox._types import NOT_GIVEN as NOT_GIVEN
+from amr_async.sandbox._types import AssertTest as AssertTest
+from amr_async.sandbox._types import CallTest as CallTest
+from amr_async.sandbox._types import Job as Job
+from amr_async.sandbox._types import JobResult as JobResult
+from amr_async.sandbox._types import Limits as Limits
+from amr_async.sandbox._types import Status as Status
+from amr_async.sandbox._types import Test as Test
+from amr_async.sandbox._types import TestResult as TestResult
+from amr_async.sandbox._types import calibrated_time_limits as calibrated_time_limits
+
+__all__ = [
+    "NOT_GIVEN",
+    "AssertTest",
+    "CallTest",
+    "Job",
+    "JobResult",
+    "Limits",
+    "Sandbox",
+    "SandboxError",
+    "Status",
+    "Test",
+    "TestResult",
+    "calibrated_time_limits",
+    "same",
+]

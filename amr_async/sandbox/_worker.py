@@ -1,0 +1,532 @@
+"""The processes that run untrusted code: zygote, per-job supervisor, and child.
+
+Stdlib only: this file runs as a script (``python -I _worker.py FD``) so that the
+package (and the Rust extension) is never imported next to untrusted code. The
+parent imports it as a module for the value codec (`encode`, `decode`).
+
+Process tree of one job::
+
+    parent (asyncio) ── socketpair ──► zygote (root, pre-warmed, forks per job)
+                                         └─► supervisor S (root, trusted; new net + mount ns)
+                                               └─► child C (PID 1 of a new PID namespace,
+                                                    uid 65534, rlimits) runs the code
+
+* S is trusted: it holds the control socket to the parent, watches C through a
+  pidfd, drains C's stdout/stderr (capped) and SIGKILLs C on the parent's word,
+  on its own hard deadline, or when the output cap is exceeded. When C (PID 1)
+  dies the kernel kills every process left in its PID namespace, including
+  `setsid` orphans, so nothing outlives the job.
+* C is untrusted from the moment the candidate code runs. It writes one line per
+  probe to fd 3 (the result pipe). Anything C writes there is treated as a claim
+  about a *value*: the expected values never enter C, so the parent judges and
+  a forged line is no better than the code returning that value honestly.
+
+Record lines on the result pipe (``idx kind micros [payload]``):
+
+    -1 R us            module executed, probes start
+    -1 E us [type,msg] module raised
+    i v us ENC         probe i returned the value encoded as ENC (see `encode`)
+    i e us [type,msg]  probe i raised
+    i u us "typename"  probe i returned a value that has no strict encoding
+    i o us             statement test i ran without raising (sandbox-judged)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+from typing import Any
+
+# Linux constants (sched.h, sys/mount.h); stable ABI values.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+NOBODY = 65534
+# Home directories are replaced by empty tmpfs in the child (they hold keys and
+# caches); the interpreter's own directories under them are bound back in.
+HIDDEN_DIRS = ("/root", "/home")
+HEADER = struct.Struct("!Q")
+RESULT_FD = 3
+
+# ---------------------------------------------------------------------------
+# Value codec: strict, canonical, JSON-based.
+#
+# Only exact builtin types are encodable (subclasses and custom objects are
+# refused, so an `__eq__` that always returns True never reaches a comparison).
+# Scalars map to JSON (int has no dot, float always has one of `.eE` or is
+# NaN/Infinity, so the two never merge); containers other than list are tagged
+# objects; sets and dicts are sorted by their elements' encodings so equal
+# values encode to equal strings and the parent can compare strings first.
+# ---------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=True, ensure_ascii=False).encode
+
+
+class Unencodable(Exception):
+    """A value has no strict encoding (custom class, subclass, or too deep)."""
+
+
+# Decimal conversion of ints above ~4300 digits is refused by CPython (and is
+# quadratic); such ints travel as hex, which has no limit. 13,000 bits ≈ 3,900 digits.
+_BIG_INT_BITS = 13_000
+
+
+def _tree(v: Any, depth: int) -> Any:
+    t = type(v)
+    if t is int:
+        return v if v.bit_length() <= _BIG_INT_BITS else {"i": format(v, "x")}
+    if t is str or t is float or t is bool or v is None:
+        return v
+    if depth > 100:
+        raise Unencodable("nesting deeper than 100")
+    if t is list:
+        return [_tree(x, depth + 1) for x in v]
+    if t is tuple:
+        return {"t": [_tree(x, depth + 1) for x in v]}
+    if t is dict:
+        pairs = [[_tree(k, depth + 1), _tree(x, depth + 1)] for k, x in v.items()]
+        pairs.sort(key=lambda p: _dumps(p[0]))
+        return {"d": pairs}
+    if t is set or t is frozenset:
+        items = sorted((_tree(x, depth + 1) for x in v), key=_dumps)
+        return {"s" if t is set else "f": items}
+    if t is bytes:
+        return {"b": v.hex()}
+    if t is complex:
+        return {"c": [v.real, v.imag]}
+    raise Unencodable(f"{t.__module__}.{t.__qualname__}")
+
+
+def encode(v: Any) -> str:
+    """Encode a value canonically; raise `Unencodable` for non-builtin types."""
+    try:
+        return _dumps(_tree(v, 0))
+    except (RecursionError, ValueError) as exc:  # ValueError: int too long for str()
+        raise Unencodable(type(exc).__name__) from None
+
+
+def _untree(j: Any) -> Any:
+    t = type(j)
+    if t is list:
+        return [_untree(x) for x in j]
+    if t is dict:
+        ((tag, body),) = j.items()
+        if tag == "t":
+            return tuple(_untree(x) for x in body)
+        if tag == "i":
+            return int(body, 16)
+        if tag == "d":
+            return {_untree(k): _untree(x) for k, x in body}
+        if tag == "s":
+            return {_untree(x) for x in body}
+        if tag == "f":
+            return frozenset(_untree(x) for x in body)
+        if tag == "b":
+            return bytes.fromhex(body)
+        if tag == "c":
+            return complex(body[0], body[1])
+        raise ValueError(f"unknown tag {tag!r}")
+    return j
+
+
+def decode(s: str | bytes) -> Any:
+    """Inverse of `encode`; raises ValueError on malformed input."""
+    return _untree(json.loads(s))
+
+
+# ---------------------------------------------------------------------------
+# Child: runs the code and the probes, as PID 1 of its own namespace.
+# ---------------------------------------------------------------------------
+
+
+def _exc_payload(exc: BaseException) -> str:
+    name = type(exc).__name__
+    try:
+        msg = str(exc)[:2000]
+    except BaseException:  # a hostile __str__
+        msg = "<unprintable>"
+    return json.dumps([name, msg])
+
+
+def _run_probes(spec: dict[str, Any]) -> None:
+    perf = time.perf_counter
+    write = os.write
+    pending: list[str] = []
+    started = last_flush = perf()
+
+    def flush() -> None:
+        nonlocal last_flush
+        data = "".join(pending).encode("utf-8", "surrogatepass")
+        pending.clear()
+        view = memoryview(data)
+        while view:
+            view = view[write(RESULT_FD, view) :]
+        last_flush = perf()
+
+    def emit(line: str) -> None:
+        pending.append(line)
+        now = perf()
+        # Unbuffered for the first 50 ms (so a restart after a timeout pins the
+        # hanging probe), then at most every 2 ms to spare the parent wake-ups.
+        if now - started < 0.05 or now - last_flush > 0.002 or len(pending) > 256:
+            flush()
+
+    ns: dict[str, Any] = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+    t0 = perf()
+    try:
+        exec(compile(spec["code"], "<candidate>", "exec"), ns)
+    except BaseException as exc:
+        emit(f"-1 E {int((perf() - t0) * 1e6)} {_exc_payload(exc)}\n")
+        flush()
+        return
+    emit(f"-1 R {int((perf() - t0) * 1e6)}\n")
+    entry = spec.get("entry_point")
+    fn = ns.get(entry) if entry else None
+    probes = spec["probes"]
+    for i in range(spec["start"], len(probes)):
+        kind, payload = probes[i]
+        t0 = perf()
+        try:
+            if kind == "c":
+                args = decode(payload)
+                if fn is None:
+                    raise NameError(f"name {entry!r} is not defined")
+                t0 = perf()
+                value = fn(*args)
+                dt = int((perf() - t0) * 1e6)
+                line = f"{i} v {dt} {encode(value)}\n"
+            elif kind == "x":
+                value = eval(compile(payload, f"<test {i}>", "eval"), ns)
+                if type(value).__name__ == "generator":
+                    value = list(value)
+                dt = int((perf() - t0) * 1e6)
+                line = f"{i} v {dt} {encode(value)}\n"
+            else:
+                exec(compile(payload, f"<test {i}>", "exec"), ns)
+                line = f"{i} o {int((perf() - t0) * 1e6)}\n"
+        except Unencodable as exc:
+            line = f"{i} u {int((perf() - t0) * 1e6)} {json.dumps(str(exc))}\n"
+        except BaseException as exc:
+            line = f"{i} e {int((perf() - t0) * 1e6)} {_exc_payload(exc)}\n"
+            del exc
+        emit(line)
+    flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        emit("-1 D 0\n")
+        flush()
+
+
+def _child(spec: dict[str, Any], fds: dict[str, int], libc: Any, mode: str) -> None:
+    # Lay out fds: 0=/dev/null, 1 and 2 = output pipe, 3 = result pipe; close the rest.
+    null = os.open("/dev/null", os.O_RDWR)
+    # Move both pipes above the target range first, so no dup2 below clobbers them.
+    high = {k: fcntl.fcntl(fds[k], fcntl.F_DUPFD, 10) for k in ("out", "res")}
+    os.dup2(null, 0)
+    os.dup2(high["out"], 1)
+    os.dup2(high["out"], 2)
+    os.dup2(high["res"], RESULT_FD)
+    os.closerange(RESULT_FD + 1, 1 << 16)
+
+    lim = spec["limits"]
+    if mode == "namespaces":
+        # Private mounts: nothing we mount propagates to the host. A fresh /proc
+        # shows only this job's processes; /tmp, /var/tmp, /dev/shm become empty
+        # size-capped tmpfs, so writes there vanish with the job.
+        _mount(libc, b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+        _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        _hide_homes(libc)
+        opts = f"size={lim['tmp_bytes']},mode=1777".encode()
+        for path in (b"/tmp", b"/var/tmp", b"/dev/shm"):
+            if os.path.isdir(path):
+                _mount(libc, b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, opts)
+        workdir = "/tmp/job"
+        os.mkdir(workdir, 0o700)
+    else:
+        workdir = spec["fallback_workdir"]
+        os.setpgid(0, 0)  # lets the supervisor kill the group (setsid escapes it)
+    root = os.geteuid() == 0
+    if root:
+        os.chown(workdir, NOBODY, NOBODY)
+    os.chdir(workdir)
+
+    cpu = int(spec["cpu_seconds"]) + 1
+    for res, value in (
+        (resource.RLIMIT_AS, lim["memory_bytes"]),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, lim["file_bytes"]),
+        (resource.RLIMIT_NOFILE, lim["open_files"]),
+        (resource.RLIMIT_NPROC, lim["processes"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(res, (value, value))
+    if root:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    os.environ.clear()
+    os.environ.update(
+        {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "LANG": "C.UTF-8",
+        }
+    )
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.argv = ["<sandbox>"]
+    try:
+        _run_probes(spec)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+
+def _interpreter_dirs() -> list[str]:
+    """Directories the interpreter needs at run time (prefixes and sys.path)."""
+    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    dirs |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    ordered = sorted(dirs)
+    return [d for d in ordered if not any(d.startswith(o + "/") for o in ordered if o != d)]
+
+
+def _hide_homes(libc: Any) -> None:
+    needed = _interpreter_dirs()
+    for hidden in HIDDEN_DIRS:
+        if not os.path.isdir(hidden):
+            continue
+        keep = [d for d in needed if d.startswith(hidden + "/")]
+        fds = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d in keep]
+        _mount(libc, b"tmpfs", hidden.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
+        for d, fd in zip(keep, fds, strict=True):
+            os.makedirs(d, 0o755, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}".encode(), d.encode(), None, MS_BIND | MS_REC, None)
+            os.close(fd)
+
+
+def _mount(
+    libc: Any, src: bytes, target: bytes, fstype: bytes | None, flags: int, data: Any
+) -> None:
+    if libc.mount(src, target, fstype, flags, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target.decode()}: {os.strerror(err)}")
+
+
+# ---------------------------------------------------------------------------
+# Supervisor: one per job, root, trusted.
+# ---------------------------------------------------------------------------
+
+
+def _supervise(spec: dict[str, Any], res_fd: int, ctl: socket.socket, libc: Any, mode: str) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it; we must wait
+    if mode == "namespaces" and libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        ctl.sendall(json.dumps({"error": f"unshare: {os.strerror(err)}"}).encode())
+        return
+    if mode != "namespaces":
+        spec["fallback_workdir"] = tempfile.mkdtemp(prefix="amr-sandbox-")
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ctl.close()
+            os.close(out_r)
+            _child(spec, {"out": out_w, "res": res_fd}, libc, mode)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # fd 2 is the output pipe by now: the parent sees it
+        finally:
+            os._exit(70)
+    os.close(res_fd)
+    os.close(out_w)
+    # The parent reads the child's CPU time from /proc to tell slow code from a busy machine.
+    ctl.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+    lim = spec["limits"]
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    for fd in (ctl.fileno(), pidfd, out_r):
+        poller.register(fd, select.POLLIN)
+    hard_deadline = time.monotonic() + spec["hard_deadline_s"]
+    killed: str | None = None
+    head = bytearray()
+    total = 0
+
+    def kill(reason: str) -> None:
+        nonlocal killed
+        if killed is None:
+            killed = reason
+        try:
+            if mode == "namespaces":
+                os.kill(pid, signal.SIGKILL)  # PID 1: the kernel kills the namespace
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    exited = False
+    while not exited:
+        remaining = hard_deadline - time.monotonic()
+        if remaining <= 0:
+            kill("deadline")
+            remaining = 1.0
+        for fd, _ in poller.poll(int(remaining * 1000) + 1):
+            if fd == pidfd:
+                exited = True
+            elif fd == out_r:
+                data = os.read(out_r, 1 << 16)
+                if not data:
+                    poller.unregister(out_r)
+                    continue
+                total += len(data)
+                if len(head) < lim["output_keep_bytes"]:
+                    head += data[: lim["output_keep_bytes"] - len(head)]
+                if total > lim["output_bytes"]:
+                    kill("output")
+                    poller.unregister(out_r)
+            elif fd == ctl.fileno():
+                ctl.recv(64)  # any byte or EOF means: stop now
+                kill("parent")
+                poller.unregister(fd)
+    _, status = os.waitpid(pid, 0)
+    if mode != "namespaces":
+        kill("cleanup")  # best effort for the process group
+        shutil.rmtree(spec["fallback_workdir"], ignore_errors=True)
+    report = {
+        "exit": os.waitstatus_to_exitcode(status),
+        "killed": killed,
+        "output": head.decode("utf-8", "replace"),
+        "output_bytes": total,
+    }
+    with contextlib.suppress(OSError):  # the parent may be gone; nothing to tell then
+        ctl.sendall(json.dumps(report).encode())
+        # Half-close, then wait for the parent to close: closing a unix socket with
+        # unread bytes (a late "kill" byte) would reset it and lose the report.
+        ctl.shutdown(socket.SHUT_WR)
+        ctl.settimeout(10)
+        while ctl.recv(64):
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Zygote: pre-warmed, forks one supervisor per job.
+# ---------------------------------------------------------------------------
+
+
+def _probe_isolation(libc: Any) -> str:
+    """Return "namespaces" when PID+net+mount namespaces and uid switching work."""
+    if os.geteuid() != 0:
+        return "none"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS) != 0:
+                os._exit(1)
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    _mount(libc, b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+                    _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+                    _mount(libc, b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m")
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                    os._exit(0 if os.getpid() == 1 else 3)
+                except BaseException:
+                    os._exit(2)
+            _, st = os.waitpid(inner, 0)
+            os._exit(os.waitstatus_to_exitcode(st))
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    return "namespaces" if os.waitstatus_to_exitcode(status) == 0 else "none"
+
+
+def _recv_job(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    head, fds, _, _ = socket.recv_fds(sock, HEADER.size, 4)
+    if not head:
+        return None
+    while len(head) < HEADER.size:
+        more = sock.recv(HEADER.size - len(head))
+        if not more:
+            return None
+        head += more
+    (size,) = HEADER.unpack(head)
+    body = bytearray()
+    while len(body) < size:
+        chunk = sock.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            return None
+        body += chunk
+    return json.loads(body), fds
+
+
+def main(sock_fd: int, requested: str) -> None:
+    # Pre-warm modules candidate code commonly imports, so forks skip the import.
+    import collections  # noqa: F401
+    import functools  # noqa: F401
+    import heapq  # noqa: F401
+    import itertools  # noqa: F401
+    import math  # noqa: F401
+    import re  # noqa: F401
+    import string  # noqa: F401
+    import typing  # noqa: F401
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sock = socket.socket(fileno=sock_fd)
+    mode = "none" if requested == "none" else _probe_isolation(libc)
+    if requested == "namespaces" and mode != "namespaces":
+        sock.sendall(json.dumps({"error": "namespaces unavailable (needs root)"}).encode() + b"\n")
+        return
+    sock.sendall(json.dumps({"isolation": mode}).encode() + b"\n")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped automatically
+    while True:
+        job = _recv_job(sock)
+        if job is None:
+            return
+        spec, fds = job
+        if os.fork() == 0:
+            code = 0
+            ctl = socket.socket(fileno=fds[1])
+            try:
+                sock.close()
+                _supervise(spec, fds[0], ctl, libc, mode)
+            except BaseException:
+                import traceback
+
+                code = 71
+                with contextlib.suppress(OSError):
+                    ctl.sendall(json.dumps({"error": traceback.format_exc()}).encode())
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])

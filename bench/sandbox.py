@@ -1,0 +1,265 @@
+"""Sandbox benchmark: every HumanEval+ input against the 164 canonical solutions.
+
+1. Reference run: each canonical solution on all its base+plus inputs; the
+   returned values become the expected outputs (as EvalPlus does) and the
+   measured times give per-test limits (factor 4, floor 1 s, as EvalPlus).
+2. Evaluation run (timed, median of repetitions): the same solutions judged
+   against those outputs with EvalPlus's tolerances (atol, 1e-6 for floats,
+   the polynomial-root oracle for HumanEval/32). `all_passed` must be true.
+3. Mutants: one mutated copy per task (an operator or constant changed),
+   judged with fail-fast; `mutants_caught_fraction` is the share that fails.
+4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off).
+
+Usage: ``.venv/bin/python bench/sandbox.py [--quick] [--data PATH]``; the last
+line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import gzip
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from amr_async.sandbox import CallTest, Job, JobResult, Limits, Sandbox, calibrated_time_limits
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1] / "../shared/data/evalplus/HumanEvalPlus.jsonl.gz"
+)
+
+# Mutation operators: each maps an AST node to a changed copy, or None.
+_CMP_SWAP: dict[type, type] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
+_BIN_SWAP: dict[type, type] = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Add,
+    ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+}
+
+
+def _sites(tree: ast.Module, first_line: int) -> list[tuple[int, str]]:
+    """Mutable spots inside the canonical solution (lines ≥ first_line)."""
+    sites: list[tuple[int, str]] = []
+    for n, node in enumerate(ast.walk(tree)):
+        if getattr(node, "lineno", 0) < first_line:
+            continue
+        if isinstance(node, ast.Compare) and type(node.ops[0]) in _CMP_SWAP:
+            sites.append((n, "cmp"))
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BIN_SWAP:
+            sites.append((n, "bin"))
+        elif isinstance(node, ast.BoolOp):
+            sites.append((n, "bool"))
+        elif (
+            isinstance(node, ast.Constant)
+            and type(node.value) is int
+            and not isinstance(node.value, bool)
+        ):
+            sites.append((n, "int"))
+    return sites
+
+
+# Operators that seldom leave behaviour unchanged come first (a boundary shift
+# like `<` → `<=` or a constant + 1 is often equivalent on every input).
+_PRIORITY = {"flip": 0, "bool": 1, "bin": 2, "cmp": 3, "int": 4}
+
+
+def mutate(code: str, first_line: int, seed: str) -> str | None:
+    """One deterministic mutant of `code` changing the solution part, or None."""
+    tree = ast.parse(code)
+    nodes = list(ast.walk(tree))
+    sites = [
+        (n, "flip" if kind == "cmp" and _is_flip(nodes[n]) else kind)
+        for n, kind in _sites(tree, first_line)
+    ]
+    random.Random(seed).shuffle(sites)
+    sites.sort(key=lambda site: _PRIORITY[site[1]])
+    for index, kind in sites:
+        tree = ast.parse(code)
+        node = list(ast.walk(tree))[index]
+        if isinstance(node, ast.Compare) and kind in ("cmp", "flip"):
+            node.ops[0] = _CMP_SWAP[type(node.ops[0])]()
+        elif isinstance(node, ast.BinOp) and kind == "bin":
+            node.op = _BIN_SWAP[type(node.op)]()
+        elif isinstance(node, ast.BoolOp) and kind == "bool":
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        elif isinstance(node, ast.Constant) and kind == "int" and type(node.value) is int:
+            node.value = node.value + 1
+        mutant = ast.unparse(tree)
+        if mutant != ast.unparse(ast.parse(code)):
+            return mutant
+    return None
+
+
+def _is_flip(node: ast.AST) -> bool:
+    """A comparison whose mutation negates it (==, !=, in, not in, is, is not)."""
+    return isinstance(node, ast.Compare) and isinstance(
+        node.ops[0], ast.Eq | ast.NotEq | ast.In | ast.NotIn | ast.Is | ast.IsNot
+    )
+
+
+def load(path: Path, quick: bool) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
+    if quick:
+        rows = rows[::6]  # 28 tasks spread over the set
+    return rows
+
+
+async def reference(sandbox: Sandbox, rows: list[dict[str, Any]]) -> list[JobResult]:
+    jobs = []
+    for row in rows:
+        inputs = row["base_input"] + row["plus_input"]
+        jobs.append(
+            Job(
+                row["prompt"] + row["canonical_solution"],
+                [CallTest(inp) for inp in inputs],
+                entry_point=row["entry_point"],
+                limits=Limits(test_timeout_s=60.0),
+            )
+        )
+    return list(await asyncio.gather(*(sandbox.run(j) for j in jobs)))
+
+
+def eval_jobs(
+    rows: list[dict[str, Any]], refs: list[JobResult], codes: list[str], fail_fast: bool
+) -> list[Job]:
+    jobs = []
+    for row, ref, code in zip(rows, refs, codes, strict=True):
+        inputs = row["base_input"] + row["plus_input"]
+        oracle: Literal["equal", "poly_root"] = (
+            "poly_root" if row["entry_point"] == "find_zero" else "equal"
+        )
+        tests = [
+            CallTest(inp, t.value, atol=float(row["atol"]), oracle=oracle)
+            for inp, t in zip(inputs, ref.tests, strict=True)
+        ]
+        jobs.append(
+            Job(
+                code,
+                tests,
+                entry_point=row["entry_point"],
+                time_limits=calibrated_time_limits(ref),
+                # Wall-clock cap of 10 × the limit: this machine is shared (load ≫ cores);
+                # CPU-bound code is still stopped by the CPU-time check.
+                limits=Limits(wall_factor=10.0),
+                fail_fast=fail_fast,
+            )
+        )
+    return jobs
+
+
+async def timed(sandbox: Sandbox, jobs: list[Job]) -> tuple[float, list[JobResult]]:
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(sandbox.run(j) for j in jobs))
+    return time.perf_counter() - t0, list(results)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a sixth of the tasks, 1 repetition")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--parallelism", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args()
+    reps = args.reps or (1 if args.quick else 3)
+    rows = load(args.data, args.quick)
+
+    async with Sandbox(parallelism=args.parallelism, cache_size=0) as sandbox:
+        t0 = time.perf_counter()
+        refs = await reference(sandbox, rows)
+        ref_seconds = time.perf_counter() - t0
+        bad = [r["task_id"] for r, res in zip(rows, refs, strict=True) if not res.passed]
+        if bad:
+            raise SystemExit(f"reference run failed for {bad}")
+
+        # Longest jobs first (by reference time), so no long job starts last and runs alone.
+        order = sorted(
+            range(len(rows)), key=lambda i: -sum(t.seconds or 0.0 for t in refs[i].tests)
+        )
+        rows = [rows[i] for i in order]
+        refs = [refs[i] for i in order]
+        canon = eval_jobs(rows, refs, [r["prompt"] + r["canonical_solution"] for r in rows], False)
+        runs = [await timed(sandbox, canon) for _ in range(reps)]
+        seconds = statistics.median(s for s, _ in runs)
+        results = runs[0][1]
+        tests = sum(len(r.tests) for r in results)
+        # Time spent inside the solutions themselves (child-measured, summed over
+        # processes): what any harness must spend; the rest is sandbox overhead.
+        inside = statistics.median(
+            sum(t.seconds or 0.0 for r in rs for t in r.tests) for _, rs in runs
+        )
+        failing = [
+            (row["task_id"], res.counts())
+            for row, res in zip(rows, results, strict=True)
+            if not res.passed
+        ]
+
+        mutant_rows, mutant_refs, mutant_codes = [], [], []
+        for row, ref in zip(rows, refs, strict=True):
+            code = row["prompt"] + row["canonical_solution"]
+            first_line = row["prompt"].count("\n") + 1
+            mutant = mutate(code, first_line, row["task_id"])
+            if mutant is not None:
+                mutant_rows.append(row)
+                mutant_refs.append(ref)
+                mutant_codes.append(mutant)
+        mutant_seconds, mutant_results = await timed(
+            sandbox, eval_jobs(mutant_rows, mutant_refs, mutant_codes, True)
+        )
+        caught = sum(not r.passed for r in mutant_results)
+
+        empty = []
+        for i in range(30 if args.quick else 100):
+            t = time.perf_counter()
+            await sandbox.run(Job(f"x = {i}", []))
+            empty.append(time.perf_counter() - t)
+        isolation = sandbox.isolation
+
+    if failing:
+        print("failing:", failing)
+    out = {
+        "all_passed": not failing,
+        "tests": tests,
+        "seconds": round(seconds, 3),
+        "tests_per_s": round(tests / seconds, 1),
+        "mutants_caught_fraction": round(caught / max(len(mutant_codes), 1), 4),
+        "empty_job_p50_ms": round(statistics.median(empty) * 1000, 2),
+        "inside_solutions_seconds": round(inside, 3),
+        "overhead_ratio": round(seconds * args.parallelism / inside, 3),
+        "tasks": len(rows),
+        "mutants": len(mutant_codes),
+        "mutants_caught": caught,
+        "mutant_seconds": round(mutant_seconds, 3),
+        "reference_seconds": round(ref_seconds, 3),
+        "repetitions": reps,
+        "parallelism": args.parallelism,
+        "isolation": isolation,
+        "cores": os.cpu_count(),
+        "quick": args.quick,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,178 @@
+"""The codec and the parent-side judge, without processes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from amr_async.sandbox import NOT_GIVEN, AssertTest, CallTest, Status, same
+from amr_async.sandbox._judge import plan_assert, plan_call
+from amr_async.sandbox._worker import Unencodable, decode, encode
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+values = st.recursive(
+    scalars | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+        | st.frozensets(scalars, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(values)
+def test_codec_round_trips_with_exact_types(v: Any) -> None:
+    back = decode(encode(v))
+    assert same(back, v)
+    assert type(back) is type(v)
+
+
+@given(st.sets(st.integers() | st.text(max_size=3), max_size=6))
+def test_equal_sets_encode_equally(s: set[Any]) -> None:
+    assert encode(s) == encode(set(reversed(list(s))))
+
+
+def test_codec_keeps_scalar_kinds_apart() -> None:
+    assert {encode(1), encode(1.0), encode(True), encode("1"), encode([1]), encode((1,))} == {
+        "1",
+        "1.0",
+        "true",
+        '"1"',
+        "[1]",
+        '{"t":[1]}',
+    }
+    assert math.isnan(decode(encode(float("nan"))))
+
+
+def test_codec_carries_huge_ints() -> None:
+    big = 7**50_000  # far beyond CPython's 4,300-digit str() limit
+    assert decode(encode(big)) == big
+    assert decode(encode(-big)) == -big
+    assert encode(big) != encode(big + 1)
+
+
+def test_codec_refuses_subclasses_and_custom_objects() -> None:
+    class Int(int):
+        pass
+
+    for bad in (Int(1), object(), [1, object()], {"k": Int(2)}):
+        with pytest.raises(Unencodable):
+            encode(bad)
+
+
+def test_same_is_strict_about_types() -> None:
+    assert same(2, 2.0)  # numbers compare by value, as in Python and EvalPlus
+    assert not same(1, True)
+    assert not same([1, 2], (1, 2))
+    assert not same("a", b"a")
+    assert same(0.1 + 0.2, 0.3, atol=1e-9)
+    assert not same(0.1 + 0.2, 0.3)
+    assert same([1.0, {"a": (2.0,)}], [1.0000001, {"a": (2.0,)}], atol=1e-6)
+    assert same(float("nan"), float("nan"))
+
+
+def _judge(source: str, *values: Any) -> tuple[Status, str]:
+    p = plan_assert(AssertTest(source))
+    status, message, _ = p.judge([("v", encode(v)) for v in values])
+    return status, message
+
+
+@pytest.mark.parametrize(
+    ("source", "probes", "values", "status"),
+    [
+        ("assert add(2, 3) == 5", ["add(2, 3)"], [5], Status.PASSED),
+        ("assert add(2, 3) == 5", ["add(2, 3)"], [True], Status.FAILED),
+        ("assert 5 == add(2, 3)", ["add(2, 3)"], [5.0], Status.PASSED),
+        ("assert sorted(f([3, 1])) == [1, 3]", ["f([3, 1])"], [(3, 1)], Status.PASSED),
+        ("assert abs(f(1) - 0.3) < 1e-9", ["f(1)"], [0.1 + 0.2], Status.PASSED),
+        ("assert math.isclose(f(1), 2.0)", ["f(1)"], [2.0000000001], Status.PASSED),
+        ("assert not is_prime(4)", ["is_prime(4)"], [False], Status.PASSED),
+        ("assert not is_prime(4)", ["is_prime(4)"], [0], Status.PASSED),
+        ("assert f('a').startswith('x')", ["f('a')"], ["xa"], Status.PASSED),
+        (
+            "assert len(f()) == 2 and f()[0] in (1, 2)",
+            ["f()", "f()"],
+            [[1, 5], [1, 5]],
+            Status.PASSED,
+        ),
+        ("assert isinstance(f(), list)", ["f()"], [(1,)], Status.FAILED),
+        ("assert f() is None", ["f()"], [None], Status.PASSED),
+        (
+            "assert all(p(x) for x in [2, 3])",
+            ["(p(x) for x in [2, 3])"],
+            [[True, 0]],
+            Status.FAILED,
+        ),
+        (
+            "def test_it():\n    assert f(1) == 1\n    assert f(2) == 4",
+            ["f(1)", "f(2)"],
+            [1, 4],
+            Status.PASSED,
+        ),
+        ("assert f(1) == 1\nassert f(2) == 4", ["f(1)", "f(2)"], [1, 5], Status.FAILED),
+    ],
+)
+def test_asserts_are_split_and_judged_in_the_parent(
+    source: str, probes: list[str], values: list[Any], status: Status
+) -> None:
+    p = plan_assert(AssertTest(source))
+    assert p.judged_in == "parent"
+    assert [src for _, src in p.probes] == probes
+    assert _judge(source, *values)[0] is status
+
+
+def test_unsafe_parent_arithmetic_is_refused_not_run() -> None:
+    status, message = _judge("assert f() == 10 ** 10 ** 10", 1)
+    assert status is Status.ERROR
+    assert "too large" in message
+
+
+def test_probe_exceptions_and_unencodable_values() -> None:
+    p = plan_assert(AssertTest("assert f() == 1"))
+    assert p.judge([("e", ["ValueError", "boom"])])[0] is Status.ERROR
+    assert p.judge([("e", ["MemoryError", ""])])[0] is Status.MEMORY
+    assert p.judge([("u", "mod.Thing")])[0] is Status.FAILED
+    assert p.judge([("o", None)])[0] is Status.FAILED  # a forged statement record
+
+
+def test_other_statements_run_in_the_sandbox() -> None:
+    p = plan_assert(AssertTest("x = f(3)\nassert x == 9"))
+    assert p.judged_in == "sandbox"
+    assert p.probes == [("s", "x = f(3)\nassert x == 9")]
+    assert p.judge([("o", None)])[0] is Status.PASSED
+    assert p.judge([("e", ["AssertionError", ""])])[0] is Status.FAILED
+    wrapped = plan_assert(AssertTest("def test_x():\n    y = f(3)\n    assert y == 9"))
+    assert wrapped.probes[0][1].endswith("test_x()\n")
+
+
+def test_syntax_errors_are_reported_with_the_line() -> None:
+    p = plan_assert(AssertTest("assert f( == 1"))
+    assert p.probes == []
+    status, message, _ = p.judge([])
+    assert status is Status.ERROR
+    assert "line 1" in message
+
+
+def test_call_tests_follow_evalplus_tolerances() -> None:
+    loose = plan_call(CallTest((1,), 0.5), "f")  # floats: atol 1e-6 even when 0 is given
+    assert loose.judge([("v", encode(0.5000001))])[0] is Status.PASSED
+    assert loose.judge([("v", encode(0.51))])[0] is Status.FAILED
+    exact = plan_call(CallTest((1,), [1, 2]), "f")
+    assert exact.judge([("v", encode([1, 2]))])[0] is Status.PASSED
+    assert exact.judge([("v", encode((1, 2)))])[0] is Status.FAILED
+    returned = plan_call(CallTest((1,), NOT_GIVEN), "f")
+    assert returned.judge([("v", encode({"a": 1}))]) == (Status.RETURNED, "", {"a": 1})
+
+
+def test_poly_root_oracle() -> None:
+    # x^2 - 4 has roots ±2: any root passes, whatever the reference returned
+    p = plan_call(CallTest(([-4, 0, 1],), 2.0, atol=1e-4, oracle="poly_root"), "find_zero")
+    assert p.judge([("v", encode(-2.0))])[0] is Status.PASSED
+    assert p.judge([("v", encode(1.0))])[0] is Status.FAILED
+    assert p.judge([("v", encode("2"))])[0] is Status.FAILED
