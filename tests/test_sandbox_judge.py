@@ -54,6 +54,7 @@ def test_codec_carries_huge_ints() -> None:
     big = 7**50_000  # far beyond CPython's 4,300-digit str() limit
     assert decode(encode(big)) == big
     assert decode(encode(-big)) == -big
+    assert decode(encode([1, big, "x"])) == [1, big, "x"]
     assert encode(big) != encode(big + 1)
 
 
@@ -61,7 +62,7 @@ def test_codec_refuses_subclasses_and_custom_objects() -> None:
     class Int(int):
         pass
 
-    for bad in (Int(1), object(), [1, object()], {"k": Int(2)}):
+    for bad in (Int(1), object(), [1, object()], [1, Int(2)], {"k": Int(2)}):
         with pytest.raises(Unencodable):
             encode(bad)
 

@@ -1,6 +1,7 @@
 """The processes that run untrusted code: zygote, per-job supervisor, and child.
 
-Stdlib only: this file runs as a script (``python -I _worker.py FD``) so that the
+Stdlib only: this file runs as a script (``python -I _worker.py FD ISOLATION TAG``;
+TAG only marks the command line of every process it forks) so that the
 package (and the Rust extension) is never imported next to untrusted code. The
 parent imports it as a module for the value codec (`encode`, `decode`).
 
@@ -88,6 +89,7 @@ class Unencodable(Exception):
 # Decimal conversion of ints above ~4300 digits is refused by CPython (and is
 # quadratic); such ints travel as hex, which has no limit. 13,000 bits ≈ 3,900 digits.
 _BIG_INT_BITS = 13_000
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _tree(v: Any, depth: int) -> Any:
@@ -99,6 +101,12 @@ def _tree(v: Any, depth: int) -> Any:
     if depth > 100:
         raise Unencodable("nesting deeper than 100")
     if t is list:
+        # Fast path (C-level type scan): a flat list of exact scalars is its own tree.
+        types = set(map(type, v))
+        if types <= _SCALARS and (
+            int not in types or all(x.bit_length() <= _BIG_INT_BITS for x in v if type(x) is int)
+        ):
+            return v
         return [_tree(x, depth + 1) for x in v]
     if t is tuple:
         return {"t": [_tree(x, depth + 1) for x in v]}
@@ -150,6 +158,9 @@ def _untree(j: Any) -> Any:
 
 def decode(s: str | bytes) -> Any:
     """Inverse of `encode`; raises ValueError on malformed input."""
+    # Tags are the only JSON objects: without "{" the parsed value is final.
+    if (b"{" not in s) if isinstance(s, bytes) else ("{" not in s):
+        return json.loads(s)
     return _untree(json.loads(s))
 
 
