@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from amr_async import __version__
+from amr_async.moduledb import cli as moduledb_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -28,7 +29,10 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 # One line per stage that has commands (keep sorted by command name).
-REGISTRARS: list[Registrar] = [_register_demo]
+REGISTRARS: list[Registrar] = [
+    _register_demo,
+    moduledb_cli.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
