@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from amr_async import _core
 from amr_async.moduledb._vectors import F32, VectorView
 
 IndexKind = Literal["exact", "hnsw", "usearch"]
@@ -48,6 +49,18 @@ def exact_topk(
     q = len(queries)
     if kk == 0:
         return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
+    kernel = getattr(_core, "topk", None)
+    if kernel is not None:
+        # Rust kernel: scans f16/int8 rows in place (the mmap), releases the GIL.
+        matrix = view.matrix if rows is None else view.matrix[rows]
+        scales = view.scales if rows is None or view.scales is None else view.scales[rows]
+        scales = None if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
+        scores, ids = kernel(np.ascontiguousarray(queries), matrix, kk, scales)
+        ids = np.asarray(ids, dtype=np.int64)
+        if rows is not None:
+            ids = rows[ids]
+        return np.asarray(scores, dtype=np.float32), ids
+    # NumPy fallback: decode blocks to float32 (f16 decoding is slow in NumPy) and BLAS.
     best_s = np.full((q, 0), -np.inf, np.float32)
     best_i = np.zeros((q, 0), np.int64)
     for start in range(0, n, _BLOCK):

@@ -58,6 +58,9 @@ IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
 AUTO_EXACT_MAX = 20_000
 AUTO_ANN: IndexKind = "usearch"
 
+# ANN indexes are asked for this many times k candidates, re-scored exactly.
+ANN_OVERSAMPLE = 3
+
 # With filters, candidates allowed by SQL are scanned exactly up to this many; above it the
 # index is asked for more candidates and the filter applied afterwards.
 FILTER_EXACT_MAX = 200_000
@@ -437,7 +440,9 @@ class ModuleStore:
             scores, ids = exact_topk(queries, view, k)
             return _collect(scores, ids, min_similarity)
         else:
-            cand = self.index.candidates(queries, k, view)
+            # Over-fetch: the graph's neighbours are ranked on its compact (i8) vectors, the
+            # re-scoring on the stored f16 ones, which recovers most of the quantisation loss.
+            cand = self.index.candidates(queries, min(n, k * ANN_OVERSAMPLE), view)
         return _rescore(queries, cand, view, k, min_similarity)
 
     def search(
