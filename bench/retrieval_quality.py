@@ -144,17 +144,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description="stub → implementation retrieval quality")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--queries", type=int, default=None, help="queries (default 2000; quick 200)"
+        "--queries", type=int, default=None, help="queries (default 2000; quick 100)"
     )
     parser.add_argument(
-        "--minilm-corpus", type=int, default=None, help="minilm subset (default 3000; quick 400)"
+        "--minilm-corpus", type=int, default=None, help="minilm subset (default 3000; quick 150)"
     )
     args = parser.parse_args()
-    n_queries = args.queries or (200 if args.quick else 2000)
-    minilm_size = args.minilm_corpus or (400 if args.quick else 3000)
+    n_queries = args.queries or (100 if args.quick else 2000)
+    minilm_size = args.minilm_corpus or (150 if args.quick else 3000)
     rng = random.Random(0)
 
-    stdlib = stdlib_functions(limit_files=80 if args.quick else None)
+    stdlib = stdlib_functions(limit_files=25 if args.quick else None)
     evalplus = evalplus_functions()
     corpus: list[tuple[str, str]] = stdlib + [(t, c) for t, c, _ in evalplus]
     # Candidate queries: functions with a real docstring, and every evalplus task.

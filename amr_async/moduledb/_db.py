@@ -27,7 +27,7 @@ import orjson
 
 from amr_async.moduledb._embedders import Embedder
 from amr_async.moduledb._errors import UnparseableCode
-from amr_async.moduledb._source import FunctionInfo, describe
+from amr_async.moduledb._source import FunctionInfo, describe_many
 from amr_async.moduledb._store import ModuleStore, StoreConfig
 from amr_async.moduledb._types import AddResult, Module, Rejection, SearchHit, Stats
 from amr_async.moduledb._vectors import F32
@@ -364,13 +364,7 @@ class ModuleDB:
 
 
 def _describe_all(modules: Sequence[Module]) -> list[FunctionInfo | UnparseableCode]:
-    out: list[FunctionInfo | UnparseableCode] = []
-    for m in modules:
-        try:
-            out.append(describe(m.code))
-        except UnparseableCode as exc:
-            out.append(exc)
-    return out
+    return describe_many([m.code for m in modules])
 
 
 def _info(info: FunctionInfo | UnparseableCode) -> FunctionInfo:

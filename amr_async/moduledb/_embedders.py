@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from amr_async import _core
 from amr_async.moduledb._errors import DimensionMismatch, EmbedderUnavailable
 from amr_async.moduledb._vectors import F32
 
@@ -81,6 +82,9 @@ class HashEmbedder(Embedder):
         self.name = "hash"
 
     def embed_sync(self, texts: Sequence[str]) -> F32:
+        kernel = getattr(_core, "hash_embed", None)
+        if kernel is not None:  # the Rust core's embedder (GIL released)
+            return np.asarray(kernel(list(texts), self.dim), dtype=np.float32)
         out = np.zeros((len(texts), self.dim), np.float32)
         for row, text in enumerate(texts):
             counts: dict[str, int] = {}

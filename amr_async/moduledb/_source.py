@@ -9,9 +9,12 @@ and the function's own name left out unless asked for. It runs in CPython's `ast
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from amr_async import _core
 from amr_async.moduledb._errors import UnparseableCode
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -99,20 +102,25 @@ class _Normaliser(ast.NodeTransformer):
         return super().generic_visit(node)
 
 
-def ast_hash(node: ast.FunctionDef | ast.AsyncFunctionDef, *, include_name: bool = False) -> str:
-    """Hash a function's normalised AST (see the module docstring).
-
-    The node is copied first; the caller's tree is left as it was.
-    """
-    copy = ast.parse(ast.unparse(node)).body[0]
-    assert isinstance(copy, _FUNCS)
+def _hash_in_place(node: ast.FunctionDef | ast.AsyncFunctionDef, include_name: bool) -> str:
+    """Normalise `node` in place (see the module docstring) and hash it."""
     if not include_name:
-        copy.name = "_f"
-    copy.returns = None
-    copy.decorator_list = []
-    normalised = _Normaliser().visit(copy)
+        node.name = "_f"
+    node.returns = None
+    node.decorator_list = []
+    normalised = _Normaliser().visit(node)
     dumped = ast.dump(normalised, annotate_fields=False, include_attributes=False)
     return hashlib.blake2b(dumped.encode(), digest_size=16).hexdigest()
+
+
+def ast_hash(code: str, *, include_name: bool = False) -> str:
+    """Normalised AST hash (hex) of the first top-level function of `code`.
+
+    Raises:
+        UnparseableCode: See `parse_function`.
+    """
+    _, node = parse_function(code)
+    return _hash_in_place(node, include_name)
 
 
 def describe(code: str) -> FunctionInfo:
@@ -122,13 +130,43 @@ def describe(code: str) -> FunctionInfo:
         UnparseableCode: See `parse_function`.
     """
     _, node = parse_function(code)
+    name = node.name
+    signature = signature_of(node)
+    docstring = ast.get_docstring(node) or ""
+    node_count = sum(1 for _ in ast.walk(node))
+    # The tree is ours (parsed just now): normalise it in place rather than copying.
     return FunctionInfo(
-        name=node.name,
-        signature=signature_of(node),
-        docstring=ast.get_docstring(node) or "",
-        ast_hash=ast_hash(node),
-        node_count=sum(1 for _ in ast.walk(node)),
+        name=name,
+        signature=signature,
+        docstring=docstring,
+        ast_hash=_hash_in_place(node, include_name=False),
+        node_count=node_count,
     )
+
+
+def describe_many(codes: Sequence[str]) -> list[FunctionInfo | UnparseableCode]:
+    """`describe` for a batch; a code that does not parse yields its `UnparseableCode`.
+
+    The AST hashes come from the Rust core's `ast_hash` (parallel, GIL released) when the
+    extension has it, so every DB uses one hash algorithm with the rest of the project.
+    """
+    out: list[FunctionInfo | UnparseableCode] = []
+    for code in codes:
+        try:
+            out.append(describe(code))
+        except UnparseableCode as exc:
+            out.append(exc)
+    rust_hash = getattr(_core, "ast_hash", None)
+    if rust_hash is None:
+        return out
+    hashes = rust_hash([c for c in codes], include_name=False)
+    for i, (info, h) in enumerate(zip(out, hashes, strict=True)):
+        if isinstance(info, FunctionInfo):
+            if h is None:
+                out[i] = UnparseableCode("the Rust parser refuses it (or it nests too deeply)")
+            else:
+                out[i] = dataclasses.replace(info, ast_hash=h)
+    return out
 
 
 def stub_of(code: str) -> str:
