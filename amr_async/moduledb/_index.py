@@ -84,8 +84,8 @@ class ExactIndex:
 
     kind: IndexKind = "exact"
 
-    def __init__(self) -> None:
-        self._count = 0
+    def __init__(self, count: int = 0) -> None:
+        self._count = count
 
     def __len__(self) -> int:
         return self._count

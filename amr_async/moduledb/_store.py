@@ -225,8 +225,8 @@ class ModuleStore:
         path = self._index_path(kind)
         index: VectorIndex
         if kind == "exact":
-            index = ExactIndex()
-        elif path.exists():
+            return ExactIndex(count)  # the vector file is the index: nothing to load
+        if path.exists():
             if kind == "hnsw":
                 index = HnswIndex.load(path, self.dim, threads=self.threads)
             else:
