@@ -258,6 +258,7 @@ def main() -> None:
             + " (index-only figures: no embedder, no parsing)"
         ),
         "cores": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "threads": args.threads,
         "k": 10,
         "queries": args.queries,

@@ -177,6 +177,7 @@ async def main() -> None:
     out: dict[str, Any] = {
         "benchmark": "retrieval_quality",
         "cores": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "corpus_functions": len(corpus),
         "stdlib_functions": len(stdlib),
         "evalplus_functions": len(evalplus),
