@@ -218,7 +218,9 @@ def test_indexes_agree_with_exact_and_survive_reopen(
         [len({i for _, i in g} & set(t)) / 10 for g, t in zip(got, truth, strict=True)]
     )
     assert recall >= (0.99 if index == "exact" and dtype == "f16" else 0.9)
-    assert all(g[0][1] == q for q, g in enumerate(got))  # the perturbed vector's source first
+    # The perturbed vector's source ranks first (int8 rounding may swap a near tie).
+    first = np.mean([g[0][1] == q for q, g in enumerate(got)])
+    assert first >= (1.0 if dtype == "f16" else 0.95)
     store.close()
     again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=64)
     assert len(again) == 3000
