@@ -301,6 +301,10 @@ def test_hash_embed_is_normalised_deterministic_and_topical() -> None:
     np.testing.assert_array_equal(v, core.hash_embed(texts))
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1
     assert core.hash_embed([], dim=16).shape == (0, 16)
+    lone = ["\ud800 surrogate_name"]  # not encodable as UTF-8: replaced, not refused
+    assert core.hash_embed(lone).shape == (1, 384)
+    assert core.count_tokens(lone, "cl100k_base")[0] > 0
+    assert core.ast_hash(lone) == [None]
     with pytest.raises(ValueError, match="dim"):
         core.hash_embed(["x"], dim=0)
 

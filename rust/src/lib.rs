@@ -126,11 +126,12 @@ fn topk_py<'py>(
 /// Feature-hashing embeddings of `texts` (n × dim float32, rows L2-normalised).
 #[pyfunction]
 #[pyo3(signature = (texts, dim=384))]
-fn hash_embed(
-    py: Python<'_>,
-    texts: Vec<String>,
+fn hash_embed<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyAny>,
     dim: usize,
-) -> PyResult<Bound<'_, PyArray2<f32>>> {
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let texts = lossy_strings(texts)?;
     if dim == 0 {
         return Err(PyValueError::new_err("dim: must be at least 1"));
     }
