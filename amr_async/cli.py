@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
 from amr_async.journal import cli as journal_cli
+from amr_async.moduledb import cli as moduledb_cli
 from amr_async.pipeline import cli as pipeline_cli
 from amr_async.sandbox import cli as sandbox_cli
 from amr_async.scheduler import cli as scheduler_cli
@@ -40,6 +41,7 @@ REGISTRARS: list[Registrar] = [
     pipeline_cli.register,
     journal_cli.register,
     sandbox_cli.register,
+    moduledb_cli.register,
 ]
 
 

@@ -2,17 +2,26 @@
 //! borrows or copies its buffers, releases the GIL for the work, and converts back.
 //! The logic is in the plain Rust modules declared below, each with its own tests.
 
+pub mod asthash;
+pub mod embed;
+pub mod extract;
 pub mod similarity;
+pub mod stack;
+pub mod tokens;
+pub mod topk;
 
 use std::borrow::Cow;
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use half::f16;
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 /// A contiguous view of a 2-D array: borrowed when C-contiguous, else copied once
 /// (a strided scan inside the kernel would cost more than the copy).
-fn rows<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> Cow<'a, [f32]> {
+fn rows<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
     match a.as_slice() {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
@@ -43,9 +52,286 @@ fn cosine_matrix<'py>(
     PyArray1::from_vec(py, out).reshape([q_rows, m_rows])
 }
 
+/// Exact dot-product top-k of each query row against the rows of `matrix`
+/// (float32, float16, or int8 with one float32 scale per row).
+#[pyfunction(name = "topk")]
+#[pyo3(signature = (queries, matrix, k, scales=None))]
+fn topk_py<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    matrix: &Bound<'py, PyAny>,
+    k: usize,
+    scales: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    let q = rows(&queries);
+    let (m_dim, result) = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
+        let data = rows(&m);
+        (
+            m.shape()[1],
+            py.detach(|| topk::topk(&q, topk::Matrix::F32(&data), dim, k)),
+        )
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f16>>() {
+        let data = rows(&m);
+        (
+            m.shape()[1],
+            py.detach(|| topk::topk(&q, topk::Matrix::F16(&data), dim, k)),
+        )
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, i8>>() {
+        let Some(scales) = scales else {
+            return Err(PyValueError::new_err("scales: required for an int8 matrix"));
+        };
+        let data = rows(&m);
+        let s = scales.as_array().iter().copied().collect::<Vec<f32>>();
+        (
+            m.shape()[1],
+            py.detach(|| {
+                topk::topk(
+                    &q,
+                    topk::Matrix::I8 {
+                        data: &data,
+                        scales: &s,
+                    },
+                    dim,
+                    k,
+                )
+            }),
+        )
+    } else {
+        return Err(PyTypeError::new_err(
+            "matrix: expected a 2-D NumPy array of float32, float16 or int8",
+        ));
+    };
+    if m_dim != dim {
+        let err = similarity::ShapeError::DimensionMismatch {
+            queries: dim,
+            matrix: m_dim,
+        };
+        return Err(PyValueError::new_err(err.to_string()));
+    }
+    let r = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let scores = PyArray1::from_vec(py, r.scores).reshape([nq, r.k])?;
+    let indices = PyArray1::from_vec(py, r.indices).reshape([nq, r.k])?;
+    Ok((scores, indices))
+}
+
+/// Feature-hashing embeddings of `texts` (n × dim float32, rows L2-normalised).
+#[pyfunction]
+#[pyo3(signature = (texts, dim=384))]
+fn hash_embed(
+    py: Python<'_>,
+    texts: Vec<String>,
+    dim: usize,
+) -> PyResult<Bound<'_, PyArray2<f32>>> {
+    if dim == 0 {
+        return Err(PyValueError::new_err("dim: must be at least 1"));
+    }
+    let n = texts.len();
+    let out = py.detach(|| embed::embed_batch(&texts, dim));
+    PyArray1::from_vec(py, out).reshape([n, dim])
+}
+
+/// Token counts of `texts` under `encoding`.
+#[pyfunction]
+fn count_tokens(py: Python<'_>, texts: &Bound<'_, PyAny>, encoding: &str) -> PyResult<Vec<usize>> {
+    let texts = lossy_strings(texts)?;
+    let Some(enc) = tokens::Encoding::from_name(encoding) else {
+        return Err(PyValueError::new_err(format!(
+            "encoding: unknown {encoding:?}, expected one of {:?}",
+            tokens::Encoding::NAMES
+        )));
+    };
+    Ok(py.detach(|| tokens::count_batch(&texts, enc)))
+}
+
+/// Text from Python that may hold lone surrogates (not valid UTF-8): replaced by
+/// U+FFFD rather than refused, so one bad item never fails a batch.
+fn lossy_strings(items: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if items.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(
+            "expected a list of str, got a single str",
+        ));
+    }
+    items
+        .try_iter()?
+        .map(|item| {
+            let item = item?;
+            let s = item.cast::<pyo3::types::PyString>()?;
+            Ok(s.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// AST-normalised 128-bit hashes (32 hex chars) of `codes`; None where a code does
+/// not parse or nests too deeply. `threads=0` uses every core.
+#[pyfunction]
+#[pyo3(signature = (codes, include_name=false, threads=0))]
+fn ast_hash(
+    py: Python<'_>,
+    codes: &Bound<'_, PyAny>,
+    include_name: bool,
+    threads: usize,
+) -> PyResult<Vec<Option<String>>> {
+    let codes = lossy_strings(codes)?;
+    Ok(py.detach(|| {
+        stack::map_batch(&codes, threads, |c| {
+            if stack::too_complex(c) {
+                return None;
+            }
+            asthash::ast_hash(c, include_name).ok()
+        })
+    }))
+}
+
+/// AST node counts of the normal forms of `codes` (None where no hash exists).
+#[pyfunction]
+#[pyo3(signature = (codes, threads=0))]
+fn ast_size(
+    py: Python<'_>,
+    codes: &Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<Vec<Option<usize>>> {
+    let codes = lossy_strings(codes)?;
+    Ok(py.detach(|| {
+        stack::map_batch(&codes, threads, |c| {
+            if stack::too_complex(c) {
+                return None;
+            }
+            asthash::normal_form(c, false).ok().map(|f| f.nodes)
+        })
+    }))
+}
+
+/// The normal form text that `ast_hash` hashes, for debugging and the equivalence tests.
+#[pyfunction]
+#[pyo3(signature = (code, include_name=false))]
+fn ast_normal_form(
+    py: Python<'_>,
+    code: &Bound<'_, PyAny>,
+    include_name: bool,
+) -> PyResult<Option<String>> {
+    let code = code
+        .cast::<pyo3::types::PyString>()?
+        .to_string_lossy()
+        .into_owned();
+    Ok(py.detach(|| {
+        stack::on_big_stack(|| {
+            if stack::too_complex(&code) {
+                return None;
+            }
+            asthash::normal_form(&code, include_name)
+                .ok()
+                .map(|f| f.text)
+        })
+    }))
+}
+
+/// One function found in an LLM answer (see rust/src/extract.rs).
+#[pyclass(frozen, get_all, module = "amr_async._core")]
+struct FunctionRecord {
+    name: String,
+    qualname: String,
+    class_name: Option<String>,
+    is_method: bool,
+    is_async: bool,
+    signature: String,
+    docstring: Option<String>,
+    body: String,
+    source: String,
+    decorators: Vec<String>,
+    start_line: usize,
+    end_line: usize,
+    block: usize,
+    block_has_error: bool,
+    imports: Vec<String>,
+    globals: Vec<String>,
+    helpers: Vec<String>,
+}
+
+#[pymethods]
+impl FunctionRecord {
+    fn __repr__(&self) -> String {
+        format!(
+            "FunctionRecord(qualname={:?}, lines={}-{}, block={}, block_has_error={})",
+            self.qualname, self.start_line, self.end_line, self.block, self.block_has_error
+        )
+    }
+}
+
+impl From<extract::Function> for FunctionRecord {
+    fn from(f: extract::Function) -> Self {
+        Self {
+            name: f.name,
+            qualname: f.qualname,
+            class_name: f.class_name,
+            is_method: f.is_method,
+            is_async: f.is_async,
+            signature: f.signature,
+            docstring: f.docstring,
+            body: f.body,
+            source: f.source,
+            decorators: f.decorators,
+            start_line: f.start_line,
+            end_line: f.end_line,
+            block: f.block,
+            block_has_error: f.block_has_error,
+            imports: f.imports,
+            globals: f.globals,
+            helpers: f.helpers,
+        }
+    }
+}
+
+/// Functions (and methods) in one LLM answer, in order of appearance.
+#[pyfunction]
+fn extract_functions(py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<FunctionRecord>> {
+    let text = text
+        .cast::<pyo3::types::PyString>()?
+        .to_string_lossy()
+        .into_owned();
+    let found = py.detach(|| stack::on_big_stack(|| extract::extract_functions(&text)));
+    Ok(found.into_iter().map(FunctionRecord::from).collect())
+}
+
+/// Functions of many answers, one list per answer, answers processed in parallel.
+#[pyfunction]
+#[pyo3(signature = (texts, threads=0))]
+fn extract_functions_batch(
+    py: Python<'_>,
+    texts: &Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<Vec<Vec<FunctionRecord>>> {
+    let texts = lossy_strings(texts)?;
+    let found = py.detach(|| stack::map_batch(&texts, threads, |t| extract::extract_functions(t)));
+    Ok(found
+        .into_iter()
+        .map(|fs| fs.into_iter().map(FunctionRecord::from).collect())
+        .collect())
+}
+
+/// Read every byte of `data` once on all threads; returns a checksum. Its duration
+/// is the memory-read bound the benchmarks compare scans against.
+#[pyfunction]
+fn scan_bytes(py: Python<'_>, data: PyReadonlyArray1<'_, u8>) -> PyResult<u64> {
+    let bytes = data
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("data: must be a C-contiguous uint8 array"))?;
+    Ok(py.detach(|| similarity::scan_bytes(bytes)))
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(cosine_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(topk_py, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_embed, m)?)?;
+    m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(ast_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(ast_size, m)?)?;
+    m.add_function(wrap_pyfunction!(ast_normal_form, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_functions, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_functions_batch, m)?)?;
+    m.add_class::<FunctionRecord>()?;
+    m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
     Ok(())
 }

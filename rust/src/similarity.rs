@@ -12,6 +12,8 @@ pub enum ShapeError {
     DimensionMismatch { queries: usize, matrix: usize },
     /// A buffer's length is not `rows * dim`.
     RaggedBuffer { len: usize, dim: usize },
+    /// An `i8` matrix needs exactly one scale per row.
+    ScaleLength { scales: usize, rows: usize },
 }
 
 impl std::fmt::Display for ShapeError {
@@ -26,6 +28,9 @@ impl std::fmt::Display for ShapeError {
                     f,
                     "buffer of length {len} is not a whole number of rows of width {dim}"
                 )
+            }
+            Self::ScaleLength { scales, rows } => {
+                write!(f, "int8 matrix has {rows} rows but {scales} scales")
             }
         }
     }
@@ -102,6 +107,29 @@ pub fn cosine_matrix(queries: &[f32], matrix: &[f32], dim: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// Read every byte once, on all threads, and return a checksum (wrapping sum of
+/// 64-bit words plus tail bytes). The time it takes is the memory-read bound that
+/// the top-k benchmark compares its scans against.
+pub fn scan_bytes(data: &[u8]) -> u64 {
+    data.par_chunks(1 << 20)
+        .map(|chunk| {
+            // SAFETY: every bit pattern is a valid u64; `align_to` splits off the
+            // unaligned head and tail.
+            let (head, words, tail) = unsafe { chunk.align_to::<u64>() };
+            let mut acc = [0u64; 8];
+            let lanes = words.chunks_exact(8);
+            let rest: u64 = lanes.remainder().iter().fold(0, |a, w| a.wrapping_add(*w));
+            for l in lanes {
+                for i in 0..8 {
+                    acc[i] = acc[i].wrapping_add(l[i]);
+                }
+            }
+            let bytes = head.iter().chain(tail).fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
+            acc.iter().fold(rest.wrapping_add(bytes), |a, w| a.wrapping_add(*w))
+        })
+        .reduce(|| 0, u64::wrapping_add)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +164,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn scan_bytes_sums_words_and_tail() {
+        // Aligned words spanning several 1 MiB chunks: the sum is exact.
+        let words = vec![0x0101_0101_0101_0101u64; 400_000];
+        // SAFETY: viewing initialised u64s as bytes is always valid.
+        let bytes = unsafe { words.align_to::<u8>().1 };
+        let want = 0x0101_0101_0101_0101u64.wrapping_mul(400_000);
+        assert_eq!(scan_bytes(bytes), want);
+        assert_eq!(scan_bytes(&[1, 2, 3]), 6);
+        assert_eq!(scan_bytes(&[]), 0);
     }
 
     #[test]

@@ -1,0 +1,274 @@
+"""Vector indexes over the vector file: exact scan, hnswlib, usearch.
+
+Every index answers "the k ids with the highest dot product among ids < limit" for
+L2-normalised vectors; the store re-scores candidates from the vector file, so scores agree
+across indexes. ids are row numbers of the vector file (= module ids).
+
+- `ExactIndex` keeps nothing of its own: it scans the memory-mapped vector file in blocks
+  (Rust `topk` kernel when the core has it, NumPy BLAS otherwise). Reopen is free, results are
+  exact, insert is a file append; latency grows linearly with size.
+- `HnswIndex` (hnswlib, M=16, ef_construction=100, ef=64 by default): fast queries, slow inserts,
+  whole index in RAM (~1.7 KB per 384-d vector), fixed capacity grown by copying, and not safe
+  for a query concurrent with an insert (the store holds a lock around it).
+- `USearchIndex` (usearch HNSW with f16 or i8 vectors inside): smaller, and saved files can be
+  memory-mapped on reopen (``view``), at some recall cost for i8.
+
+Indexes are derived data: after a crash the store catches an index up from the vector file,
+or rebuilds it when its file is ahead of the metadata.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from amr_async import _core
+from amr_async.moduledb._vectors import F32, VectorView
+
+IndexKind = Literal["exact", "hnsw", "usearch"]
+I64 = npt.NDArray[np.int64]
+
+# Rows decoded per block in the NumPy scan: bounds temporary memory (block × dim × 4 bytes).
+_BLOCK = 65_536
+
+
+def exact_topk(
+    queries: F32, view: VectorView, k: int, *, rows: I64 | None = None
+) -> tuple[F32, I64]:
+    """Exact top-k by dot product over the view (or only its `rows`).
+
+    Returns:
+        (scores, ids), each ``(q, min(k, n))``, best first; ids are row numbers.
+    """
+    n = view.count if rows is None else len(rows)
+    kk = min(k, n)
+    q = len(queries)
+    if kk == 0:
+        return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
+    kernel = getattr(_core, "topk", None)
+    if kernel is not None:
+        # Rust kernel: scans f16/int8 rows in place (the mmap), releases the GIL.
+        matrix = view.matrix if rows is None else view.matrix[rows]
+        scales = view.scales if rows is None or view.scales is None else view.scales[rows]
+        scales = None if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
+        scores, ids = kernel(np.ascontiguousarray(queries), matrix, kk, scales)
+        ids = np.asarray(ids, dtype=np.int64)
+        if rows is not None:
+            ids = rows[ids]
+        return np.asarray(scores, dtype=np.float32), ids
+    # NumPy fallback: decode blocks to float32 (f16 decoding is slow in NumPy) and BLAS.
+    best_s = np.full((q, 0), -np.inf, np.float32)
+    best_i = np.zeros((q, 0), np.int64)
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        if rows is None:
+            block = view.block_f32(start, stop)
+            ids = np.arange(start, stop, dtype=np.int64)
+        else:
+            ids = rows[start:stop]
+            block = view.rows_f32(ids)
+        scores = queries @ block.T
+        take = min(kk, stop - start)
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, ids[part]], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :kk]
+        best_s = np.take_along_axis(cand_s, keep, axis=1)
+        best_i = np.take_along_axis(cand_i, keep, axis=1)
+    return best_s.astype(np.float32), best_i
+
+
+class VectorIndex(Protocol):
+    """What the store needs from an index. Implementations serialise their own mutation."""
+
+    kind: IndexKind
+
+    def __len__(self) -> int:
+        """Number of vectors indexed (always ids ``0 … len-1``)."""
+        ...
+
+    def add(self, vectors: F32, start_id: int) -> None:
+        """Index `vectors` as ids ``start_id, start_id+1, …`` (start_id == len(self))."""
+        ...
+
+    def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
+        """Up to `k` candidate ids per query among ids < view.count; -1 pads."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write the index next to the DB (no-op for exact)."""
+        ...
+
+
+class ExactIndex:
+    """Brute-force scan of the vector file; nothing to build, save or load."""
+
+    kind: IndexKind = "exact"
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, vectors: F32, start_id: int) -> None:
+        self._count = start_id + len(vectors)
+
+    def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
+        return exact_topk(queries, view, k)[1]
+
+    def save(self, path: Path) -> None:
+        return None
+
+
+def _pad(ids: I64, k: int) -> I64:
+    if ids.shape[1] >= k:
+        return ids
+    pad = np.full((ids.shape[0], k - ids.shape[1]), -1, np.int64)
+    return np.concatenate([ids, pad], axis=1)
+
+
+class HnswIndex:
+    """hnswlib HNSW over inner product (vectors are L2-normalised)."""
+
+    kind: IndexKind = "hnsw"
+
+    def __init__(
+        self, dim: int, *, m: int = 16, ef_construction: int = 100, ef: int = 64, threads: int = 2
+    ) -> None:
+        import hnswlib
+
+        self._hnswlib = hnswlib
+        self.dim = dim
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef = ef
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._index: Any = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(max_elements=1024, ef_construction=ef_construction, M=m)
+        self._index.set_ef(ef)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, **kwargs: Any) -> HnswIndex:
+        """Load a saved index (the whole file is read into RAM: hnswlib has no mmap)."""
+        self = cls(dim, **kwargs)
+        index: Any = self._hnswlib.Index(space="ip", dim=dim)
+        index.load_index(str(path))
+        index.set_ef(self.ef)
+        self._index = index
+        return self
+
+    def __len__(self) -> int:
+        return int(self._index.get_current_count())
+
+    def add(self, vectors: F32, start_id: int) -> None:
+        if not len(vectors):
+            return
+        with self._lock:
+            need = start_id + len(vectors)
+            cap = int(self._index.get_max_elements())
+            if need > cap:
+                self._index.resize_index(max(need, cap * 2))
+            ids = np.arange(start_id, need, dtype=np.int64)
+            self._index.add_items(vectors, ids, num_threads=self.threads)
+
+    def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
+        with self._lock:
+            size = len(self)
+            kk = min(k + max(0, size - view.count), size)
+            if kk == 0:
+                return np.full((len(queries), k), -1, np.int64)
+            self._index.set_ef(max(self.ef, kk))
+            labels, _ = self._index.knn_query(queries, k=kk, num_threads=self.threads)
+        ids = np.asarray(labels, dtype=np.int64)
+        ids[ids >= view.count] = -1
+        return _pad(ids, k)
+
+    def save(self, path: Path) -> None:
+        with self._lock:
+            self._index.save_index(str(path))
+
+
+class USearchIndex:
+    """usearch HNSW with compact vectors inside (``f16`` or ``i8``), cosine metric."""
+
+    kind: IndexKind = "usearch"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dtype: str = "i8",
+        m: int = 16,
+        ef_construction: int = 100,
+        ef: int = 64,
+        threads: int = 2,
+    ) -> None:
+        from usearch.index import Index
+
+        self.dim = dim
+        self.threads = threads
+        self.ef = ef
+        self._lock = threading.Lock()
+        self._viewed_from: Path | None = None
+        self._index: Any = Index(
+            ndim=dim,
+            metric="cos",
+            dtype=dtype,
+            connectivity=m,
+            expansion_add=ef_construction,
+            expansion_search=ef,
+        )
+
+    @classmethod
+    def load(cls, path: Path, dim: int, *, view: bool = True, **kwargs: Any) -> USearchIndex:
+        """Open a saved index; with `view` the file is memory-mapped (read-only, O(1) open).
+
+        A viewed index cannot take inserts; the store then loads it fully on first insert.
+        """
+        self = cls(dim, **kwargs)
+        if view:
+            self._index.view(str(path))
+            self._viewed_from = path
+        else:
+            self._index.load(str(path))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, vectors: F32, start_id: int) -> None:
+        if not len(vectors):
+            return
+        with self._lock:
+            if self._viewed_from is not None:
+                # A memory-mapped view is read-only: load it into RAM before the first insert.
+                self._index.load(str(self._viewed_from))
+                self._viewed_from = None
+            ids = np.arange(start_id, start_id + len(vectors), dtype=np.uint64)
+            self._index.add(ids, vectors, threads=self.threads)
+
+    def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
+        with self._lock:
+            size = len(self)
+            kk = min(k + max(0, size - view.count), size)
+            if kk == 0:
+                return np.full((len(queries), k), -1, np.int64)
+            found = self._index.search(queries, kk, threads=self.threads)
+        keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
+        counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)
+        for row, c in enumerate(counts):
+            keys[row, int(c) :] = -1
+        keys[keys >= view.count] = -1
+        return _pad(keys, k)
+
+    def save(self, path: Path) -> None:
+        with self._lock:
+            if self._viewed_from is not None:
+                return  # unchanged since it was mapped from disk
+            self._index.save(str(path))

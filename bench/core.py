@@ -1,0 +1,176 @@
+"""Benchmark of the Rust core: AST hashing, extraction, top-k, token counting.
+
+Usage: python bench/core.py [--quick]
+
+Figures (medians of repetitions, ratios within this run):
+  ast_hash_per_s_1core   Rust hashes/s on one thread over >= 20,000 real functions
+                         (the standard library's, plus the EvalPlus solutions)
+  ast_hash_speedup       Rust / Python reference (amr_async.ast_reference), same
+                         functions, one thread each
+  ast_hash_mismatches    functions whose Rust and reference hashes differ (the sweep
+                         covers every function collected)
+  extract_per_s          answers/s (prose + two fenced blocks), one thread
+  topk_{f32,int8}_vs_bound  one exact top-10 query over n x 384 divided by the
+                         memory bound (bytes scanned / read bandwidth measured here)
+  batch64_{f32,int8}_queries_per_s  64 queries per call
+  tokens_mb_per_s        cl100k_base counting, all cores
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from amr_async import _core, ast_reference, core
+from amr_async.function_corpus import evalplus_functions, functions_in_source, stdlib_files
+
+EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
+
+
+def median_s(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def collect_functions(min_count: int | None) -> tuple[list[str], int]:
+    """Stdlib functions (all, or until `min_count`) then every EvalPlus one."""
+    units: list[str] = []
+    files = 0
+    for path in stdlib_files():
+        try:
+            units.extend(functions_in_source(path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, OSError):
+            continue
+        files += 1
+        if min_count is not None and len(units) >= min_count:
+            break
+    units.extend(evalplus_functions(EVALPLUS))
+    return units, files
+
+
+def answers() -> list[str]:
+    """LLM-style answers built from the HumanEval+ prompts and canonical solutions."""
+    out = []
+    with gzip.open(EVALPLUS / "HumanEvalPlus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            code = row["prompt"] + row["canonical_solution"]
+            entry = row["entry_point"]
+            out.append(
+                f"Here is a solution to the task.\n\n```python\n{code}\n```\n\n"
+                f"It works as follows: it loops once. Tests:\n\n```python\n"
+                f"def test_{entry}():\n    assert {entry} is not None\n```\n"
+            )
+    return out
+
+
+def bench_ast(quick: bool, out: dict[str, object]) -> None:
+    units, files = collect_functions(20_500 if quick else None)
+    out["ast_functions"] = len(units)
+    out["ast_stdlib_files"] = files
+    out["ast_mean_chars"] = round(sum(map(len, units)) / len(units))
+    rust = _core.ast_hash(units, threads=1)
+    ref_units = units[:: max(1, len(units) // 3000)] if quick else units
+    ref = ast_reference.ast_hash(ref_units)
+    rust_sub = _core.ast_hash(ref_units, threads=1)
+    out["ast_hash_compared"] = len(ref_units)
+    out["ast_hash_mismatches"] = sum(a != b for a, b in zip(rust_sub, ref, strict=True))
+    out["ast_hash_unparsed"] = sum(h is None for h in rust)
+    t_rust = median_s(lambda: _core.ast_hash(units, threads=1), 3)
+    out["ast_hash_per_s_1core"] = round(len(units) / t_rust)
+    sub = units[: min(len(units), 4000)]
+    t_rust_sub = median_s(lambda: _core.ast_hash(sub, threads=1), 5)
+    t_py_sub = median_s(lambda: ast_reference.ast_hash(sub), 1 if quick else 3)
+    out["ast_hash_python_per_s"] = round(len(sub) / t_py_sub)
+    out["ast_hash_speedup"] = round(t_py_sub / t_rust_sub, 1)
+    t_all = median_s(lambda: _core.ast_hash(units), 3)
+    out["ast_hash_per_s_all_cores"] = round(len(units) / t_all)
+    hashes = [h for h in rust if h is not None]
+    out["ast_hash_distinct_fraction"] = round(len(set(hashes)) / len(hashes), 4)
+
+
+def bench_extract(out: dict[str, object]) -> None:
+    texts = answers()
+    found = _core.extract_functions_batch(texts, threads=1)
+    out["extract_functions_found"] = sum(map(len, found))
+    t = median_s(lambda: _core.extract_functions_batch(texts, threads=1), 5)
+    out["extract_per_s"] = round(len(texts) / t)
+
+
+def bench_topk(quick: bool, out: dict[str, object]) -> None:
+    n, d, k = (200_000 if quick else 1_000_000), 384, 10
+    rng = np.random.default_rng(0)
+    out["topk_rows"] = n
+    queries = rng.standard_normal((64, d), dtype=np.float32)
+    reps = 5 if quick else 9
+    for name in ("int8", "f32"):
+        if name == "f32":
+            m = rng.standard_normal((n, d), dtype=np.float32)
+            scales = None
+        else:
+            m = rng.integers(-127, 128, size=(n, d), dtype=np.int8)
+            scales = rng.uniform(0.001, 0.01, size=n).astype(np.float32)
+        flat = m.reshape(-1).view(np.uint8)
+        _core.scan_bytes(flat)  # fault the pages in before timing anything
+        t_scan = median_s(lambda: _core.scan_bytes(flat), reps)  # noqa: B023
+        q1 = queries[:1]
+        t_one = median_s(lambda: core.topk(q1, m, k, scales), reps)  # noqa: B023
+        t_batch = median_s(lambda: core.topk(queries, m, k, scales), 3)  # noqa: B023
+        out[f"read_gb_per_s_{name}"] = round(flat.nbytes / t_scan / 1e9, 2)
+        out[f"topk_{name}_ms"] = round(t_one * 1e3, 2)
+        out[f"topk_{name}_vs_bound"] = round(t_one / t_scan, 2)
+        out[f"batch64_{name}_queries_per_s"] = round(64 / t_batch, 1)
+        del m, flat
+
+
+def bench_tokens(quick: bool, out: dict[str, object]) -> None:
+    texts = []
+    size = 0
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text)
+        size += len(text.encode())
+        if size > (4_000_000 if quick else 20_000_000):
+            break
+    t = median_s(lambda: core.count_tokens(texts, "cl100k_base"), 3)
+    out["tokens_mb_per_s"] = round(size / t / 1e6, 2)
+    t = median_s(lambda: core.count_tokens(texts, "o200k_base"), 3)
+    out["tokens_o200k_mb_per_s"] = round(size / t / 1e6, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, under a minute")
+    args = parser.parse_args()
+    out: dict[str, object] = {"cores": os.cpu_count(), "quick": args.quick}
+    for step in (
+        lambda: bench_ast(args.quick, out),
+        lambda: bench_extract(out),
+        lambda: bench_topk(args.quick, out),
+        lambda: bench_tokens(args.quick, out),
+    ):
+        step()
+        print(orjson.dumps(out).decode(), file=sys.stderr)
+    print(orjson.dumps(out).decode())
+
+
+if __name__ == "__main__":
+    main()

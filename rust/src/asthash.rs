@@ -1,0 +1,1587 @@
+//! AST-normalised clone hash of Python source (type-1 and type-2 clones).
+//!
+//! The normalisation spec lives in `amr_async/ast_reference.py`, a pure-Python
+//! version on the stdlib `ast` module that is the oracle for this one: both write
+//! the same normal form (CPython's node names and field order, docstrings and
+//! annotations dropped, bound names renamed `$0, $1, ...` by first appearance,
+//! literals by value) and hash it with BLAKE2b-128. In short:
+//!
+//! - parse the unit (usually one function) as a module; no parse, no hash;
+//! - drop docstrings of module, functions and classes; drop annotations;
+//! - rename names bound in the unit (parameters, assignment/for/with/except/match
+//!   targets, def/class names, comprehension variables) by first appearance; keep
+//!   names declared `global`/`nonlocal` and names bound by imports, and everything
+//!   never bound (globals, builtins), attribute names and keyword-argument names;
+//!   `include_name` keeps the spelling of the unit's top-level def/class names;
+//! - literals by value: strings by characters, bytes in hex, integers in hex,
+//!   floats by Python's `repr`; f-strings as CPython's `JoinedStr`.
+//!
+//! ruff's AST differs from CPython's in shape (elif chains, parameter defaults,
+//! literal kinds, f-string parts); the writer below maps each node to CPython's
+//! form as it goes. Walks are recursive with an explicit depth limit, and callers
+//! run them on a thread with a large stack (see `crate::stack`).
+
+use std::fmt::Write as _;
+
+use blake2::digest::consts::U16;
+use blake2::{Blake2b, Digest};
+use ruff_python_ast::{
+    self as ast, BoolOp, CmpOp, ConversionFlag, ExceptHandler, Expr, ExprContext,
+    InterpolatedStringElement, Number, Operator, Parameters, Pattern, Stmt, TypeParam, UnaryOp,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+/// Deepest AST nesting the walks accept; deeper units are refused like a parse
+/// failure (CPython's own parser refuses far shallower nesting).
+pub const MAX_DEPTH: usize = 2_000;
+
+/// Why a unit has no hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhashable {
+    /// The text is not valid Python.
+    Syntax,
+    /// Nesting deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A construct CPython 3.11's `ast` cannot express (template strings, IPython escapes).
+    Unsupported,
+}
+
+/// The normal form of one unit and its size in AST nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalForm {
+    pub text: String,
+    pub nodes: usize,
+}
+
+/// Parse `code` and write its normal form.
+pub fn normal_form(code: &str, include_name: bool) -> Result<NormalForm, Unhashable> {
+    let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
+    normal_form_of(&parsed.syntax().body, include_name)
+}
+
+/// The normal form of an already parsed module body.
+pub fn normal_form_of(body: &[Stmt], include_name: bool) -> Result<NormalForm, Unhashable> {
+    let mut scan = Bindings::default();
+    scan.stmts(body, 0)?;
+    if include_name {
+        for stmt in body {
+            match stmt {
+                Stmt::FunctionDef(f) => {
+                    scan.kept.insert(f.name.id.as_str());
+                }
+                Stmt::ClassDef(c) => {
+                    scan.kept.insert(c.name.id.as_str());
+                }
+                _ => {}
+            }
+        }
+    }
+    let local: FxHashSet<&str> = scan.bound.difference(&scan.kept).copied().collect();
+    let mut w = Writer {
+        local,
+        ids: FxHashMap::default(),
+        out: String::with_capacity(256),
+        nodes: 0,
+    };
+    w.out.push_str("Module(");
+    w.body(body, true, 0)?;
+    w.out.push_str(",)");
+    Ok(NormalForm {
+        text: w.out,
+        nodes: w.nodes,
+    })
+}
+
+/// The 128-bit hash of `code` as 32 lower-case hex characters.
+pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
+    normal_form(code, include_name).map(|f| hash_text(&f.text))
+}
+
+/// BLAKE2b with a 16-byte digest, as hex.
+pub fn hash_text(text: &str) -> String {
+    let digest = Blake2b::<U16>::digest(text.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+fn deeper(depth: usize) -> Result<usize, Unhashable> {
+    if depth >= MAX_DEPTH {
+        Err(Unhashable::TooDeep)
+    } else {
+        Ok(depth + 1)
+    }
+}
+
+/// First pass: which names are bound in the unit, and which must keep their spelling.
+#[derive(Default)]
+struct Bindings<'a> {
+    bound: FxHashSet<&'a str>,
+    kept: FxHashSet<&'a str>,
+}
+
+impl<'a> Bindings<'a> {
+    fn stmts(&mut self, body: &'a [Stmt], depth: usize) -> Result<(), Unhashable> {
+        body.iter().try_for_each(|s| self.stmt(s, depth))
+    }
+
+    fn exprs(&mut self, exprs: &'a [Expr], depth: usize) -> Result<(), Unhashable> {
+        exprs.iter().try_for_each(|e| self.expr(e, depth))
+    }
+
+    fn opt(&mut self, e: Option<&'a Expr>, depth: usize) -> Result<(), Unhashable> {
+        e.map_or(Ok(()), |e| self.expr(e, depth))
+    }
+
+    fn params(&mut self, p: &'a Parameters, depth: usize) -> Result<(), Unhashable> {
+        for pd in p.posonlyargs.iter().chain(&p.args).chain(&p.kwonlyargs) {
+            self.bound.insert(pd.parameter.name.id.as_str());
+            self.opt(pd.default.as_deref(), depth)?;
+        }
+        for v in p.vararg.iter().chain(&p.kwarg) {
+            self.bound.insert(v.name.id.as_str());
+        }
+        Ok(())
+    }
+
+    fn type_params(
+        &mut self,
+        tp: Option<&'a ast::TypeParams>,
+        depth: usize,
+    ) -> Result<(), Unhashable> {
+        for t in tp.into_iter().flat_map(|t| t.type_params.iter()) {
+            match t {
+                TypeParam::TypeVar(v) => {
+                    self.bound.insert(v.name.id.as_str());
+                    self.opt(v.bound.as_deref(), depth)?;
+                }
+                TypeParam::ParamSpec(v) => {
+                    self.bound.insert(v.name.id.as_str());
+                }
+                TypeParam::TypeVarTuple(v) => {
+                    self.bound.insert(v.name.id.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &'a Stmt, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match s {
+            Stmt::FunctionDef(f) => {
+                self.bound.insert(f.name.id.as_str());
+                self.params(&f.parameters, d)?;
+                for dec in &f.decorator_list {
+                    self.expr(&dec.expression, d)?;
+                }
+                self.type_params(f.type_params.as_deref(), d)?;
+                self.stmts(&f.body, d)
+            }
+            Stmt::ClassDef(c) => {
+                self.bound.insert(c.name.id.as_str());
+                if let Some(a) = &c.arguments {
+                    self.exprs(&a.args, d)?;
+                    for k in &a.keywords {
+                        self.expr(&k.value, d)?;
+                    }
+                }
+                for dec in &c.decorator_list {
+                    self.expr(&dec.expression, d)?;
+                }
+                self.type_params(c.type_params.as_deref(), d)?;
+                self.stmts(&c.body, d)
+            }
+            Stmt::Return(r) => self.opt(r.value.as_deref(), d),
+            Stmt::Delete(x) => self.exprs(&x.targets, d),
+            Stmt::TypeAlias(t) => {
+                self.expr(&t.name, d)?;
+                self.type_params(t.type_params.as_deref(), d)?;
+                self.expr(&t.value, d)
+            }
+            Stmt::Assign(a) => {
+                self.exprs(&a.targets, d)?;
+                self.expr(&a.value, d)
+            }
+            Stmt::AugAssign(a) => {
+                self.expr(&a.target, d)?;
+                self.expr(&a.value, d)
+            }
+            Stmt::AnnAssign(a) => {
+                self.expr(&a.target, d)?;
+                self.opt(a.value.as_deref(), d)
+            }
+            Stmt::For(f) => {
+                self.expr(&f.target, d)?;
+                self.expr(&f.iter, d)?;
+                self.stmts(&f.body, d)?;
+                self.stmts(&f.orelse, d)
+            }
+            Stmt::While(w) => {
+                self.expr(&w.test, d)?;
+                self.stmts(&w.body, d)?;
+                self.stmts(&w.orelse, d)
+            }
+            Stmt::If(i) => {
+                self.expr(&i.test, d)?;
+                self.stmts(&i.body, d)?;
+                for c in &i.elif_else_clauses {
+                    self.opt(c.test.as_ref(), d)?;
+                    self.stmts(&c.body, d)?;
+                }
+                Ok(())
+            }
+            Stmt::With(w) => {
+                for item in &w.items {
+                    self.expr(&item.context_expr, d)?;
+                    self.opt(item.optional_vars.as_deref(), d)?;
+                }
+                self.stmts(&w.body, d)
+            }
+            Stmt::Match(m) => {
+                self.expr(&m.subject, d)?;
+                for c in &m.cases {
+                    self.pattern(&c.pattern, d)?;
+                    self.opt(c.guard.as_deref(), d)?;
+                    self.stmts(&c.body, d)?;
+                }
+                Ok(())
+            }
+            Stmt::Raise(r) => {
+                self.opt(r.exc.as_deref(), d)?;
+                self.opt(r.cause.as_deref(), d)
+            }
+            Stmt::Try(t) => {
+                self.stmts(&t.body, d)?;
+                for ExceptHandler::ExceptHandler(h) in &t.handlers {
+                    if let Some(n) = &h.name {
+                        self.bound.insert(n.id.as_str());
+                    }
+                    self.opt(h.type_.as_deref(), d)?;
+                    self.stmts(&h.body, d)?;
+                }
+                self.stmts(&t.orelse, d)?;
+                self.stmts(&t.finalbody, d)
+            }
+            Stmt::Assert(a) => {
+                self.expr(&a.test, d)?;
+                self.opt(a.msg.as_deref(), d)
+            }
+            Stmt::Import(i) => {
+                for a in &i.names {
+                    let name = a.asname.as_ref().map_or_else(
+                        || a.name.id.as_str().split('.').next().unwrap_or(""),
+                        |n| n.id.as_str(),
+                    );
+                    self.kept.insert(name);
+                }
+                Ok(())
+            }
+            Stmt::ImportFrom(i) => {
+                for a in &i.names {
+                    self.kept
+                        .insert(a.asname.as_ref().unwrap_or(&a.name).id.as_str());
+                }
+                Ok(())
+            }
+            Stmt::Global(g) => {
+                self.kept.extend(g.names.iter().map(|n| n.id.as_str()));
+                Ok(())
+            }
+            Stmt::Nonlocal(g) => {
+                self.kept.extend(g.names.iter().map(|n| n.id.as_str()));
+                Ok(())
+            }
+            Stmt::Expr(e) => self.expr(&e.value, d),
+            Stmt::Pass(_) | Stmt::Break(_) | Stmt::Continue(_) => Ok(()),
+            Stmt::IpyEscapeCommand(_) => Err(Unhashable::Unsupported),
+        }
+    }
+
+    fn comprehension(
+        &mut self,
+        gens: &'a [ast::Comprehension],
+        d: usize,
+    ) -> Result<(), Unhashable> {
+        for g in gens {
+            self.expr(&g.target, d)?;
+            self.expr(&g.iter, d)?;
+            self.exprs(&g.ifs, d)?;
+        }
+        Ok(())
+    }
+
+    fn fstring_elements(
+        &mut self,
+        elements: &'a [InterpolatedStringElement],
+        d: usize,
+    ) -> Result<(), Unhashable> {
+        for el in elements {
+            if let InterpolatedStringElement::Interpolation(i) = el {
+                self.expr(&i.expression, d)?;
+                if let Some(spec) = &i.format_spec {
+                    self.fstring_elements(&spec.elements, deeper(d)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn expr(&mut self, e: &'a Expr, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match e {
+            Expr::Name(n) => {
+                if !matches!(n.ctx, ExprContext::Load) {
+                    self.bound.insert(n.id.as_str());
+                }
+                Ok(())
+            }
+            Expr::BoolOp(b) => self.exprs(&b.values, d),
+            Expr::Named(n) => {
+                self.expr(&n.target, d)?;
+                self.expr(&n.value, d)
+            }
+            Expr::BinOp(b) => {
+                self.expr(&b.left, d)?;
+                self.expr(&b.right, d)
+            }
+            Expr::UnaryOp(u) => self.expr(&u.operand, d),
+            Expr::Lambda(l) => {
+                if let Some(p) = &l.parameters {
+                    self.params(p, d)?;
+                }
+                self.expr(&l.body, d)
+            }
+            Expr::If(i) => {
+                self.expr(&i.test, d)?;
+                self.expr(&i.body, d)?;
+                self.expr(&i.orelse, d)
+            }
+            Expr::Dict(x) => {
+                for item in &x.items {
+                    self.opt(item.key.as_ref(), d)?;
+                    self.expr(&item.value, d)?;
+                }
+                Ok(())
+            }
+            Expr::Set(x) => self.exprs(&x.elts, d),
+            Expr::ListComp(x) => {
+                self.expr(&x.elt, d)?;
+                self.comprehension(&x.generators, d)
+            }
+            Expr::SetComp(x) => {
+                self.expr(&x.elt, d)?;
+                self.comprehension(&x.generators, d)
+            }
+            Expr::Generator(x) => {
+                self.expr(&x.elt, d)?;
+                self.comprehension(&x.generators, d)
+            }
+            Expr::DictComp(x) => {
+                self.opt(x.key.as_deref(), d)?;
+                self.expr(&x.value, d)?;
+                self.comprehension(&x.generators, d)
+            }
+            Expr::Await(x) => self.expr(&x.value, d),
+            Expr::Yield(x) => self.opt(x.value.as_deref(), d),
+            Expr::YieldFrom(x) => self.expr(&x.value, d),
+            Expr::Compare(c) => {
+                self.expr(&c.left, d)?;
+                self.exprs(&c.comparators, d)
+            }
+            Expr::Call(c) => {
+                self.expr(&c.func, d)?;
+                self.exprs(&c.arguments.args, d)?;
+                for k in &c.arguments.keywords {
+                    self.expr(&k.value, d)?;
+                }
+                Ok(())
+            }
+            Expr::FString(f) => {
+                for part in f.value.iter() {
+                    if let ast::FStringPart::FString(fs) = part {
+                        self.fstring_elements(&fs.elements, d)?;
+                    }
+                }
+                Ok(())
+            }
+            Expr::Attribute(a) => self.expr(&a.value, d),
+            Expr::Subscript(s) => {
+                self.expr(&s.value, d)?;
+                self.expr(&s.slice, d)
+            }
+            Expr::Starred(s) => self.expr(&s.value, d),
+            Expr::List(l) => self.exprs(&l.elts, d),
+            Expr::Tuple(t) => self.exprs(&t.elts, d),
+            Expr::Slice(s) => {
+                self.opt(s.lower.as_deref(), d)?;
+                self.opt(s.upper.as_deref(), d)?;
+                self.opt(s.step.as_deref(), d)
+            }
+            Expr::StringLiteral(_)
+            | Expr::BytesLiteral(_)
+            | Expr::NumberLiteral(_)
+            | Expr::BooleanLiteral(_)
+            | Expr::NoneLiteral(_)
+            | Expr::EllipsisLiteral(_) => Ok(()),
+            Expr::TString(_) | Expr::IpyEscapeCommand(_) => Err(Unhashable::Unsupported),
+        }
+    }
+
+    fn pattern(&mut self, p: &'a Pattern, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match p {
+            Pattern::MatchValue(v) => self.expr(&v.value, d),
+            Pattern::MatchSingleton(_) => Ok(()),
+            Pattern::MatchSequence(s) => s.patterns.iter().try_for_each(|p| self.pattern(p, d)),
+            Pattern::MatchMapping(m) => {
+                self.exprs(&m.keys, d)?;
+                m.patterns.iter().try_for_each(|p| self.pattern(p, d))?;
+                if let Some(r) = &m.rest {
+                    self.bound.insert(r.id.as_str());
+                }
+                Ok(())
+            }
+            Pattern::MatchClass(c) => {
+                self.expr(&c.cls, d)?;
+                c.arguments
+                    .patterns
+                    .iter()
+                    .try_for_each(|p| self.pattern(p, d))?;
+                c.arguments
+                    .keywords
+                    .iter()
+                    .try_for_each(|k| self.pattern(&k.pattern, d))
+            }
+            Pattern::MatchStar(s) => {
+                if let Some(n) = &s.name {
+                    self.bound.insert(n.id.as_str());
+                }
+                Ok(())
+            }
+            Pattern::MatchAs(a) => {
+                if let Some(p) = &a.pattern {
+                    self.pattern(p, d)?;
+                }
+                if let Some(n) = &a.name {
+                    self.bound.insert(n.id.as_str());
+                }
+                Ok(())
+            }
+            Pattern::MatchOr(o) => o.patterns.iter().try_for_each(|p| self.pattern(p, d)),
+        }
+    }
+}
+
+/// Second pass: writes the normal form (spec step 6 of `ast_reference.py`).
+struct Writer<'a> {
+    local: FxHashSet<&'a str>,
+    ids: FxHashMap<&'a str, usize>,
+    out: String,
+    nodes: usize,
+}
+
+fn operator_name(op: Operator) -> &'static str {
+    match op {
+        Operator::Add => "Add",
+        Operator::Sub => "Sub",
+        Operator::Mult => "Mult",
+        Operator::MatMult => "MatMult",
+        Operator::Div => "Div",
+        Operator::Mod => "Mod",
+        Operator::Pow => "Pow",
+        Operator::LShift => "LShift",
+        Operator::RShift => "RShift",
+        Operator::BitOr => "BitOr",
+        Operator::BitXor => "BitXor",
+        Operator::BitAnd => "BitAnd",
+        Operator::FloorDiv => "FloorDiv",
+    }
+}
+
+fn cmp_name(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "Eq",
+        CmpOp::NotEq => "NotEq",
+        CmpOp::Lt => "Lt",
+        CmpOp::LtE => "LtE",
+        CmpOp::Gt => "Gt",
+        CmpOp::GtE => "GtE",
+        CmpOp::Is => "Is",
+        CmpOp::IsNot => "IsNot",
+        CmpOp::In => "In",
+        CmpOp::NotIn => "NotIn",
+    }
+}
+
+fn ctx_name(ctx: ExprContext) -> &'static str {
+    match ctx {
+        ExprContext::Load | ExprContext::Invalid => "L",
+        ExprContext::Store => "S",
+        ExprContext::Del => "D",
+    }
+}
+
+/// Python's `repr(float)`: shortest round-trip digits, exponent form outside
+/// `1e-4 <= |x| < 1e16`, and `.0` on integral values in fixed form.
+pub fn python_float_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    // Rust's `{:e}` prints the shortest round-trip digits, e.g. `1.2345e-5`.
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let sign = if x < 0.0 { "-" } else { "" };
+    let decpt = exp + 1; // value = 0.DIGITS × 10^decpt
+    let n = digits.len() as i32;
+    if decpt <= -4 || decpt > 16 {
+        let rest = &digits[1..];
+        let dot = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let e = decpt - 1;
+        let esign = if e < 0 { '-' } else { '+' };
+        format!("{sign}{}{dot}e{esign}{:02}", &digits[..1], e.abs())
+    } else if decpt <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat((-decpt) as usize))
+    } else if decpt >= n {
+        format!("{sign}{digits}{}.0", "0".repeat((decpt - n) as usize))
+    } else {
+        let (a, b) = digits.split_at(decpt as usize);
+        format!("{sign}{a}.{b}")
+    }
+}
+
+/// Lower-case hex of an integer literal's value, whatever base it was written in.
+fn int_hex(i: &ast::Int) -> String {
+    if let Some(v) = i.as_u64() {
+        return format!("{v:x}");
+    }
+    // Big literals keep their source token: parse it in its base into 32-bit limbs.
+    let token = i.to_string().replace('_', "");
+    let lower = token.to_ascii_lowercase();
+    let (radix, digits) = match lower.get(..2) {
+        Some("0x") => (16, &lower[2..]),
+        Some("0o") => (8, &lower[2..]),
+        Some("0b") => (2, &lower[2..]),
+        _ => (10, lower.as_str()),
+    };
+    let mut limbs: Vec<u32> = vec![0]; // little-endian
+    for c in digits.chars() {
+        let Some(dv) = c.to_digit(radix) else {
+            continue;
+        };
+        let mut carry = u64::from(dv);
+        for limb in &mut limbs {
+            let v = u64::from(*limb) * u64::from(radix) + carry;
+            *limb = v as u32;
+            carry = v >> 32;
+        }
+        if carry > 0 {
+            limbs.push(carry as u32);
+        }
+    }
+    let mut hex = String::new();
+    for (n, limb) in limbs.iter().rev().enumerate() {
+        if n == 0 {
+            let _ = write!(hex, "{limb:x}");
+        } else {
+            let _ = write!(hex, "{limb:08x}");
+        }
+    }
+    hex
+}
+
+fn is_docstring(s: &Stmt) -> bool {
+    matches!(s, Stmt::Expr(e) if matches!(*e.value, Expr::StringLiteral(_)))
+}
+
+impl<'a> Writer<'a> {
+    fn open(&mut self, kind: &str) {
+        self.nodes += 1;
+        self.out.push_str(kind);
+        self.out.push('(');
+    }
+
+    fn close(&mut self) {
+        self.out.push(')');
+    }
+
+    fn sep(&mut self) {
+        self.out.push(',');
+    }
+
+    fn name(&mut self, name: &'a str) {
+        if self.local.contains(name) {
+            let next = self.ids.len();
+            let id = *self.ids.entry(name).or_insert(next);
+            let _ = write!(self.out, "${id}");
+        } else {
+            self.literal_str(name);
+        }
+    }
+
+    /// A plain string field (attribute, keyword, module name): `'len:text`.
+    fn literal_str(&mut self, s: &str) {
+        let _ = write!(self.out, "'{}:{s}", s.chars().count());
+    }
+
+    fn int_field(&mut self, v: i64) {
+        let _ = write!(self.out, "#{v}");
+    }
+
+    fn none(&mut self) {
+        self.out.push('~');
+    }
+
+    fn body(&mut self, body: &'a [Stmt], owner: bool, d: usize) -> Result<(), Unhashable> {
+        let skip = usize::from(owner && body.first().is_some_and(is_docstring));
+        self.stmt_list(&body[skip..], d)
+    }
+
+    fn stmt_list(&mut self, body: &'a [Stmt], d: usize) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for s in body {
+            self.stmt(s, d)?;
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    fn expr_list(&mut self, exprs: &'a [Expr], d: usize) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for e in exprs {
+            self.expr(e, d)?;
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    fn opt_expr(&mut self, e: Option<&'a Expr>, d: usize) -> Result<(), Unhashable> {
+        match e {
+            Some(e) => self.expr(e, d),
+            None => {
+                self.none();
+                Ok(())
+            }
+        }
+    }
+
+    /// A field holding a bindable identifier (or `~`).
+    fn opt_name(&mut self, n: Option<&'a ast::Identifier>) {
+        match n {
+            Some(n) => self.name(n.id.as_str()),
+            None => self.none(),
+        }
+    }
+
+    fn arg(&mut self, p: &'a ast::Parameter) {
+        self.open("arg");
+        self.name(p.name.id.as_str());
+        self.sep();
+        self.close();
+    }
+
+    fn arguments(&mut self, p: Option<&'a Parameters>, d: usize) -> Result<(), Unhashable> {
+        self.open("arguments");
+        let empty: &[ast::ParameterWithDefault] = &[];
+        let (posonly, args, kwonly) = p.map_or((empty, empty, empty), |p| {
+            (&p.posonlyargs[..], &p.args[..], &p.kwonlyargs[..])
+        });
+        for group in [posonly, args] {
+            self.out.push('[');
+            for pd in group {
+                self.arg(&pd.parameter);
+                self.sep();
+            }
+            self.out.push(']');
+            self.sep();
+        }
+        match p.and_then(|p| p.vararg.as_deref()) {
+            Some(v) => self.arg(v),
+            None => self.none(),
+        }
+        self.sep();
+        self.out.push('[');
+        for pd in kwonly {
+            self.arg(&pd.parameter);
+            self.sep();
+        }
+        self.out.push(']');
+        self.sep();
+        self.out.push('[');
+        for pd in kwonly {
+            self.opt_expr(pd.default.as_deref(), d)?;
+            self.sep();
+        }
+        self.out.push(']');
+        self.sep();
+        match p.and_then(|p| p.kwarg.as_deref()) {
+            Some(v) => self.arg(v),
+            None => self.none(),
+        }
+        self.sep();
+        self.out.push('[');
+        for pd in posonly.iter().chain(args) {
+            if let Some(default) = &pd.default {
+                self.expr(default, d)?;
+                self.sep();
+            }
+        }
+        self.out.push(']');
+        self.sep();
+        self.close();
+        Ok(())
+    }
+
+    fn keywords(&mut self, kws: &'a [ast::Keyword], d: usize) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for k in kws {
+            self.open("keyword");
+            match &k.arg {
+                Some(a) => self.literal_str(a.id.as_str()),
+                None => self.none(),
+            }
+            self.sep();
+            self.expr(&k.value, d)?;
+            self.sep();
+            self.close();
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    fn decorators(&mut self, decs: &'a [ast::Decorator], d: usize) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for dec in decs {
+            self.expr(&dec.expression, d)?;
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    /// `type_params` is written only when present, so 3.11 and 3.12 forms agree.
+    fn type_params(&mut self, tp: Option<&'a ast::TypeParams>, d: usize) -> Result<(), Unhashable> {
+        let Some(tp) = tp.filter(|t| !t.type_params.is_empty()) else {
+            return Ok(());
+        };
+        self.out.push('[');
+        for t in &tp.type_params {
+            match t {
+                TypeParam::TypeVar(v) => {
+                    self.open("TypeVar");
+                    self.name(v.name.id.as_str());
+                    self.sep();
+                    self.opt_expr(v.bound.as_deref(), d)?;
+                }
+                TypeParam::ParamSpec(v) => {
+                    self.open("ParamSpec");
+                    self.name(v.name.id.as_str());
+                }
+                TypeParam::TypeVarTuple(v) => {
+                    self.open("TypeVarTuple");
+                    self.name(v.name.id.as_str());
+                }
+            }
+            self.sep();
+            self.close();
+            self.sep();
+        }
+        self.out.push(']');
+        self.sep();
+        Ok(())
+    }
+
+    fn alias_list(&mut self, names: &'a [ast::Alias]) {
+        self.out.push('[');
+        for a in names {
+            self.open("alias");
+            self.literal_str(a.name.id.as_str());
+            self.sep();
+            match &a.asname {
+                Some(n) => self.literal_str(n.id.as_str()),
+                None => self.none(),
+            }
+            self.sep();
+            self.close();
+            self.sep();
+        }
+        self.out.push(']');
+    }
+
+    fn ident_list(&mut self, names: &'a [ast::Identifier]) {
+        self.out.push('[');
+        for n in names {
+            self.literal_str(n.id.as_str());
+            self.sep();
+        }
+        self.out.push(']');
+    }
+
+    /// `If` with ruff's elif/else clauses folded back into nested `orelse` lists.
+    fn if_chain(
+        &mut self,
+        test: &'a Expr,
+        body: &'a [Stmt],
+        rest: &'a [ast::ElifElseClause],
+        d: usize,
+    ) -> Result<(), Unhashable> {
+        let d = deeper(d)?;
+        self.open("If");
+        self.expr(test, d)?;
+        self.sep();
+        self.stmt_list(body, d)?;
+        self.sep();
+        match rest.split_first() {
+            None => self.out.push_str("[]"),
+            Some((clause, more)) => match &clause.test {
+                None => self.stmt_list(&clause.body, d)?,
+                Some(t) => {
+                    self.out.push('[');
+                    self.if_chain(t, &clause.body, more, d)?;
+                    self.sep();
+                    self.out.push(']');
+                }
+            },
+        }
+        self.sep();
+        self.close();
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn stmt(&mut self, s: &'a Stmt, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match s {
+            Stmt::FunctionDef(f) => {
+                self.open(if f.is_async {
+                    "AsyncFunctionDef"
+                } else {
+                    "FunctionDef"
+                });
+                self.name(f.name.id.as_str());
+                self.sep();
+                self.arguments(Some(&f.parameters), d)?;
+                self.sep();
+                self.body(&f.body, true, d)?;
+                self.sep();
+                self.decorators(&f.decorator_list, d)?;
+                self.sep();
+                self.type_params(f.type_params.as_deref(), d)?;
+            }
+            Stmt::ClassDef(c) => {
+                self.open("ClassDef");
+                self.name(c.name.id.as_str());
+                self.sep();
+                let (args, kws): (&[Expr], &[ast::Keyword]) = c
+                    .arguments
+                    .as_deref()
+                    .map_or((&[], &[]), |a| (&a.args[..], &a.keywords[..]));
+                self.expr_list(args, d)?;
+                self.sep();
+                self.keywords(kws, d)?;
+                self.sep();
+                self.body(&c.body, true, d)?;
+                self.sep();
+                self.decorators(&c.decorator_list, d)?;
+                self.sep();
+                self.type_params(c.type_params.as_deref(), d)?;
+            }
+            Stmt::Return(r) => {
+                self.open("Return");
+                self.opt_expr(r.value.as_deref(), d)?;
+                self.sep();
+            }
+            Stmt::Delete(x) => {
+                self.open("Delete");
+                self.expr_list(&x.targets, d)?;
+                self.sep();
+            }
+            Stmt::TypeAlias(t) => {
+                self.open("TypeAlias");
+                self.expr(&t.name, d)?;
+                self.sep();
+                self.type_params(t.type_params.as_deref(), d)?;
+                self.expr(&t.value, d)?;
+                self.sep();
+            }
+            Stmt::Assign(a) => {
+                self.open("Assign");
+                self.expr_list(&a.targets, d)?;
+                self.sep();
+                self.expr(&a.value, d)?;
+                self.sep();
+            }
+            Stmt::AugAssign(a) => {
+                self.open("AugAssign");
+                self.expr(&a.target, d)?;
+                self.sep();
+                self.operator(operator_name(a.op));
+                self.sep();
+                self.expr(&a.value, d)?;
+                self.sep();
+            }
+            Stmt::AnnAssign(a) => {
+                self.open("AnnAssign");
+                self.expr(&a.target, d)?;
+                self.sep();
+                self.opt_expr(a.value.as_deref(), d)?;
+                self.sep();
+                self.int_field(i64::from(a.simple));
+                self.sep();
+            }
+            Stmt::For(f) => {
+                self.open(if f.is_async { "AsyncFor" } else { "For" });
+                self.expr(&f.target, d)?;
+                self.sep();
+                self.expr(&f.iter, d)?;
+                self.sep();
+                self.stmt_list(&f.body, d)?;
+                self.sep();
+                self.stmt_list(&f.orelse, d)?;
+                self.sep();
+            }
+            Stmt::While(w) => {
+                self.open("While");
+                self.expr(&w.test, d)?;
+                self.sep();
+                self.stmt_list(&w.body, d)?;
+                self.sep();
+                self.stmt_list(&w.orelse, d)?;
+                self.sep();
+            }
+            Stmt::If(i) => return self.if_chain(&i.test, &i.body, &i.elif_else_clauses, depth),
+            Stmt::With(w) => {
+                self.open(if w.is_async { "AsyncWith" } else { "With" });
+                self.out.push('[');
+                for item in &w.items {
+                    self.open("withitem");
+                    self.expr(&item.context_expr, d)?;
+                    self.sep();
+                    self.opt_expr(item.optional_vars.as_deref(), d)?;
+                    self.sep();
+                    self.close();
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+                self.stmt_list(&w.body, d)?;
+                self.sep();
+            }
+            Stmt::Match(m) => {
+                self.open("Match");
+                self.expr(&m.subject, d)?;
+                self.sep();
+                self.out.push('[');
+                for c in &m.cases {
+                    self.open("match_case");
+                    self.pattern(&c.pattern, d)?;
+                    self.sep();
+                    self.opt_expr(c.guard.as_deref(), d)?;
+                    self.sep();
+                    self.stmt_list(&c.body, d)?;
+                    self.sep();
+                    self.close();
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+            }
+            Stmt::Raise(r) => {
+                self.open("Raise");
+                self.opt_expr(r.exc.as_deref(), d)?;
+                self.sep();
+                self.opt_expr(r.cause.as_deref(), d)?;
+                self.sep();
+            }
+            Stmt::Try(t) => {
+                self.open(if t.is_star { "TryStar" } else { "Try" });
+                self.stmt_list(&t.body, d)?;
+                self.sep();
+                self.out.push('[');
+                for ExceptHandler::ExceptHandler(h) in &t.handlers {
+                    self.open("ExceptHandler");
+                    self.opt_expr(h.type_.as_deref(), d)?;
+                    self.sep();
+                    self.opt_name(h.name.as_ref());
+                    self.sep();
+                    self.stmt_list(&h.body, d)?;
+                    self.sep();
+                    self.close();
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+                self.stmt_list(&t.orelse, d)?;
+                self.sep();
+                self.stmt_list(&t.finalbody, d)?;
+                self.sep();
+            }
+            Stmt::Assert(a) => {
+                self.open("Assert");
+                self.expr(&a.test, d)?;
+                self.sep();
+                self.opt_expr(a.msg.as_deref(), d)?;
+                self.sep();
+            }
+            Stmt::Import(i) => {
+                self.open("Import");
+                self.alias_list(&i.names);
+                self.sep();
+            }
+            Stmt::ImportFrom(i) => {
+                self.open("ImportFrom");
+                match &i.module {
+                    Some(m) => self.literal_str(m.id.as_str()),
+                    None => self.none(),
+                }
+                self.sep();
+                self.alias_list(&i.names);
+                self.sep();
+                self.int_field(i64::from(i.level));
+                self.sep();
+            }
+            Stmt::Global(g) => {
+                self.open("Global");
+                self.ident_list(&g.names);
+                self.sep();
+            }
+            Stmt::Nonlocal(g) => {
+                self.open("Nonlocal");
+                self.ident_list(&g.names);
+                self.sep();
+            }
+            Stmt::Expr(e) => {
+                self.open("Expr");
+                self.expr(&e.value, d)?;
+                self.sep();
+            }
+            Stmt::Pass(_) => self.open("Pass"),
+            Stmt::Break(_) => self.open("Break"),
+            Stmt::Continue(_) => self.open("Continue"),
+            Stmt::IpyEscapeCommand(_) => return Err(Unhashable::Unsupported),
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn operator(&mut self, name: &str) {
+        self.nodes += 1;
+        self.out.push_str(name);
+    }
+
+    fn constant_str(&mut self, s: &str) {
+        self.open("Constant");
+        let _ = write!(self.out, "s{}:{s}", s.chars().count());
+        self.sep();
+        self.close();
+    }
+
+    fn constant_raw(&mut self, token: &str) {
+        self.open("Constant");
+        self.out.push_str(token);
+        self.sep();
+        self.close();
+    }
+
+    fn comprehensions(
+        &mut self,
+        gens: &'a [ast::Comprehension],
+        d: usize,
+    ) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for g in gens {
+            self.open("comprehension");
+            self.expr(&g.target, d)?;
+            self.sep();
+            self.expr(&g.iter, d)?;
+            self.sep();
+            self.expr_list(&g.ifs, d)?;
+            self.sep();
+            self.int_field(i64::from(g.is_async));
+            self.sep();
+            self.close();
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    /// Append f-string elements as `JoinedStr` values: literal runs merged, empty dropped.
+    fn joined_values(
+        &mut self,
+        elements: &'a [InterpolatedStringElement],
+        pending: &mut String,
+        d: usize,
+    ) -> Result<(), Unhashable> {
+        for el in elements {
+            match el {
+                InterpolatedStringElement::Literal(l) => pending.push_str(&l.value),
+                InterpolatedStringElement::Interpolation(i) => {
+                    let mut conversion = i.conversion;
+                    if let Some(debug) = &i.debug_text {
+                        // CPython writes `{x=}` as the text "x=" then the value,
+                        // repr'd unless a conversion or format spec is given.
+                        pending.push_str(debug.as_str());
+                        if conversion == ConversionFlag::None && i.format_spec.is_none() {
+                            conversion = ConversionFlag::Repr;
+                        }
+                    }
+                    self.flush_literal(pending);
+                    self.open("FormattedValue");
+                    self.expr(&i.expression, d)?;
+                    self.sep();
+                    self.int_field(i64::from(conversion as i8));
+                    self.sep();
+                    match &i.format_spec {
+                        Some(spec) => {
+                            let d2 = deeper(d)?;
+                            self.open("JoinedStr");
+                            self.out.push('[');
+                            let mut inner = String::new();
+                            self.joined_values(&spec.elements, &mut inner, d2)?;
+                            self.flush_literal(&mut inner);
+                            self.out.push(']');
+                            self.sep();
+                            self.close();
+                        }
+                        None => self.none(),
+                    }
+                    self.sep();
+                    self.close();
+                    self.sep();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_literal(&mut self, pending: &mut String) {
+        if !pending.is_empty() {
+            let text = std::mem::take(pending);
+            self.constant_str(&text);
+            self.sep();
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn expr(&mut self, e: &'a Expr, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match e {
+            Expr::Name(n) => {
+                self.open("Name");
+                self.name(n.id.as_str());
+                self.sep();
+                self.out.push_str(ctx_name(n.ctx));
+                self.sep();
+            }
+            Expr::BoolOp(b) => {
+                self.open("BoolOp");
+                self.operator(match b.op {
+                    BoolOp::And => "And",
+                    BoolOp::Or => "Or",
+                });
+                self.sep();
+                self.expr_list(&b.values, d)?;
+                self.sep();
+            }
+            Expr::Named(n) => {
+                self.open("NamedExpr");
+                self.expr(&n.target, d)?;
+                self.sep();
+                self.expr(&n.value, d)?;
+                self.sep();
+            }
+            Expr::BinOp(b) => {
+                self.open("BinOp");
+                self.expr(&b.left, d)?;
+                self.sep();
+                self.operator(operator_name(b.op));
+                self.sep();
+                self.expr(&b.right, d)?;
+                self.sep();
+            }
+            Expr::UnaryOp(u) => {
+                self.open("UnaryOp");
+                self.operator(match u.op {
+                    UnaryOp::Invert => "Invert",
+                    UnaryOp::Not => "Not",
+                    UnaryOp::UAdd => "UAdd",
+                    UnaryOp::USub => "USub",
+                });
+                self.sep();
+                self.expr(&u.operand, d)?;
+                self.sep();
+            }
+            Expr::Lambda(l) => {
+                self.open("Lambda");
+                self.arguments(l.parameters.as_deref(), d)?;
+                self.sep();
+                self.expr(&l.body, d)?;
+                self.sep();
+            }
+            Expr::If(i) => {
+                self.open("IfExp");
+                self.expr(&i.test, d)?;
+                self.sep();
+                self.expr(&i.body, d)?;
+                self.sep();
+                self.expr(&i.orelse, d)?;
+                self.sep();
+            }
+            Expr::Dict(x) => {
+                self.open("Dict");
+                self.out.push('[');
+                for item in &x.items {
+                    self.opt_expr(item.key.as_ref(), d)?;
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+                self.out.push('[');
+                for item in &x.items {
+                    self.expr(&item.value, d)?;
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+            }
+            Expr::Set(x) => {
+                self.open("Set");
+                self.expr_list(&x.elts, d)?;
+                self.sep();
+            }
+            Expr::ListComp(x) => {
+                self.open("ListComp");
+                self.expr(&x.elt, d)?;
+                self.sep();
+                self.comprehensions(&x.generators, d)?;
+                self.sep();
+            }
+            Expr::SetComp(x) => {
+                self.open("SetComp");
+                self.expr(&x.elt, d)?;
+                self.sep();
+                self.comprehensions(&x.generators, d)?;
+                self.sep();
+            }
+            Expr::Generator(x) => {
+                self.open("GeneratorExp");
+                self.expr(&x.elt, d)?;
+                self.sep();
+                self.comprehensions(&x.generators, d)?;
+                self.sep();
+            }
+            Expr::DictComp(x) => {
+                self.open("DictComp");
+                self.opt_expr(x.key.as_deref(), d)?;
+                self.sep();
+                self.expr(&x.value, d)?;
+                self.sep();
+                self.comprehensions(&x.generators, d)?;
+                self.sep();
+            }
+            Expr::Await(x) => {
+                self.open("Await");
+                self.expr(&x.value, d)?;
+                self.sep();
+            }
+            Expr::Yield(x) => {
+                self.open("Yield");
+                self.opt_expr(x.value.as_deref(), d)?;
+                self.sep();
+            }
+            Expr::YieldFrom(x) => {
+                self.open("YieldFrom");
+                self.expr(&x.value, d)?;
+                self.sep();
+            }
+            Expr::Compare(c) => {
+                self.open("Compare");
+                self.expr(&c.left, d)?;
+                self.sep();
+                self.out.push('[');
+                for op in &c.ops {
+                    self.operator(cmp_name(*op));
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+                self.expr_list(&c.comparators, d)?;
+                self.sep();
+            }
+            Expr::Call(c) => {
+                self.open("Call");
+                self.expr(&c.func, d)?;
+                self.sep();
+                self.expr_list(&c.arguments.args, d)?;
+                self.sep();
+                self.keywords(&c.arguments.keywords, d)?;
+                self.sep();
+            }
+            Expr::FString(f) => {
+                self.open("JoinedStr");
+                self.out.push('[');
+                let mut pending = String::new();
+                for part in f.value.iter() {
+                    match part {
+                        ast::FStringPart::Literal(l) => pending.push_str(&l.value),
+                        ast::FStringPart::FString(fs) => {
+                            self.joined_values(&fs.elements, &mut pending, d)?;
+                        }
+                    }
+                }
+                self.flush_literal(&mut pending);
+                self.out.push(']');
+                self.sep();
+            }
+            Expr::StringLiteral(s) => {
+                self.constant_str(s.value.to_str());
+                return Ok(());
+            }
+            Expr::BytesLiteral(b) => {
+                let mut token = String::from("b");
+                for byte in b.value.bytes() {
+                    let _ = write!(token, "{byte:02x}");
+                }
+                self.constant_raw(&token);
+                return Ok(());
+            }
+            Expr::NumberLiteral(n) => {
+                let token = match &n.value {
+                    Number::Int(i) => format!("i{}", int_hex(i)),
+                    Number::Float(f) => format!("f{}", python_float_repr(*f)),
+                    Number::Complex { imag, .. } => format!("j{}", python_float_repr(*imag)),
+                };
+                self.constant_raw(&token);
+                return Ok(());
+            }
+            Expr::BooleanLiteral(b) => {
+                self.constant_raw(if b.value { "T" } else { "F" });
+                return Ok(());
+            }
+            Expr::NoneLiteral(_) => {
+                self.constant_raw("N");
+                return Ok(());
+            }
+            Expr::EllipsisLiteral(_) => {
+                self.constant_raw("E");
+                return Ok(());
+            }
+            Expr::Attribute(a) => {
+                self.open("Attribute");
+                self.expr(&a.value, d)?;
+                self.sep();
+                self.literal_str(a.attr.id.as_str());
+                self.sep();
+                self.out.push_str(ctx_name(a.ctx));
+                self.sep();
+            }
+            Expr::Subscript(s) => {
+                self.open("Subscript");
+                self.expr(&s.value, d)?;
+                self.sep();
+                self.expr(&s.slice, d)?;
+                self.sep();
+                self.out.push_str(ctx_name(s.ctx));
+                self.sep();
+            }
+            Expr::Starred(s) => {
+                self.open("Starred");
+                self.expr(&s.value, d)?;
+                self.sep();
+                self.out.push_str(ctx_name(s.ctx));
+                self.sep();
+            }
+            Expr::List(l) => {
+                self.open("List");
+                self.expr_list(&l.elts, d)?;
+                self.sep();
+                self.out.push_str(ctx_name(l.ctx));
+                self.sep();
+            }
+            Expr::Tuple(t) => {
+                self.open("Tuple");
+                self.expr_list(&t.elts, d)?;
+                self.sep();
+                self.out.push_str(ctx_name(t.ctx));
+                self.sep();
+            }
+            Expr::Slice(s) => {
+                self.open("Slice");
+                self.opt_expr(s.lower.as_deref(), d)?;
+                self.sep();
+                self.opt_expr(s.upper.as_deref(), d)?;
+                self.sep();
+                self.opt_expr(s.step.as_deref(), d)?;
+                self.sep();
+            }
+            Expr::TString(_) | Expr::IpyEscapeCommand(_) => return Err(Unhashable::Unsupported),
+        }
+        self.close();
+        Ok(())
+    }
+
+    fn pattern_list(&mut self, ps: &'a [Pattern], d: usize) -> Result<(), Unhashable> {
+        self.out.push('[');
+        for p in ps {
+            self.pattern(p, d)?;
+            self.sep();
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    fn pattern(&mut self, p: &'a Pattern, depth: usize) -> Result<(), Unhashable> {
+        let d = deeper(depth)?;
+        match p {
+            Pattern::MatchValue(v) => {
+                self.open("MatchValue");
+                self.expr(&v.value, d)?;
+            }
+            Pattern::MatchSingleton(s) => {
+                self.open("MatchSingleton");
+                self.out.push(match s.value {
+                    ast::Singleton::None => '~',
+                    ast::Singleton::True => 'T',
+                    ast::Singleton::False => 'F',
+                });
+            }
+            Pattern::MatchSequence(s) => {
+                self.open("MatchSequence");
+                self.pattern_list(&s.patterns, d)?;
+            }
+            Pattern::MatchMapping(m) => {
+                self.open("MatchMapping");
+                self.expr_list(&m.keys, d)?;
+                self.sep();
+                self.pattern_list(&m.patterns, d)?;
+                self.sep();
+                self.opt_name(m.rest.as_ref());
+            }
+            Pattern::MatchClass(c) => {
+                self.open("MatchClass");
+                self.expr(&c.cls, d)?;
+                self.sep();
+                self.pattern_list(&c.arguments.patterns, d)?;
+                self.sep();
+                self.out.push('[');
+                for k in &c.arguments.keywords {
+                    self.literal_str(k.attr.id.as_str());
+                    self.sep();
+                }
+                self.out.push(']');
+                self.sep();
+                self.out.push('[');
+                for k in &c.arguments.keywords {
+                    self.pattern(&k.pattern, d)?;
+                    self.sep();
+                }
+                self.out.push(']');
+            }
+            Pattern::MatchStar(s) => {
+                self.open("MatchStar");
+                self.opt_name(s.name.as_ref());
+            }
+            Pattern::MatchAs(a) => {
+                self.open("MatchAs");
+                match &a.pattern {
+                    Some(p) => self.pattern(p, d)?,
+                    None => self.none(),
+                }
+                self.sep();
+                self.opt_name(a.name.as_ref());
+            }
+            Pattern::MatchOr(o) => {
+                self.open("MatchOr");
+                self.pattern_list(&o.patterns, d)?;
+            }
+        }
+        self.sep();
+        self.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(code: &str) -> String {
+        ast_hash(code, false).unwrap()
+    }
+
+    #[test]
+    fn renamed_and_reformatted_copies_collide() {
+        let a = "def total(xs):\n    \"\"\"Sum.\"\"\"\n    acc = 0\n    for x in xs:\n        acc += x  # add\n    return acc\n";
+        let b = "def add_all(values: list[int]) -> int:\n    s = 0\n    for v in values: s += v\n    return s";
+        assert_eq!(h(a), h(b));
+        assert_ne!(ast_hash(a, true).unwrap(), ast_hash(b, true).unwrap());
+        assert_eq!(h("def f(): return 'a' \"b\""), h("def g(): return 'ab'"));
+        assert_eq!(h("def f(): return 0x10"), h("def f(): return 16"));
+    }
+
+    #[test]
+    fn semantic_changes_do_not_collide() {
+        let base = h("def f(a, b):\n    return max(a, b) + 1\n");
+        assert_ne!(base, h("def f(a, b):\n    return max(a, b) - 1\n"));
+        assert_ne!(base, h("def f(a, b):\n    return max(a, b) + 2\n"));
+        assert_ne!(base, h("def f(a, b):\n    return min(a, b) + 1\n"));
+        assert_ne!(base, h("def f(a, b):\n    return max(b, a) + 1\n"));
+    }
+
+    #[test]
+    fn float_repr_matches_python() {
+        for (x, want) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1.5e-5, "1.5e-05"),
+            (0.0001, "0.0001"),
+            (123.456, "123.456"),
+            (f64::INFINITY, "inf"),
+            (2.5e300, "2.5e+300"),
+        ] {
+            assert_eq!(python_float_repr(x), want);
+        }
+    }
+
+    #[test]
+    fn big_integers_in_any_base() {
+        let f = |src: &str| normal_form(src, false).unwrap().text;
+        assert_eq!(f("0xFFFFFFFFFFFFFFFFFF"), f("4722366482869645213695"));
+        assert!(f(
+            "0b1_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000"
+        )
+        .contains("i10000000000000000"));
+    }
+
+    #[test]
+    fn syntax_errors_and_depth_are_refused() {
+        assert_eq!(ast_hash("def f(:\n", false), Err(Unhashable::Syntax));
+        let deep = format!("x = {}1{}", "[".repeat(3000), "]".repeat(3000));
+        let r = crate::stack::on_big_stack(move || ast_hash(&deep, false));
+        assert_eq!(r, Err(Unhashable::TooDeep));
+    }
+}

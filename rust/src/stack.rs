@@ -1,0 +1,113 @@
+//! Running parser work where deep nesting cannot overflow the stack.
+//!
+//! ruff's parser and our AST walks recurse once per nesting level, and Rust aborts
+//! the whole process on a stack overflow, so untrusted text is parsed only on
+//! threads with a large stack (reserved virtual memory: only touched pages cost
+//! anything) and only after [`too_complex`] has bounded its nesting.
+
+use rayon::prelude::*;
+use ruff_python_ast::token::TokenKind;
+use ruff_python_parser::{lexer, Mode};
+
+/// Stack of every parsing thread.
+pub const STACK_BYTES: usize = 512 << 20;
+
+/// Texts up to this size cannot nest deeper than their length in bytes, which the
+/// stack above holds at several KiB per level, so they skip the token scan.
+const SCAN_ABOVE_BYTES: usize = 16 << 10;
+
+/// Most tokens one logical line (statement) may hold; nesting within a statement
+/// is bounded by its token count. CPython refuses far less nesting than this.
+pub const MAX_LINE_TOKENS: usize = 50_000;
+
+/// Deepest indentation accepted (CPython's own limit is 100 levels).
+pub const MAX_INDENT: usize = 1_000;
+
+/// Whether `source` could nest deeply enough to threaten the stack.
+pub fn too_complex(source: &str) -> bool {
+    if source.len() <= SCAN_ABOVE_BYTES {
+        return false;
+    }
+    // The lexer is iterative (f-string nesting is an explicit stack), so this pass
+    // is safe on anything.
+    let mut lex = lexer::lex(source, Mode::Module);
+    let (mut line_tokens, mut indent) = (0usize, 0usize);
+    loop {
+        match lex.next_token() {
+            TokenKind::EndOfFile => return false,
+            TokenKind::Newline => line_tokens = 0,
+            TokenKind::Indent => indent += 1,
+            TokenKind::Dedent => indent = indent.saturating_sub(1),
+            _ => line_tokens += 1,
+        }
+        if line_tokens > MAX_LINE_TOKENS || indent > MAX_INDENT {
+            return true;
+        }
+    }
+}
+
+/// Run `f` on a fresh thread with [`STACK_BYTES`] of stack and return its result.
+pub fn on_big_stack<T: Send, F: FnOnce() -> T + Send>(f: F) -> T {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("amr-parse".into())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .expect("spawning a parser thread");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Map `f` over `items` on `threads` big-stack threads (`0`: one per core), in order.
+pub fn map_batch<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = if threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        threads
+    };
+    if threads <= 1 || items.len() < 2 {
+        return on_big_stack(|| items.iter().map(&f).collect());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(STACK_BYTES)
+        .thread_name(|i| format!("amr-parse-{i}"))
+        .build();
+    match pool {
+        Ok(pool) => pool.install(|| items.par_iter().map(&f).collect()),
+        Err(_) => on_big_stack(|| items.iter().map(&f).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_only_long_deep_statements() {
+        assert!(!too_complex("x = 1\n"));
+        let flat: String = (0..20_000).map(|i| format!("x{i} = {i}\n")).collect();
+        assert!(!too_complex(&flat));
+        let deep = format!("x = {}1{}", "[".repeat(60_000), "]".repeat(60_000));
+        assert!(too_complex(&deep));
+        let unary = format!("x = {}1", "-".repeat(200_000));
+        assert!(too_complex(&unary));
+    }
+
+    #[test]
+    fn batches_keep_order() {
+        let items: Vec<usize> = (0..1000).collect();
+        assert_eq!(
+            map_batch(&items, 2, |x| x * 2),
+            items.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(map_batch(&items, 1, |x| x + 1)[999], 1000);
+    }
+}

@@ -1,0 +1,507 @@
+//! Exact dot-product top-k of a batch of `f32` queries against a row-major matrix
+//! stored as `f32`, `f16`, or `i8` with one `f32` scale per row.
+//!
+//! Plain Rust, no Python. The scan is memory-bound for one query and compute-bound
+//! for a batch, so the matrix is cut into blocks of rows: each block is decoded to
+//! `f32` once (for `f16`/`i8`) while it sits in cache, then every query of the batch
+//! is scored against it, four queries at a time so each row load feeds four dot
+//! products. Blocks run in parallel with rayon; each keeps a bounded heap per query
+//! and the heaps are merged at the end.
+//!
+//! Ordering is total and deterministic: a higher score wins, equal scores go to the
+//! lower row index, and NaN scores rank below every number (and among themselves by
+//! index), so results never depend on thread timing.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::similarity::ShapeError;
+
+/// Rows per block: 256 rows of 384 `f32` are 384 KiB decoded, small enough to
+/// stay in L2 while a batch of queries is scored against them.
+const BLOCK_ROWS: usize = 256;
+
+/// The matrix a query batch is scored against, borrowed from the caller.
+#[derive(Debug, Clone, Copy)]
+pub enum Matrix<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    /// Quantised rows: the true value of row `i` is `scales[i] * row_i`.
+    I8 {
+        data: &'a [i8],
+        scales: &'a [f32],
+    },
+}
+
+impl Matrix<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(d) => d.len(),
+            Self::F16(d) => d.len(),
+            Self::I8 { data, .. } => data.len(),
+        }
+    }
+
+    /// Decode rows `start..end` into `out` as `f32`, scales applied afterwards.
+    fn decode(&self, dim: usize, start: usize, end: usize, out: &mut Vec<f32>) {
+        out.clear();
+        let span = start * dim..end * dim;
+        match self {
+            Self::F32(d) => out.extend_from_slice(&d[span]),
+            Self::F16(d) => {
+                out.resize(span.len(), 0.0);
+                // Bulk conversion uses F16C when the CPU has it (runtime detection).
+                d[span].convert_to_f32_slice(out);
+            }
+            Self::I8 { data, .. } => out.extend(data[span].iter().map(|&v| f32::from(v))),
+        }
+    }
+}
+
+/// One candidate: a score and its row index.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    score: f32,
+    index: usize,
+}
+
+impl Hit {
+    /// `Greater` means `self` ranks better than `other`.
+    fn rank(&self, other: &Self) -> Ordering {
+        match (self.score.is_nan(), other.score.is_nan()) {
+            (false, false) => self
+                .score
+                .partial_cmp(&other.score)
+                .unwrap_or(Ordering::Equal)
+                .then_with(|| other.index.cmp(&self.index)),
+            (true, false) => Ordering::Less,
+            (false, true) => Ordering::Greater,
+            (true, true) => other.index.cmp(&self.index),
+        }
+    }
+}
+
+impl PartialEq for Hit {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Hit {}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Hit {
+    /// Reversed rank, so `BinaryHeap`'s top is the worst kept hit.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.rank(self)
+    }
+}
+
+/// The best `k` hits seen so far for one query.
+#[derive(Debug, Clone)]
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Hit>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, hit: Hit) {
+        if self.heap.len() < self.k {
+            self.heap.push(hit);
+        } else if let Some(worst) = self.heap.peek() {
+            if hit.rank(worst) == Ordering::Greater {
+                self.heap.pop();
+                self.heap.push(hit);
+            }
+        }
+    }
+
+    /// Cheap pre-filter for the hot loop: can `score` possibly enter?
+    #[inline]
+    fn admits(&self, score: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_none_or(|w| !(score < w.score))
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        for hit in other.heap {
+            self.push(hit);
+        }
+        self
+    }
+
+    fn into_sorted(self) -> Vec<Hit> {
+        // Ascending by `Ord` is best first, since `Ord` is the reversed rank.
+        self.heap.into_sorted_vec()
+    }
+}
+
+/// Dot product with eight independent accumulators so LLVM vectorises it.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Four dot products against one row, sharing its loads.
+#[inline(always)]
+fn dot4(q: [&[f32]; 4], row: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let n8 = row.len() / 8 * 8;
+    let mut i = 0;
+    while i < n8 {
+        let r = &row[i..i + 8];
+        for (accj, qj) in acc.iter_mut().zip(q) {
+            let qs = &qj[i..i + 8];
+            for l in 0..8 {
+                accj[l] += qs[l] * r[l];
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; 4];
+    for j in 0..4 {
+        let tail: f32 = q[j][n8..].iter().zip(&row[n8..]).map(|(x, y)| x * y).sum();
+        out[j] = acc[j].iter().sum::<f32>() + tail;
+    }
+    out
+}
+
+/// Score one decoded block against every query and offer the hits to the heaps.
+#[inline(always)]
+fn score_block(
+    queries: &[f32],
+    dim: usize,
+    block: &[f32],
+    first_row: usize,
+    scales: Option<&[f32]>,
+    heaps: &mut [TopK],
+) {
+    let nq = heaps.len();
+    let scale_of = |r: usize| scales.map_or(1.0, |s| s[first_row + r]);
+    let mut qi = 0;
+    while qi + 4 <= nq {
+        let q: [&[f32]; 4] = std::array::from_fn(|j| &queries[(qi + j) * dim..(qi + j + 1) * dim]);
+        for (r, row) in block.chunks_exact(dim).enumerate() {
+            let s = dot4(q, row);
+            let scale = scale_of(r);
+            for j in 0..4 {
+                let score = s[j] * scale;
+                let heap = &mut heaps[qi + j];
+                if heap.admits(score) {
+                    heap.push(Hit {
+                        score,
+                        index: first_row + r,
+                    });
+                }
+            }
+        }
+        qi += 4;
+    }
+    for (j, heap) in heaps.iter_mut().enumerate().skip(qi) {
+        let q = &queries[j * dim..(j + 1) * dim];
+        for (r, row) in block.chunks_exact(dim).enumerate() {
+            let score = dot(q, row) * scale_of(r);
+            if heap.admits(score) {
+                heap.push(Hit {
+                    score,
+                    index: first_row + r,
+                });
+            }
+        }
+    }
+}
+
+/// Scan rows `start..end` (a whole number of blocks or the tail) for every query.
+#[inline(always)]
+fn scan_body(
+    queries: &[f32],
+    matrix: Matrix<'_>,
+    dim: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+) -> Vec<TopK> {
+    let nq = queries.len() / dim;
+    let mut heaps = vec![TopK::new(k); nq];
+    let mut buf = Vec::with_capacity(BLOCK_ROWS * dim);
+    let scales = match matrix {
+        Matrix::I8 { scales, .. } => Some(scales),
+        _ => None,
+    };
+    let mut row = start;
+    while row < end {
+        let stop = (row + BLOCK_ROWS).min(end);
+        let block: &[f32] = if let Matrix::F32(d) = matrix {
+            &d[row * dim..stop * dim]
+        } else {
+            matrix.decode(dim, row, stop, &mut buf);
+            &buf
+        };
+        score_block(queries, dim, block, row, scales, &mut heaps);
+        row = stop;
+    }
+    heaps
+}
+
+/// The same scan compiled for AVX2+FMA, chosen at run time, so the wheel keeps a
+/// portable x86-64 baseline and still uses the wide units where they exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scan_avx2(
+    queries: &[f32],
+    matrix: Matrix<'_>,
+    dim: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+) -> Vec<TopK> {
+    scan_body(queries, matrix, dim, k, start, end)
+}
+
+fn scan(
+    queries: &[f32],
+    matrix: Matrix<'_>,
+    dim: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+) -> Vec<TopK> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function was compiled for are present.
+        return unsafe { scan_avx2(queries, matrix, dim, k, start, end) };
+    }
+    scan_body(queries, matrix, dim, k, start, end)
+}
+
+/// Result of a top-k search: `q × k` scores and row indices, best first per query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKResult {
+    pub k: usize,
+    pub scores: Vec<f32>,
+    pub indices: Vec<i64>,
+}
+
+/// Exact top-`k` rows of `matrix` by dot product with each query.
+///
+/// `queries` is `q × dim` and `matrix` is `n × dim`, row-major. `k` is clipped to
+/// `n`, so with no rows every query gets an empty result. For `i8` matrices the
+/// score of row `i` is `scales[i] * dot(query, row_i)`.
+pub fn topk(
+    queries: &[f32],
+    matrix: Matrix<'_>,
+    dim: usize,
+    k: usize,
+) -> Result<TopKResult, ShapeError> {
+    if dim == 0 || queries.len() % dim != 0 {
+        return Err(ShapeError::RaggedBuffer {
+            len: queries.len(),
+            dim,
+        });
+    }
+    if matrix.len() % dim != 0 {
+        return Err(ShapeError::RaggedBuffer {
+            len: matrix.len(),
+            dim,
+        });
+    }
+    let n = matrix.len() / dim;
+    if let Matrix::I8 { scales, .. } = matrix {
+        if scales.len() != n {
+            return Err(ShapeError::ScaleLength {
+                scales: scales.len(),
+                rows: n,
+            });
+        }
+    }
+    let nq = queries.len() / dim;
+    let k = k.min(n);
+    if k == 0 || nq == 0 {
+        return Ok(TopKResult {
+            k,
+            scores: Vec::new(),
+            indices: Vec::new(),
+        });
+    }
+    // Enough chunks to balance the threads, each many blocks long.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads * 4).max(BLOCK_ROWS * 4);
+    let heaps = (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|c| scan(queries, matrix, dim, k, c * chunk, ((c + 1) * chunk).min(n)))
+        .reduce_with(|a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect())
+        .unwrap_or_default();
+    let mut scores = Vec::with_capacity(nq * k);
+    let mut indices = Vec::with_capacity(nq * k);
+    for heap in heaps {
+        for hit in heap.into_sorted() {
+            scores.push(hit.score);
+            indices.push(hit.index as i64);
+        }
+    }
+    Ok(TopKResult { k, scores, indices })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Reference: score everything in f64, sort by (score desc, index asc).
+    fn naive(
+        queries: &[f32],
+        rows: &[f32],
+        scales: Option<&[f32]>,
+        dim: usize,
+        k: usize,
+    ) -> Vec<Vec<usize>> {
+        let n = rows.len() / dim;
+        queries
+            .chunks_exact(dim)
+            .map(|q| {
+                let mut s: Vec<(f64, usize)> = rows
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let d: f64 = q
+                            .iter()
+                            .zip(r)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum();
+                        (d * f64::from(scales.map_or(1.0, |s| s[i])), i)
+                    })
+                    .collect();
+                s.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+                s.into_iter().take(k.min(n)).map(|(_, i)| i).collect()
+            })
+            .collect()
+    }
+
+    fn indices_by_query(r: &TopKResult) -> Vec<Vec<usize>> {
+        if r.k == 0 {
+            return vec![];
+        }
+        r.indices
+            .chunks(r.k)
+            .map(|c| c.iter().map(|&i| i as usize).collect())
+            .collect()
+    }
+
+    #[test]
+    fn f32_matches_naive_for_odd_shapes() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for (nq, n, dim, k) in [
+            (1, 1, 1, 1),
+            (3, 50, 7, 5),
+            (9, 3000, 384, 10),
+            (5, 1025, 33, 100),
+        ] {
+            let q: Vec<f32> = (0..nq * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let m: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let got = topk(&q, Matrix::F32(&m), dim, k).unwrap();
+            assert_eq!(
+                indices_by_query(&got),
+                naive(&q, &m, None, dim, k),
+                "{nq} {n} {dim} {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn i8_and_f16_match_naive_on_decoded_values() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (nq, n, dim, k) = (6, 2000, 64, 10);
+        let q: Vec<f32> = (0..nq * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let data: Vec<i8> = (0..n * dim).map(|_| rng.random_range(-127..=127)).collect();
+        let scales: Vec<f32> = (0..n).map(|_| rng.random_range(0.001..0.01)).collect();
+        let decoded: Vec<f32> = data.iter().map(|&v| f32::from(v)).collect();
+        let got = topk(
+            &q,
+            Matrix::I8 {
+                data: &data,
+                scales: &scales,
+            },
+            dim,
+            k,
+        )
+        .unwrap();
+        assert_eq!(
+            indices_by_query(&got),
+            naive(&q, &decoded, Some(&scales), dim, k)
+        );
+
+        let halves: Vec<f16> = decoded.iter().map(|&v| f16::from_f32(v / 127.0)).collect();
+        let back: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
+        let got = topk(&q, Matrix::F16(&halves), dim, k).unwrap();
+        assert_eq!(indices_by_query(&got), naive(&q, &back, None, dim, k));
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_index_across_threads() {
+        let dim = 4;
+        let n = 10_000;
+        let m = vec![1.0f32; n * dim];
+        let got = topk(&[1.0, 1.0, 1.0, 1.0], Matrix::F32(&m), dim, 5).unwrap();
+        assert_eq!(got.indices, vec![0, 1, 2, 3, 4]);
+        assert!(got.scores.iter().all(|&s| s == 4.0));
+    }
+
+    #[test]
+    fn k_is_clipped_and_empty_matrix_gives_empty_rows() {
+        let got = topk(&[1.0, 0.0], Matrix::F32(&[0.5, 0.0, 2.0, 0.0]), 2, 10).unwrap();
+        assert_eq!((got.k, got.indices), (2, vec![1, 0]));
+        let got = topk(&[1.0, 0.0], Matrix::F32(&[]), 2, 10).unwrap();
+        assert_eq!(got.k, 0);
+        assert!(got.scores.is_empty());
+    }
+
+    #[test]
+    fn nan_scores_rank_last() {
+        let m = [f32::NAN, 1.0, -5.0];
+        let got = topk(&[1.0], Matrix::F32(&m), 1, 3).unwrap();
+        assert_eq!(got.indices, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        assert!(topk(&[1.0, 2.0, 3.0], Matrix::F32(&[1.0, 2.0]), 2, 1).is_err());
+        assert!(topk(&[1.0], Matrix::F32(&[1.0]), 0, 1).is_err());
+        let err = topk(
+            &[1.0],
+            Matrix::I8 {
+                data: &[1, 2],
+                scales: &[1.0],
+            },
+            1,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err, ShapeError::ScaleLength { scales: 1, rows: 2 });
+    }
+}
