@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 
 from amr_async.sandbox import AssertTest, CallTest, Job, Limits, Sandbox, Status
-from amr_async.sandbox._sandbox import _WORKER
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace isolation needs root")
 
-MARKER = "987651"  # argument of the `sleep` processes the attacks leave behind
+# argument of the `sleep` processes the attacks leave behind (unique per run)
+MARKER = str(900_000_000 + uuid.uuid4().int % 99_999_999)
 HANG = Limits(test_timeout_s=1.0, code_timeout_s=10.0, memory_bytes=512 << 20)
 OK = Limits(test_timeout_s=20.0, code_timeout_s=20.0, memory_bytes=512 << 20)
 
 
-def _stray_processes() -> list[str]:
+def _stray_processes(tag: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -36,7 +36,7 @@ def _stray_processes() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(_WORKER) in cmdline or MARKER in cmdline:
+        if tag in cmdline or MARKER in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -46,16 +46,18 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     sb = Sandbox(parallelism=2, cache_size=0)
     await sb.start()
     assert sb.isolation == "namespaces"
+    # the check below can see this sandbox's processes: its zygote carries the tag
+    assert _stray_processes(sb.process_tag) != []
     try:
         yield sb
     finally:
         await sb.aclose()
     # Supervisors exit right after reporting; give the last one a moment to go.
     for _ in range(200):
-        if not _stray_processes():
+        if not _stray_processes(sb.process_tag):
             break
         await asyncio.sleep(0.05)
-    assert _stray_processes() == []
+    assert _stray_processes(sb.process_tag) == []
 
 
 async def _one(sb: Sandbox, code: str, test: str, limits: Limits = OK) -> Status:

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -243,6 +244,12 @@ class Sandbox:
         self._isolation: str | None = None
         self._closed = False
         self._starting: asyncio.Lock | None = None
+        self._tag = f"amr-sandbox-{uuid.uuid4().hex[:12]}"
+
+    @property
+    def process_tag(self) -> str:
+        """A token in the command line of every process this sandbox forks (for monitoring)."""
+        return self._tag
 
     @property
     def isolation(self) -> str | None:
@@ -282,6 +289,7 @@ class Sandbox:
                     str(_WORKER),
                     str(child.fileno()),
                     self._requested,
+                    self._tag,
                     pass_fds=(child.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,

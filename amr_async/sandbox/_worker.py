@@ -1,6 +1,7 @@
 """The processes that run untrusted code: zygote, per-job supervisor, and child.
 
-Stdlib only: this file runs as a script (``python -I _worker.py FD``) so that the
+Stdlib only: this file runs as a script (``python -I _worker.py FD ISOLATION TAG``;
+TAG only marks the command line of every process it forks) so that the
 package (and the Rust extension) is never imported next to untrusted code. The
 parent imports it as a module for the value codec (`encode`, `decode`).
 
