@@ -50,7 +50,7 @@ def _prompts(limit: int | None) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for path, prefix in ((humaneval_path(), "he"), (MBPP.resolve(), "mbpp")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
-            taken = [orjson.loads(line) for line in f if line.strip()]
+            taken = [json.loads(line) for line in f if line.strip()]  # MBPP+ holds NaN
         if limit is not None:
             taken = taken[:limit]
         rows.extend(
@@ -75,7 +75,7 @@ def _emulator(latency: str) -> Iterator[str]:
         line = proc.stdout.readline()
         if "openai_base_url=" not in line:
             raise RuntimeError(f"emulator did not start: {line!r}")
-        yield line.split("openai_base_url=")[1].split()[0].removesuffix("/v1")
+        yield line.split("openai_base_url=")[1].split()[0]
     finally:
         proc.terminate()
         proc.wait(10)
