@@ -42,9 +42,7 @@ def count_tokens(texts: list[str], encoding: str) -> list[int]:
     for an unknown encoding.
     """
 
-def ast_hash(
-    codes: list[str], include_name: bool = False, threads: int = 0
-) -> list[str | None]:
+def ast_hash(codes: list[str], include_name: bool = False, threads: int = 0) -> list[str | None]:
     """AST-normalised 128-bit hash (32 hex chars) per code, None where it does not parse.
 
     Type-1/type-2 clones (formatting, comments, docstrings, annotations, local names)

@@ -22,9 +22,10 @@ Normalisation spec (a "unit" is the whole parsed source, usually one function):
    With `include_name=True` the names of the unit's top-level defs and classes also
    keep their spelling (and so do references to them, e.g. recursion).
 5. Literals by value: strings by their characters (quote style, prefixes, escapes
-   and implicit concatenation are gone; a lone surrogate becomes U+FFFD), bytes by hex, integers in hex, floats and
-   imaginary parts by Python's `repr`. In f-strings adjacent literal parts merge and
-   empty ones vanish (CPython's `JoinedStr` does this already).
+   and implicit concatenation are gone; a lone surrogate becomes U+FFFD), bytes by
+   hex, integers in hex, floats and imaginary parts by Python's `repr`. In
+   f-strings adjacent literal parts merge and empty ones vanish (CPython's
+   `JoinedStr` does this already).
 6. Walk order and output: each node writes its class name (CPython's `ast` names)
    and then its fields in CPython's field order (the table `FIELDS` below), lists
    as `[...]`, absent values as `~`; `type_params` is written only when non-empty
@@ -277,9 +278,13 @@ class _Writer:
             value = getattr(node, field, None)
             if field == "type_params" and not value:
                 continue
-            if field == "body" and isinstance(node, _DOCSTRING_OWNERS) and value:
-                if _is_docstring(value[0]):
-                    value = value[1:]
+            if (
+                field == "body"
+                and isinstance(node, _DOCSTRING_OWNERS)
+                and value
+                and _is_docstring(value[0])
+            ):
+                value = value[1:]
             if field == binding and isinstance(value, str):
                 self.name(value)
             else:

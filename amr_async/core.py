@@ -23,13 +23,13 @@ from amr_async._core import (
     ast_hash as ast_hash,
 )
 from amr_async._core import (
+    ast_normal_form as ast_normal_form,
+)
+from amr_async._core import (
     ast_size as ast_size,
 )
 from amr_async._core import (
     count_tokens as count_tokens,
-)
-from amr_async._core import (
-    ast_normal_form as ast_normal_form,
 )
 from amr_async._core import (
     extract_functions as extract_functions,

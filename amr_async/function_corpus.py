@@ -37,9 +37,7 @@ def functions_in_source(source: str) -> list[str]:
         first = min([d.lineno for d in node.decorator_list] + [node.lineno])
         head = lines[first - 1]
         indent = head[: len(head) - len(head.lstrip(" \t"))]
-        col = (
-            node.decorator_list[0].col_offset - 1 if node.decorator_list else node.col_offset
-        )
+        col = node.decorator_list[0].col_offset - 1 if node.decorator_list else node.col_offset
         if len(indent) != col:  # e.g. `if x: def f(): ...` on one line
             continue
         chunk = lines[first - 1 : node.end_lineno]
@@ -50,7 +48,7 @@ def functions_in_source(source: str) -> list[str]:
 def stdlib_files() -> list[Path]:
     """The standard library's `.py` files (site-packages excluded), sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in {"site-packages", "dist-packages"})
         files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))

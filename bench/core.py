@@ -135,7 +135,6 @@ def bench_topk(quick: bool, out: dict[str, object]) -> None:
         out[f"topk_{name}_ms"] = round(t_one * 1e3, 2)
         out[f"topk_{name}_vs_bound"] = round(t_one / t_scan, 2)
         out[f"batch64_{name}_queries_per_s"] = round(64 / t_batch, 1)
-        del m, flat
 
 
 def bench_tokens(quick: bool, out: dict[str, object]) -> None:

@@ -56,7 +56,8 @@ SPELLINGS = [
         acc += x  # running sum
     return acc
 ''',
-    "def add_all(values: list[int]) -> int:\n\tresult = 0\n\tfor v in values: result += v\n\treturn result",
+    "def add_all(values: list[int]) -> int:\n"
+    "\tresult = 0\n\tfor v in values: result += v\n\treturn result",
     "def  g (q) :\n    s=0\n    for item in q :\n        s  +=  item\n    return (s)\n",
 ]
 
@@ -102,7 +103,9 @@ def test_globals_builtins_and_attributes_keep_their_names() -> None:
 def test_unparseable_gives_none_and_size_orders_trivial_first() -> None:
     assert core.ast_hash(["def f(:", ""]) == [None, ast_reference.ast_hash_one("")]
     trivial, bigger = core.ast_size(["def x(self):\n    return self.x", SPELLINGS[0]])
-    assert trivial is not None and bigger is not None and trivial < bigger
+    assert trivial is not None
+    assert bigger is not None
+    assert trivial < bigger
     with pytest.raises(TypeError):
         core.ast_hash("def f(): pass")  # type: ignore[arg-type]
 
@@ -142,11 +145,16 @@ def test_extraction_from_a_messy_answer() -> None:
     assert (area.start_line, area.end_line, area.block) == (9, 15, 0)
     assert area.source.startswith("@cache\ndef área(")
     assert not area.block_has_error
-    assert test.is_method and test.is_async and test.class_name == "TestArea"
-    assert fine.block_has_error and fine.block == 2
+    assert test.is_method
+    assert test.is_async
+    assert test.class_name == "TestArea"
+    assert fine.block_has_error
+    assert fine.block == 2
     # An opening fence with a language inside a block starts a new block (LLMs often
     # forget to close one); the last block is never closed.
-    assert last.block == 3 and not last.block_has_error and last.start_line == 34
+    assert last.block == 3
+    assert not last.block_has_error
+    assert last.start_line == 34
     for f in fs:
         assert core.ast_hash([f.source]) != [None]
 
@@ -225,7 +233,9 @@ def numpy_topk(q: np.ndarray, m: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
-@pytest.mark.parametrize(("nq", "n", "d", "k"), [(1, 1, 1, 1), (7, 3000, 384, 10), (5, 999, 33, 50)])
+@pytest.mark.parametrize(
+    ("nq", "n", "d", "k"), [(1, 1, 1, 1), (7, 3000, 384, 10), (5, 999, 33, 50)]
+)
 def test_topk_agrees_with_numpy(dtype: str, nq: int, n: int, d: int, k: int) -> None:
     rng = np.random.default_rng(n + d)
     q = rng.standard_normal((nq, d)).astype(np.float32)
@@ -240,7 +250,8 @@ def test_topk_agrees_with_numpy(dtype: str, nq: int, n: int, d: int, k: int) -> 
     scores, idx = core.topk(q, m, k, scales)
     want_scores, want_idx = numpy_topk(q, decoded, k)
     assert scores.shape == idx.shape == (nq, min(k, n))
-    assert scores.dtype == np.float32 and idx.dtype == np.int64
+    assert scores.dtype == np.float32
+    assert idx.dtype == np.int64
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
     # Indices agree except where two scores are within float rounding of each other.
     exact = np.take_along_axis((q @ decoded.T), idx, axis=1)
@@ -283,12 +294,17 @@ def test_hash_embed_is_normalised_deterministic_and_topical() -> None:
         "123 + 456",
     ]
     v = core.hash_embed(texts)
-    assert v.shape == (4, 384) and v.dtype == np.float32
+    assert v.shape == (4, 384)
+    assert v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, rtol=1e-5)
     assert not v[3].any()
     np.testing.assert_array_equal(v, core.hash_embed(texts))
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1
     assert core.hash_embed([], dim=16).shape == (0, 16)
+    lone = ["\ud800 surrogate_name"]  # not encodable as UTF-8: replaced, not refused
+    assert core.hash_embed(lone).shape == (1, 384)
+    assert core.count_tokens(lone, "cl100k_base")[0] > 0
+    assert core.ast_hash(lone) == [None]
     with pytest.raises(ValueError, match="dim"):
         core.hash_embed(["x"], dim=0)
 

@@ -168,6 +168,7 @@ impl<'a> Bindings<'a> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_lines)]
     fn stmt(&mut self, s: &'a Stmt, depth: usize) -> Result<(), Unhashable> {
         let d = deeper(depth)?;
         match s {
@@ -400,7 +401,7 @@ impl<'a> Bindings<'a> {
                 Ok(())
             }
             Expr::FString(f) => {
-                for part in f.value.iter() {
+                for part in &f.value {
                     if let ast::FStringPart::FString(fs) = part {
                         self.fstring_elements(&fs.elements, d)?;
                     }
@@ -676,12 +677,11 @@ impl<'a> Writer<'a> {
     }
 
     fn opt_expr(&mut self, e: Option<&'a Expr>, d: usize) -> Result<(), Unhashable> {
-        match e {
-            Some(e) => self.expr(e, d),
-            None => {
-                self.none();
-                Ok(())
-            }
+        if let Some(e) = e {
+            self.expr(e, d)
+        } else {
+            self.none();
+            Ok(())
         }
     }
 
@@ -1343,7 +1343,7 @@ impl<'a> Writer<'a> {
                 self.open("JoinedStr");
                 self.out.push('[');
                 let mut pending = String::new();
-                for part in f.value.iter() {
+                for part in &f.value {
                     match part {
                         ast::FStringPart::Literal(l) => pending.push_str(&l.value),
                         ast::FStringPart::FString(fs) => {

@@ -134,7 +134,9 @@ pub fn embed_into(text: &str, out: &mut [f32]) {
     }
     let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
     if norm > 0.0 {
-        out.iter_mut().for_each(|v| *v /= norm);
+        for v in out.iter_mut() {
+            *v /= norm;
+        }
     }
 }
 

@@ -306,6 +306,7 @@ struct BlockCtx<'a> {
 }
 
 impl BlockCtx<'_> {
+    #[allow(clippy::too_many_lines)]
     fn function(&self, stmt: &Stmt, class: Option<&str>, own_name: &str) -> Option<Function> {
         let Stmt::FunctionDef(f) = stmt else {
             return None;

@@ -12,6 +12,11 @@ pub mod topk;
 
 use std::borrow::Cow;
 
+/// The parser allocates a node per AST element; mimalloc's thread-local free lists
+/// make that markedly cheaper than the system allocator on the hashing hot path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use half::f16;
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -54,6 +59,9 @@ fn cosine_matrix<'py>(
 
 /// Exact dot-product top-k of each query row against the rows of `matrix`
 /// (float32, float16, or int8 with one float32 scale per row).
+/// Scores (q × k) and row indices (q × k) of a top-k search.
+type TopKArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+
 #[pyfunction(name = "topk")]
 #[pyo3(signature = (queries, matrix, k, scales=None))]
 fn topk_py<'py>(
@@ -62,7 +70,7 @@ fn topk_py<'py>(
     matrix: &Bound<'py, PyAny>,
     k: usize,
     scales: Option<PyReadonlyArray1<'py, f32>>,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+) -> PyResult<TopKArrays<'py>> {
     let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
     let q = rows(&queries);
     let (m_dim, result) = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
@@ -118,11 +126,12 @@ fn topk_py<'py>(
 /// Feature-hashing embeddings of `texts` (n × dim float32, rows L2-normalised).
 #[pyfunction]
 #[pyo3(signature = (texts, dim=384))]
-fn hash_embed(
-    py: Python<'_>,
-    texts: Vec<String>,
+fn hash_embed<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyAny>,
     dim: usize,
-) -> PyResult<Bound<'_, PyArray2<f32>>> {
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let texts = lossy_strings(texts)?;
     if dim == 0 {
         return Err(PyValueError::new_err("dim: must be at least 1"));
     }

@@ -124,8 +124,12 @@ pub fn scan_bytes(data: &[u8]) -> u64 {
                     acc[i] = acc[i].wrapping_add(l[i]);
                 }
             }
-            let bytes = head.iter().chain(tail).fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
-            acc.iter().fold(rest.wrapping_add(bytes), |a, w| a.wrapping_add(*w))
+            let bytes = head
+                .iter()
+                .chain(tail)
+                .fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
+            acc.iter()
+                .fold(rest.wrapping_add(bytes), |a, w| a.wrapping_add(*w))
         })
         .reduce(|| 0, u64::wrapping_add)
 }

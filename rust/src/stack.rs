@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn flags_only_long_deep_statements() {
         assert!(!too_complex("x = 1\n"));
-        let flat: String = (0..20_000).map(|i| format!("x{i} = {i}\n")).collect();
+        let flat = (0..20_000)
+            .map(|i| format!("x{i} = {i}\n"))
+            .collect::<Vec<_>>()
+            .concat();
         assert!(!too_complex(&flat));
         let deep = format!("x = {}1{}", "[".repeat(60_000), "]".repeat(60_000));
         assert!(too_complex(&deep));
