@@ -95,3 +95,19 @@ async def test_kill9_mid_amr_evol_run_then_resume_equals_uninterrupted(
     assert len(_records(ref)) == 16
     assert _db(crash) == _db(ref)
     assert len(_db(ref)) > 4  # modules from several windows
+
+
+async def test_usage_errors_name_the_problem(tmp_path: Path, emulator: RunningEmulator) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "instruction": "x"}\n')
+    args = _args(tmp_path, emulator)
+    no_db = [a for i, a in enumerate(args) if a != "--db" and args[i - 1] != "--db"]
+    rc, _, err = await _cli(no_db)
+    assert rc == ExitCode.USAGE
+    assert "--db is required for --strategy amr-evol" in err
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "tests.toml").write_text('system = ""\nuser = "$function_name $nope"\n')
+    rc, _, err = await _cli([*args, "--prompts", str(prompts)])
+    assert rc == ExitCode.USAGE
+    assert "tests.toml" in err
+    assert "$nope" in err
