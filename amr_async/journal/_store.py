@@ -512,6 +512,25 @@ class RunJournal:
                 )
         return states
 
+    def load_records(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The final records of the given items that are done (others are omitted).
+
+        Synchronous: call it off the event loop (e.g. via `Journal.read`).
+        """
+        ids = list(item_ids)
+        conn = self.journal.reader()
+        records: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for item_id, record in conn.execute(
+                "SELECT item_id, record FROM items "
+                f"WHERE run_id = ? AND state = 'done' AND item_id IN ({marks})",
+                (self.run_id, *chunk),
+            ):
+                records[item_id] = orjson.loads(record)
+        return records
+
     def record_stage(
         self,
         item_id: str,

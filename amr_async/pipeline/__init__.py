@@ -4,8 +4,8 @@ Runner              streams an input JSONL through a strategy (bounded window)
 RunSettings         concurrency, batch size, line-size cap
 RunReport, ExitCode how a run ended
 JournaledTeacher    the door for every teacher call: journal, budget, dispatcher
-strategies/         direct (the paper's baseline); amr-evol and others build on `base`
-prompts/            prompt texts, as files
+strategies/         amr-evol, and the paper's baselines direct, cot, ansrepair
+prompts/            prompt templates (TOML, one per kind; `load_templates` takes a user dir)
 """
 
 from amr_async.pipeline._input import InputItem as InputItem

@@ -71,6 +71,10 @@ class JournaledTeacher:
         """What the run has spent (including earlier attempts of a resumed run)."""
         return self._totals
 
+    def price_of(self, model: str, usage: Usage) -> float:
+        """Dollars for `usage` on `model` ($0 when the model has no price)."""
+        return self._price(model, usage) or 0.0
+
     async def call(self, request: ChatRequest, *, item_id: str, stage: str) -> Outcome:
         """One teacher call for `item_id` at `stage`; see the module docstring.
 

@@ -28,9 +28,12 @@ from amr_async.journal import (
     RunJournal,
 )
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES
+from amr_async.pipeline._prompts import PromptError, load_templates
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.runner import ExitCode, Runner, RunReport, RunSettings
-from amr_async.pipeline.strategies import DirectStrategy
+from amr_async.pipeline.strategies import DirectStrategy, Strategy
+from amr_async.pipeline.strategies.amr_evol import AmrEvolConfig, AmrEvolStrategy
+from amr_async.pipeline.strategies.baselines import AnsRepairStrategy, CallSettings, CotStrategy
 from amr_async.teacher.types import Provider
 
 # Settings journaled with the run and reused on resume; value = default when never given.
@@ -48,7 +51,22 @@ _RESUMABLE: dict[str, Any] = {
     "max_line_bytes": DEFAULT_MAX_LINE_BYTES,
     "cache": False,
     "pricing": [],
+    # amr-evol and ansrepair
+    "prompts": None,
+    "db": None,
+    "embedder": "hash",
+    "k": 1,
+    "min_similarity": 0.0,
+    "novelty_max_cosine": 0.9,
+    "evolve_stubs": True,
+    "window": 64,
+    "final_check": False,
+    "drop_failed": False,
+    "keep_raw": False,
+    "isolation": "auto",
 }
+
+_STRATEGIES = ("direct", "cot", "ansrepair", "amr-evol")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,7 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--run-id", help="run to create or resume (default: new / the latest)")
     p.add_argument("--rejects", type=Path, help="rejected lines (default OUTPUT.rejects.jsonl)")
-    p.add_argument("--strategy", choices=["direct"], help="pipeline strategy (default direct)")
+    p.add_argument("--strategy", choices=_STRATEGIES, help="pipeline strategy (default direct)")
     p.add_argument("--provider", choices=[p.value for p in Provider], help="default openai")
     p.add_argument("--base-url", help="server root (default: the provider's public API)")
     p.add_argument("--model", help="teacher model (required for a new run)")
@@ -89,6 +107,47 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pricing", type=Path, action="append", help="pricing TOML over the shipped")
     p.add_argument("--budget-usd", type=float, help="stop dispatch once this many $ are spent")
     p.add_argument("--budget-tokens", type=int, help="stop dispatch at this many tokens")
+    g = p.add_argument_group("amr-evol (and ansrepair's sandbox)")
+    g.add_argument(
+        "--prompts", type=Path, help="directory of <kind>.toml templates over the shipped"
+    )
+    g.add_argument(
+        "--db", type=Path, help="module database directory (amr-evol; created if absent)"
+    )
+    g.add_argument("--embedder", choices=["hash", "minilm"], help="DB embedder (default hash)")
+    g.add_argument("--k", type=int, help="modules retrieved per stub (default 1)")
+    g.add_argument("--min-similarity", type=float, help="retrieval cosine floor (default 0)")
+    g.add_argument(
+        "--novelty-max-cosine", type=float, help="a function this similar is not new (0.9)"
+    )
+    g.add_argument(
+        "--evolve-stubs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="give the evolution prompt the stubs too (default on; off = retrieved only)",
+    )
+    g.add_argument("--window", type=int, help="input lines per DB window (default 64; 1 = online)")
+    g.add_argument(
+        "--final-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the generated tests against the final response and record the verdict",
+    )
+    g.add_argument(
+        "--drop-failed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --final-check: mark failing records dropped (verdict 'dropped')",
+    )
+    g.add_argument(
+        "--keep-raw",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put each stage's raw teacher answer in the record",
+    )
+    g.add_argument(
+        "--isolation", choices=["auto", "namespaces", "none"], help="sandbox isolation (auto)"
+    )
     p.set_defaults(func=_run_command)
 
 
@@ -103,7 +162,7 @@ def _settings(args: argparse.Namespace, stored: dict[str, Any] | None) -> dict[s
             out[name] = stored[name]
         else:
             out[name] = default
-    for name in ("input", "output", "rejects"):
+    for name in ("input", "output", "rejects", "prompts", "db"):
         if out[name] is not None:
             out[name] = str(Path(out[name]).resolve())
     if out["base_url"]:
@@ -187,6 +246,13 @@ def _prepare(args: argparse.Namespace, journal: Journal) -> tuple[dict[str, Any]
     if not resume and output.exists() and output.stat().st_size > 0:
         raise _UsageError(f"output {output} exists and is not empty; use --resume or remove it")
     cfg["rejects"] = cfg["rejects"] or f"{output}.rejects.jsonl"
+    if cfg["strategy"] == "amr-evol" and cfg["db"] is None:
+        raise _UsageError("--db is required for --strategy amr-evol")
+    try:
+        AmrEvolConfig(model=cfg["model"], k=cfg["k"], window_size=cfg["window"])
+        load_templates(Path(cfg["prompts"]) if cfg["prompts"] else None)
+    except (ValueError, PromptError) as exc:
+        raise _UsageError(str(exc)) from None
     # The config is journaled: it holds no key (keys come only from the environment).
     run = journal.start_run(
         config=cfg, output_path=output, run_id=args.run_id, resume=resume, cache=cfg["cache"]
@@ -210,9 +276,57 @@ async def _run(args: argparse.Namespace, cfg: dict[str, Any], run: RunJournal) -
         budget=Budget(max_usd=args.budget_usd, max_tokens=args.budget_tokens),
         price=partial(pricing.cost, cached_in_input=provider is Provider.OPENAI),
     )
-    strategy = DirectStrategy(
-        model=cfg["model"], max_tokens=cfg["max_tokens"], temperature=cfg["temperature"]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            strategy = await _strategy(cfg, run.run_id, stack)
+            return await _drive(strategy, teacher, cfg, run)
+    finally:
+        with contextlib.suppress(Exception):
+            await dispatcher.aclose(grace_s=0.0)
+        await client.aclose()
+
+
+async def _strategy(cfg: dict[str, Any], run_id: str, stack: contextlib.AsyncExitStack) -> Strategy:
+    """The configured strategy; its DB and sandbox close with `stack`."""
+    from amr_async.moduledb import ModuleDB, make_embedder
+    from amr_async.sandbox import Sandbox
+
+    templates = load_templates(Path(cfg["prompts"]) if cfg["prompts"] else None)
+    calls = CallSettings(cfg["model"], cfg["max_tokens"], cfg["temperature"])
+    name = cfg["strategy"]
+    if name == "direct":
+        return DirectStrategy(
+            model=calls.model,
+            max_tokens=calls.max_tokens,
+            temperature=calls.temperature,
+            template=templates["direct"],
+        )
+    if name == "cot":
+        return CotStrategy(calls, templates)
+    sandbox = await stack.enter_async_context(Sandbox(isolation=cfg["isolation"]))
+    if name == "ansrepair":
+        return AnsRepairStrategy(calls, templates, sandbox)
+    db = await ModuleDB.open(Path(cfg["db"]), make_embedder(cfg["embedder"]))
+    stack.push_async_callback(db.aclose)
+    config = AmrEvolConfig(
+        model=calls.model,
+        max_tokens=calls.max_tokens,
+        temperature=calls.temperature,
+        k=cfg["k"],
+        min_similarity=cfg["min_similarity"],
+        novelty_max_cosine=cfg["novelty_max_cosine"],
+        evolve_with_stubs=cfg["evolve_stubs"],
+        window_size=cfg["window"],
+        final_check=cfg["final_check"],
+        drop_failed=cfg["drop_failed"],
+        keep_raw=cfg["keep_raw"],
     )
+    return AmrEvolStrategy(config, templates=templates, db=db, sandbox=sandbox, run_id=run_id)
+
+
+async def _drive(
+    strategy: Strategy, teacher: JournaledTeacher, cfg: dict[str, Any], run: RunJournal
+) -> RunReport:
     runner = Runner(
         strategy=strategy,
         teacher=teacher,
@@ -239,6 +353,3 @@ async def _run(args: argparse.Namespace, cfg: dict[str, Any], run: RunJournal) -
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        with contextlib.suppress(Exception):
-            await dispatcher.aclose(grace_s=0.0)
-        await client.aclose()

@@ -29,7 +29,7 @@ import orjson
 from amr_async.journal import CostTotals, ItemState, JournalError, RunJournal
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES, InputItem, InputReader, Reject
 from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher, TeacherUnavailable
-from amr_async.pipeline.strategies.base import ItemFailed, Strategy
+from amr_async.pipeline.strategies.base import ItemFailed, Strategy, Windowed
 
 
 class ExitCode(enum.IntEnum):
@@ -133,6 +133,13 @@ class Runner:
         # (the load cannot see them): item id -> (line, commit future).
         self._finishing: dict[str, tuple[int, asyncio.Future[None]]] = {}
         self._report = RunReport(run.run_id if run else None, "running", ExitCode.OK, "")
+        # Windowed strategies (see `Windowed`): the open window and its items.
+        self._windowed = strategy if isinstance(strategy, Windowed) else None
+        self._window: int | None = None
+        self._window_ids: list[str] = []
+        self._window_records: dict[str, dict[str, Any]] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     def request_stop(
         self, reason: str = "interrupted", message: str = "stopped on request"
@@ -204,13 +211,50 @@ class Runner:
                 if first is not None and first != item.line_no:
                     rejects.append(Reject(item.line_no, f"field 'id': duplicate of line {first}"))
                     continue
+                if self._windowed is not None and not await self._enter_window(item):
+                    break
                 if state is not None and state.state == "done":
                     self._report.already_done += 1
                     continue
                 self._in_flight[item.item_id] = item.line_no
+                self._drained.clear()
                 await queue.put(_Work(item, state))
         if rejects:
             await asyncio.to_thread(reader.write_rejects, rejects)
+        if self._windowed is not None and self._window is not None and self._stop is None:
+            await self._close_window()
+
+    # ---------------------------------------------------------------- windows
+
+    async def _enter_window(self, item: InputItem) -> bool:
+        """Close the open window if `item` starts a new one; False once stopping."""
+        assert self._windowed is not None
+        window = (item.line_no - 1) // self._windowed.window_size
+        if window != self._window:
+            if self._window is not None and not await self._close_window():
+                return False
+            self._window = window
+            await self._windowed.begin_window()
+        self._window_ids.append(item.item_id)
+        return True
+
+    async def _close_window(self) -> bool:
+        """Wait for the window's items and their commits, then let the strategy merge."""
+        assert self._windowed is not None
+        await self._drained.wait()
+        await asyncio.gather(*(f for _, f in self._finishing.values()), return_exceptions=True)
+        if self._stop is not None:
+            return False  # merged on resume instead, with the same records
+        records = self._window_records
+        missing = [i for i in self._window_ids if i not in records]
+        run = self.run_journal
+        if missing and run is not None:
+            records.update(await run.journal.read(run.load_records, missing))
+        ordered = [records[i] for i in self._window_ids if i in records]
+        await self._windowed.end_window(ordered)
+        self._window_ids = []
+        self._window_records = {}
+        return True
 
     # ---------------------------------------------------------------- workers
 
@@ -228,6 +272,8 @@ class Runner:
                 self.request_stop("storage", str(exc))
             finally:
                 del self._in_flight[item.item_id]
+                if not self._in_flight:
+                    self._drained.set()
 
     async def _process(self, work: _Work) -> None:
         item, state = work.item, work.state
@@ -253,6 +299,8 @@ class Runner:
                 await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
             return
         record, verdict = self.strategy.record(item, outputs)
+        if self._windowed is not None:
+            self._window_records[item.item_id] = record
         if run is not None:
             # Not awaited: the answers are durable already; the worker takes the next item
             # while the record commits (checked in `_on_committed` and at the end).

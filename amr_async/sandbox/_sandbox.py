@@ -16,7 +16,7 @@ import uuid
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 from amr_async.sandbox import _worker
 from amr_async.sandbox._judge import Outcome, Plan, plan
@@ -46,8 +46,9 @@ class _Lines(asyncio.Protocol):
         self.transport: asyncio.ReadTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's pipe transports are not asyncio.ReadTransport
+        # subclasses, though they have its methods (pause_reading is all we use).
+        self.transport = cast(asyncio.ReadTransport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

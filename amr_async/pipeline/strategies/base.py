@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._teacher import JournaledTeacher
@@ -56,4 +56,23 @@ class Strategy(Protocol):
 
     def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """The output record (with `id`) and its verdict, once every stage is done."""
+        ...
+
+
+@runtime_checkable
+class Windowed(Protocol):
+    """A strategy whose items share state that grows per window of input lines.
+
+    The runner starts no item of window w+1 (lines `w*size+1 ... (w+1)*size`) before every
+    item of window w is finished and `end_window` has run; `begin_window` runs before the
+    window's first item. On resume, records finished in an earlier attempt are included.
+    """
+
+    @property
+    def window_size(self) -> int: ...
+
+    async def begin_window(self) -> None: ...
+
+    async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """The window's finished records, in input order (failed items have none)."""
         ...

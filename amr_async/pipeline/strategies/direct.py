@@ -4,42 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from amr_async.pipeline._input import InputItem
+from amr_async.pipeline._prompts import PromptTemplate, load_templates
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.strategies.base import ItemFailed, Stage, StageResult
-from amr_async.teacher.types import ChatRequest, Message, OutcomeKind
-
-
-def load_prompt(name: str) -> str:
-    """A prompt file shipped in `amr_async/pipeline/prompts/`."""
-    return (
-        resources.files("amr_async.pipeline")
-        .joinpath("prompts", name)
-        .read_text(encoding="utf-8")
-        .strip()
-    )
+from amr_async.teacher.types import ChatRequest, OutcomeKind
 
 
 @dataclass(slots=True, frozen=True)
 class DirectStage:
-    """R_d = teacher(I): temperature 0, the paper's system role."""
+    """R_d = teacher(I): temperature 0, the paper's system role (template `direct`)."""
 
     model: str
+    template: PromptTemplate
     max_tokens: int = 3000
     temperature: float = 0.0
-    system: str = ""
     name: str = "direct"
 
     def request(self, item: InputItem) -> ChatRequest:
-        return ChatRequest(
+        return self.template.request(
             model=self.model,
-            messages=(Message("user", item.instruction),),
             max_tokens=self.max_tokens,
-            system=self.system or None,
             temperature=self.temperature,
+            instruction=item.instruction,
         )
 
     async def run(
@@ -59,13 +48,20 @@ class DirectStrategy:
 
     name = "direct"
 
-    def __init__(self, *, model: str, max_tokens: int = 3000, temperature: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        max_tokens: int = 3000,
+        temperature: float = 0.0,
+        template: PromptTemplate | None = None,
+    ) -> None:
         self.model = model
         self._stage = DirectStage(
             model=model,
+            template=template or load_templates()["direct"],
             max_tokens=max_tokens,
             temperature=temperature,
-            system=load_prompt("direct_system.md"),
         )
 
     @property

@@ -1,0 +1,152 @@
+"""What several strategies share: one teacher call per stage, code extraction, test parsing.
+
+Every stage's answer is parsed with the Rust extractor (`amr_async.core.extract_functions`);
+parsing runs in a worker thread so the event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from amr_async.core import FunctionRecord, extract_functions
+from amr_async.pipeline._input import InputItem
+from amr_async.pipeline._prompts import PromptTemplate
+from amr_async.pipeline._teacher import JournaledTeacher
+from amr_async.pipeline.strategies.base import ItemFailed
+from amr_async.sandbox import AssertTest, Job, JobResult, Sandbox
+from amr_async.teacher.types import Outcome
+
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+async def ask(
+    teacher: JournaledTeacher,
+    template: PromptTemplate,
+    item: InputItem,
+    stage: str,
+    *,
+    model: str,
+    max_tokens: int,
+    temperature: float,
+    **values: str,
+) -> tuple[Outcome, dict[str, Any]]:
+    """One teacher call for `stage`; returns the outcome and its usage (tokens and $).
+
+    Raises:
+        ItemFailed: the call did not end in an answer.
+    """
+    request = template.request(
+        model=model, max_tokens=max_tokens, temperature=temperature, **values
+    )
+    outcome = await teacher.call(request, item_id=item.item_id, stage=stage)
+    if not outcome.kind.is_success:
+        raise ItemFailed(f"{stage}: teacher call ended {outcome.kind}: {outcome.error}")
+    usage = outcome.usage
+    return outcome, {
+        "calls": 1,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": teacher.price_of(model, usage),
+    }
+
+
+def add_usage(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """`total` + `more`, field by field (a new dict)."""
+    out = dict(total)
+    for key, value in more.items():
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+async def functions_of(text: str) -> list[FunctionRecord]:
+    """The top-level functions in an answer (methods left out), via the Rust extractor.
+
+    Functions from a block with a syntax error elsewhere are kept: their own text parses.
+    """
+    records = await asyncio.to_thread(extract_functions, text)
+    return [r for r in records if not r.is_method]
+
+
+def module_code(record: FunctionRecord, others: Sequence[FunctionRecord]) -> str:
+    """`record`'s source with its imports and the helpers it calls from the same answer.
+
+    The function comes first (the DB describes a module by its first function).
+    """
+    by_name = {r.name: r for r in others}
+    seen = {record.name}
+    helpers: list[FunctionRecord] = []
+    todo = list(record.helpers)
+    while todo:
+        name = todo.pop(0)
+        helper = by_name.get(name)
+        if helper is None or name in seen:
+            continue
+        seen.add(name)
+        helpers.append(helper)
+        todo.extend(helper.helpers)
+    imports = list(dict.fromkeys([*record.imports, *(i for h in helpers for i in h.imports)]))
+    parts = [record.source.rstrip(), *(h.source.rstrip() for h in helpers)]
+    head = "\n".join(imports) + "\n\n" if imports else ""
+    return head + "\n\n\n".join(parts) + "\n"
+
+
+def answer_code(text: str) -> str:
+    """All fenced Python blocks of an answer joined (the whole text when it has none)."""
+    blocks = _FENCE.findall(text)
+    return "\n\n".join(b.strip("\n") for b in blocks) + "\n" if blocks else text
+
+
+def stub_text(record: FunctionRecord) -> str:
+    """A stub: the signature and docstring, body `...` (what retrieval embeds)."""
+    signature = record.signature.rstrip()
+    if not signature.startswith(("def ", "async def ")):
+        signature = f"def {signature}"
+    if not signature.endswith(":"):
+        signature += ":"
+    doc = (record.docstring or "").strip()
+    body = f'    """{doc}"""\n    ...' if doc else "    ..."
+    return f"{signature}\n{body}\n"
+
+
+def parse_asserts(text: str) -> list[str]:
+    """The top-level `assert` statements of a tests answer (its fenced blocks, or the text).
+
+    Statements that do not parse are dropped one block at a time (a block that does not
+    parse gives no tests).
+    """
+    out: list[str] = []
+    for block in _FENCE.findall(text) or [text]:
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assert):
+                segment = ast.get_source_segment(block, node)
+                if segment:
+                    out.append(segment)
+    return out
+
+
+async def run_tests(sandbox: Sandbox, code: str, asserts: Sequence[str]) -> JobResult:
+    """Run assert-style tests against `code` in the sandbox."""
+    return await sandbox.run(Job(code=code, tests=[AssertTest(a) for a in asserts]))
+
+
+def verdict_summary(result: JobResult) -> dict[str, Any]:
+    """A JSON-ready summary of a sandbox result."""
+    failed = [
+        {"index": t.index, "status": str(t.status), "message": t.message[:300]}
+        for t in result.tests
+        if str(t.status) != "passed"
+    ]
+    return {
+        "passed": result.passed,
+        "tests": len(result.tests),
+        "failed": failed,
+        "module_error": result.module_error,
+    }

@@ -1,0 +1,454 @@
+"""AMR-Evol (METHOD.md): direct → decompose → retrieve → evolve → verify new modules.
+
+Stages, each journaled so a resumed item restarts after its last completed one:
+
+``direct``     R_d = teacher(I).
+``decompose``  teacher(I, R_d) → function stubs, parsed with the Rust extractor.
+               Fallback: no stub parses → retrieval by the direct answer's code
+               (provenance ``decompose: no_stubs``).
+``retrieve``   per stub, the `k` most similar verified modules with cosine ≥
+               `min_similarity`, from the window's frozen DB snapshot.
+``evolve``     R_amr = teacher(I, stubs, modules) (stubs left out when
+               `evolve_with_stubs` is off). Fallback: no function parses in the answer →
+               keep R_d (provenance ``evolve: no_code_kept_direct``).
+``verify``     the functions of R_amr not in the snapshot (AST hash, then cosine <
+               `novelty_max_cosine`) get teacher-written assert tests (stage ``tests``)
+               run in the sandbox; those that pass are this item's accepted modules.
+               Optionally (`final_check`) every generated test also runs against R_amr as
+               a whole; `drop_failed` marks a failing item's record dropped.
+
+DB growth is reproducible: the runner runs items in windows of `window_size` input lines;
+`begin_window` freezes a snapshot that all of the window's items read, and `end_window`
+merges the window's accepted modules (`ModuleDB.merge`: a fixed order) once every item of
+the window is finished. Size 1 is strictly online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from amr_async.moduledb import Module, ModuleDB, Snapshot, UnparseableCode, describe
+from amr_async.pipeline._input import InputItem
+from amr_async.pipeline._prompts import PromptTemplate, code_block
+from amr_async.pipeline._teacher import JournaledTeacher
+from amr_async.pipeline.strategies._common import (
+    add_usage,
+    answer_code,
+    ask,
+    functions_of,
+    module_code,
+    parse_asserts,
+    run_tests,
+    stub_text,
+    verdict_summary,
+)
+from amr_async.pipeline.strategies.base import Stage, StageResult
+from amr_async.sandbox import Sandbox
+from amr_async.teacher.types import OutcomeKind
+
+
+@dataclass(frozen=True, slots=True)
+class AmrEvolConfig:
+    """Knobs of the method (METHOD.md's decisions) and of the run.
+
+    Attributes:
+        model: teacher model.
+        max_tokens: output tokens per call.
+        temperature: sampling temperature (the paper: 0).
+        k: modules retrieved per stub.
+        min_similarity: retrieved modules need at least this cosine (0: paper behaviour).
+        novelty_max_cosine: a function this similar to a stored module is not new.
+        evolve_with_stubs: give the evolution prompt the stubs too (Eq. 4); off =
+            retrieved modules only.
+        window_size: input lines per DB window (1 = strictly online).
+        final_check: run the generated tests against R_amr and record a verdict.
+        drop_failed: with `final_check`, mark records whose R_amr fails as dropped.
+        keep_raw: put each stage's raw teacher answer in the record.
+    """
+
+    model: str
+    max_tokens: int = 3000
+    temperature: float = 0.0
+    k: int = 1
+    min_similarity: float = 0.0
+    novelty_max_cosine: float = 0.9
+    evolve_with_stubs: bool = True
+    window_size: int = 64
+    final_check: bool = False
+    drop_failed: bool = False
+    keep_raw: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What the stages of one strategy share: the DB, its window snapshot, the sandbox."""
+
+    config: AmrEvolConfig
+    templates: Mapping[str, PromptTemplate]
+    db: ModuleDB
+    sandbox: Sandbox
+    run_id: str | None
+    snapshot: Snapshot | None = None
+    merges: list[dict[str, Any]] = field(default_factory=list)
+
+    def frozen(self) -> Snapshot:
+        if self.snapshot is None:
+            raise RuntimeError("amr-evol: no DB window is open (the runner calls begin_window)")
+        return self.snapshot
+
+    def call_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return {"model": c.model, "max_tokens": c.max_tokens, "temperature": c.temperature}
+
+
+@dataclass(slots=True)
+class _Direct:
+    shared: _Shared
+    name: str = "direct"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        outcome, usage = await ask(
+            teacher,
+            s.templates["direct"],
+            item,
+            self.name,
+            instruction=item.instruction,
+            **s.call_kwargs(),
+        )
+        return StageResult(
+            {"response": outcome.text, "finish_reason": outcome.finish_reason, "usage": usage},
+            {"kind": str(outcome.kind)},
+        )
+
+
+@dataclass(slots=True)
+class _Decompose:
+    shared: _Shared
+    name: str = "decompose"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        direct = outputs["direct"]["response"]
+        outcome, usage = await ask(
+            teacher,
+            s.templates["decompose"],
+            item,
+            self.name,
+            instruction=item.instruction,
+            direct_answer=code_block(answer_code(direct)),
+            **s.call_kwargs(),
+        )
+        stubs = [stub_text(r) for r in await functions_of(outcome.text)]
+        fallback = None if stubs else "no_stubs"
+        return StageResult(
+            {"stubs": stubs, "raw": outcome.text, "fallback": fallback, "usage": usage},
+            {"fallback": fallback},
+        )
+
+
+@dataclass(slots=True)
+class _Retrieve:
+    shared: _Shared
+    name: str = "retrieve"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        c = s.config
+        stubs: list[str] = outputs["decompose"]["stubs"]
+        by = "stubs" if stubs else "direct_answer"
+        queries = stubs or [answer_code(outputs["direct"]["response"])]
+        snapshot = s.frozen()
+        hits = await snapshot.search(queries, k=c.k, min_similarity=c.min_similarity)
+        seen: set[int] = set()
+        modules: list[dict[str, Any]] = []
+        for query_index, row in enumerate(hits):
+            for hit in row:
+                if hit.module.id in seen:
+                    continue
+                seen.add(hit.module.id)
+                modules.append(
+                    {
+                        "id": hit.module.id,
+                        "name": hit.module.name,
+                        "score": round(float(hit.score), 6),
+                        "query": query_index,
+                        "code": hit.module.code,
+                    }
+                )
+        out = {"by": by, "snapshot_modules": len(snapshot), "modules": modules}
+        return StageResult(out, {"by": by, "retrieved": len(modules)})
+
+
+@dataclass(slots=True)
+class _Evolve:
+    shared: _Shared
+    name: str = "evolve"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        stubs: list[str] = outputs["decompose"]["stubs"] if s.config.evolve_with_stubs else []
+        modules = outputs["retrieve"]["modules"]
+        outcome, usage = await ask(
+            teacher,
+            s.templates["evolve"],
+            item,
+            self.name,
+            instruction=item.instruction,
+            stubs=code_block("\n\n".join(stubs)) if stubs else "(none)",
+            modules=code_block("\n\n".join(m["code"].rstrip() for m in modules))
+            if modules
+            else "(none)",
+            **s.call_kwargs(),
+        )
+        has_code = bool(await functions_of(outcome.text))
+        fallback = None if has_code else "no_code_kept_direct"
+        response = outcome.text if has_code else outputs["direct"]["response"]
+        return StageResult(
+            {
+                "response": response,
+                "raw": outcome.text,
+                "finish_reason": outcome.finish_reason,
+                "fallback": fallback,
+                "usage": usage,
+            },
+            {"fallback": fallback},
+        )
+
+
+@dataclass(slots=True)
+class _Verify:
+    shared: _Shared
+    name: str = "verify"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        c = s.config
+        response: str = outputs["evolve"]["response"]
+        functions = await functions_of(response)
+        snapshot = s.frozen()
+        usage: dict[str, Any] = {}
+        candidates: list[dict[str, Any]] = []
+        accepted: list[dict[str, Any]] = []
+        all_tests: list[str] = []
+        raw_tests: dict[str, str] = {}
+        for record in functions:
+            code = module_code(record, functions)
+            entry: dict[str, Any] = {"name": record.name}
+            candidates.append(entry)
+            reason = await self._known(code, snapshot)
+            if reason is not None:
+                entry.update(novel=False, reason=reason)
+                continue
+            entry["novel"] = True
+            outcome, used = await ask(
+                teacher,
+                s.templates["tests"],
+                item,
+                "tests",
+                function_name=record.name,
+                code=code,
+                **s.call_kwargs(),
+            )
+            usage = add_usage(usage, used)
+            raw_tests[record.name] = outcome.text
+            asserts = parse_asserts(outcome.text)
+            entry["tests"] = len(asserts)
+            if not asserts:
+                entry.update(passed=False, reason="no_tests_parsed")
+                continue
+            all_tests.extend(asserts)
+            result = await run_tests(s.sandbox, code, asserts)
+            entry["passed"] = result.passed
+            if result.passed:
+                accepted.append({"name": record.name, "code": code, "tests": "\n".join(asserts)})
+            else:
+                entry["reason"] = "tests_failed"
+        out: dict[str, Any] = {
+            "candidates": candidates,
+            "accepted": accepted,
+            "usage": usage,
+            "raw_tests": raw_tests,
+        }
+        if c.final_check:
+            if all_tests:
+                result = await run_tests(s.sandbox, answer_code(response), all_tests)
+                out["final_check"] = verdict_summary(result)
+            else:
+                out["final_check"] = {
+                    "passed": None,
+                    "tests": 0,
+                    "failed": [],
+                    "module_error": None,
+                }
+        return StageResult(out, {"accepted": len(accepted), "candidates": len(candidates)})
+
+    async def _known(self, code: str, snapshot: Snapshot) -> str | None:
+        """Why `code` is not new to the snapshot, or None when it is."""
+        db = self.shared.db
+        try:
+            info = describe(code)
+        except UnparseableCode:
+            return "unparseable"
+        # The hash index covers the live DB; only modules inside the snapshot count.
+        known = await _known_hashes(db, info.ast_hash)
+        if known is not None and known < len(snapshot):
+            return f"duplicate_ast:{known}"
+        hits = await snapshot.search([code], k=1)
+        if hits and hits[0] and hits[0][0].score >= self.shared.config.novelty_max_cosine:
+            hit = hits[0][0]
+            return f"near_duplicate:{hit.module.id}:{hit.score:.3f}"
+        return None
+
+
+async def _known_hashes(db: ModuleDB, ast_hash: str) -> int | None:
+    found = await asyncio.to_thread(db.store.known_hashes, [ast_hash])
+    return found[ast_hash][0] if ast_hash in found else None
+
+
+_USAGE_STAGES = ("direct", "decompose", "evolve", "verify")
+
+
+class AmrEvolStrategy:
+    """The AMR-Evol strategy; see the module docstring.
+
+    Args:
+        config: the method's knobs.
+        templates: prompt templates by kind (`load_templates`).
+        db: the module database (grows at each window's end).
+        sandbox: runs the generated tests.
+        run_id: provenance for the modules added.
+    """
+
+    name = "amr-evol"
+
+    def __init__(
+        self,
+        config: AmrEvolConfig,
+        *,
+        templates: Mapping[str, PromptTemplate],
+        db: ModuleDB,
+        sandbox: Sandbox,
+        run_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self._shared = _Shared(config, templates, db, sandbox, run_id)
+        self._stages: tuple[Stage, ...] = (
+            _Direct(self._shared),
+            _Decompose(self._shared),
+            _Retrieve(self._shared),
+            _Evolve(self._shared),
+            _Verify(self._shared),
+        )
+
+    @property
+    def stages(self) -> Sequence[Stage]:
+        return self._stages
+
+    @property
+    def window_size(self) -> int:
+        return self.config.window_size
+
+    @property
+    def merges(self) -> list[dict[str, Any]]:
+        """One summary per window merged in this attempt (added ids, rejections)."""
+        return self._shared.merges
+
+    async def begin_window(self) -> None:
+        """Freeze the DB as the next window's items will see it."""
+        self._shared.snapshot = self._shared.db.snapshot()
+
+    async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Merge the accepted modules of the window's finished records (input order)."""
+        now = time.time()
+        additions = [
+            Module(
+                code=m["code"],
+                tests=m["tests"],
+                verdict="pass",
+                verified_at=now,
+                run_id=self._shared.run_id,
+                item_id=str(r["id"]),
+                stage="evolve",
+            )
+            for r in records
+            for m in r.get("modules_verified", ())
+        ]
+        result = await self._shared.db.merge(additions) if additions else None
+        self._shared.merges.append(
+            {
+                "offered": len(additions),
+                "added": list(result.added) if result else [],
+                "rejected": len(result.rejected) if result else 0,
+            }
+        )
+        self._shared.snapshot = None
+
+    def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        c = self.config
+        direct, decompose, retrieve = outputs["direct"], outputs["decompose"], outputs["retrieve"]
+        evolve, verify = outputs["evolve"], outputs["verify"]
+        provenance = {
+            "decompose": decompose["fallback"] or "ok",
+            "retrieve_by": retrieve["by"],
+            "evolve": evolve["fallback"] or "ok",
+        }
+        usage = {
+            stage: outputs[stage]["usage"] for stage in _USAGE_STAGES if outputs[stage]["usage"]
+        }
+        usage["tests"] = usage.pop("verify", {})
+        truncated = evolve["finish_reason"] in ("length", "max_tokens")
+        verdict = str(OutcomeKind.TRUNCATED if truncated else OutcomeKind.OK)
+        record: dict[str, Any] = {
+            "id": item.item_id,
+            "instruction": item.instruction,
+            "response": evolve["response"],
+            "strategy": self.name,
+            "model": c.model,
+            "verdict": verdict,
+            "provenance": provenance,
+            "stubs": decompose["stubs"],
+            "modules_retrieved": [
+                {k: m[k] for k in ("id", "name", "score")} for m in retrieve["modules"]
+            ],
+            "modules_verified": verify["accepted"],
+            "candidates": verify["candidates"],
+            "usage": usage,
+        }
+        if "final_check" in verify:
+            record["final_check"] = verify["final_check"]
+            if c.drop_failed and verify["final_check"]["passed"] is False:
+                record["dropped"] = True
+                verdict = "dropped"
+                record["verdict"] = verdict
+        if c.keep_raw:
+            record["raw"] = {
+                "direct": direct["response"],
+                "decompose": decompose["raw"],
+                "evolve": evolve["raw"],
+                "tests": verify["raw_tests"],
+            }
+        return record, verdict
+
+
+__all__ = ["AmrEvolConfig", "AmrEvolStrategy"]

