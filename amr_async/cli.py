@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from amr_async import __version__
 from amr_async.emulator import cli as emulator_cli
@@ -24,12 +25,14 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 def _demo(args: argparse.Namespace) -> int:
     from amr_async.demo import run_demo
 
-    return run_demo(top=args.top)
+    return run_demo(out_dir=args.out_dir)
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = sub.add_parser("demo", help="run the main job on the embedded HumanEval prompts")
-    demo.add_argument("--top", type=int, default=5, help="how many nearest pairs to show")
+    demo = sub.add_parser(
+        "demo", help="distil the 164 HumanEval prompts with AMR-Evol against the local emulator"
+    )
+    demo.add_argument("--out-dir", type=Path, default=Path("out"), help="where to write (out/)")
     demo.set_defaults(func=_demo)
 
 

