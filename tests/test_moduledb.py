@@ -218,9 +218,11 @@ def test_indexes_agree_with_exact_and_survive_reopen(
         [len({i for _, i in g} & set(t)) / 10 for g, t in zip(got, truth, strict=True)]
     )
     assert recall >= (0.99 if index == "exact" and dtype == "f16" else 0.9)
-    # The perturbed vector's source ranks first (int8 rounding may swap a near tie).
+    # The perturbed vector's source ranks first. Only the exact f16 scan must get every one:
+    # int8 rounding may swap a near tie, and an ANN graph (usearch builds it multithreaded,
+    # so not deterministically) may miss the true nearest for an odd query.
     first = np.mean([g[0][1] == q for q, g in enumerate(got)])
-    assert first >= (1.0 if dtype == "f16" else 0.95)
+    assert first >= (1.0 if index == "exact" and dtype == "f16" else 0.95)
     store.close()
     again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=64)
     assert len(again) == 3000
