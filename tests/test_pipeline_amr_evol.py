@@ -296,6 +296,66 @@ async def test_stop_and_resume_mid_run_gives_the_same_outputs_and_db(
     assert rows == expected_db
 
 
+async def test_window_merges_in_input_order_not_id_order(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    # Two lines ask the same question: both verify the same new functions inside one
+    # window, and only one copy may enter the DB: the earlier input line's, although its
+    # id sorts last.
+    task = bank.tasks[30]
+    lines = [("z-first", task), ("a-second", task), ("m-third", bank.tasks[31])]
+    (tmp_path / "in.jsonl").write_bytes(
+        b"".join(
+            orjson.dumps({"id": i, "instruction": _instruction(t)}) + b"\n" for i, t in lines
+        )
+    )
+    _, records, rows, _ = await _run_amr(tmp_path, bank, sandbox, concurrency=3, window=3)
+    first, second = _by_id(records)["z-first"], _by_id(records)["a-second"]
+    assert first["modules_verified"]
+    assert first["modules_verified"] == second["modules_verified"]
+    owners = {code: item for code, item in rows}
+    for module in first["modules_verified"]:
+        assert owners[module["code"]] == "z-first"
+    assert "a-second" not in owners.values()
+    assert "m-third" in owners.values()
+
+
+async def test_drop_failed_keeps_failing_records_out_of_the_output_and_in_the_rejects(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    _write_input(tmp_path / "in.jsonl", bank, 12, offset=70)
+    config = {"final_check": True, "drop_failed": True}
+    report, records, _, _ = await _run_amr(
+        tmp_path, bank, sandbox, concurrency=4, window=4,
+        double=_Scripted(bank, bug_rate=0.4), config=config,
+    )  # fmt: skip
+    rejects = [orjson.loads(x) for x in (tmp_path / "rejects.jsonl").read_bytes().splitlines()]
+    assert report.dropped == len(rejects) > 0
+    assert report.exit_code == 3  # partial: the output lacks lines
+    assert report.done == 12
+    assert len(records) + len(rejects) == 12
+    assert all(r["final_check"]["passed"] is not False for r in records)
+    kept_ids = {r["id"] for r in records}
+    for reject in rejects:
+        assert reject["reason"].startswith("dropped: final check failed:")
+        dropped = reject["record"]
+        assert dropped["verdict"] == "dropped"
+        assert dropped["final_check"]["passed"] is False
+        assert dropped["id"] not in kept_ids
+        assert reject["line"] == int(dropped["id"][1:]) + 1
+    # A resume reads the input again and rewrites the rejects file: the dropped records are
+    # listed again and still not emitted.
+    before = sorted(orjson.dumps(r) for r in rejects)
+    report, again, _, _ = await _run_amr(
+        tmp_path, bank, sandbox, concurrency=4, window=4,
+        double=_Scripted(bank, bug_rate=0.4), config=config, resume=True,
+    )  # fmt: skip
+    assert report.already_done == 12
+    assert _by_id(again) == _by_id(records)
+    lines = (tmp_path / "rejects.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.dumps(orjson.loads(x)) for x in lines) == before
+
+
 async def test_cot_and_ansrepair_baselines(tmp_path: Path, bank: Bank, sandbox: Sandbox) -> None:
     _write_input(tmp_path / "in.jsonl", bank, 8)
     templates = load_templates()

@@ -85,7 +85,7 @@ class ItemState:
 
     item_id: str
     line_no: int
-    state: str  # active | done | failed
+    state: str  # active | done | failed | dropped (done, kept out of the output)
     stage: str | None  # last completed stage
     verdict: str | None
     reason: str | None
@@ -496,7 +496,7 @@ class RunJournal:
                 f"WHERE run_id = ? AND item_id IN ({marks})",
                 (self.run_id, *chunk),
             ).fetchall()
-            active = [r[0] for r in rows if r[2] != "done"]
+            active = [r[0] for r in rows if r[2] not in ("done", "dropped")]
             outputs: dict[str, dict[str, Any]] = {}
             if active:
                 marks = ",".join("?" * len(active))
@@ -525,7 +525,7 @@ class RunJournal:
             marks = ",".join("?" * len(chunk))
             for item_id, record in conn.execute(
                 "SELECT item_id, record FROM items "
-                f"WHERE run_id = ? AND state = 'done' AND item_id IN ({marks})",
+                f"WHERE run_id = ? AND state IN ('done', 'dropped') AND item_id IN ({marks})",
                 (self.run_id, *chunk),
             ):
                 records[item_id] = orjson.loads(record)
@@ -587,6 +587,26 @@ class RunJournal:
             _UPSERT_ITEM,
             (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time()),
             Emit(self.run_id, item_id, line),
+        )
+
+    def drop_item(
+        self, item_id: str, line_no: int, record: Mapping[str, Any], *, reason: str,
+        stage: str | None = None,
+    ) -> asyncio.Future[None]:  # fmt: skip
+        """Journal a finished item whose record stays out of the output (state `dropped`).
+
+        The record is kept (`load_records` returns it, e.g. for a window's merge on
+        resume); no output line is written for it, now or on resume.
+
+        Returns:
+            A future resolved once committed (failed on a storage error).
+        """
+        if record.get("id") != item_id:
+            raise ValueError("the record's 'id' must be the item id")
+        line = orjson.dumps(dict(record))
+        return self._writer.submit_async(
+            _UPSERT_ITEM,
+            (self.run_id, item_id, line_no, "dropped", stage, "dropped", reason, line, time.time()),
         )
 
     async def fail_item(

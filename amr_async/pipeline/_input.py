@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -38,9 +38,13 @@ class Reject:
 
     line_no: int
     reason: str
+    record: dict[str, Any] | None = None  # a dropped item's whole record, kept here
 
     def to_json(self, path: Path) -> bytes:
-        return orjson.dumps({"file": str(path), "line": self.line_no, "reason": self.reason})
+        row: dict[str, Any] = {"file": str(path), "line": self.line_no, "reason": self.reason}
+        if self.record is not None:
+            row["record"] = self.record
+        return orjson.dumps(row)
 
 
 def parse_line(raw: bytes, line_no: int) -> InputItem | Reject | None:

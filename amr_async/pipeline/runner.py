@@ -29,7 +29,7 @@ import orjson
 from amr_async.journal import CostTotals, ItemState, JournalError, RunJournal
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES, InputItem, InputReader, Reject
 from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher, TeacherUnavailable
-from amr_async.pipeline.strategies.base import ItemFailed, Strategy, Windowed
+from amr_async.pipeline.strategies.base import DROPPED, ItemFailed, Strategy, Windowed
 
 
 class ExitCode(enum.IntEnum):
@@ -78,7 +78,8 @@ class RunReport:
     done: int = 0  # items finished in this attempt
     already_done: int = 0  # items found finished in the journal (resume)
     failed: int = 0
-    rejected: int = 0
+    rejected: int = 0  # input lines rejected plus records dropped (all in the rejects file)
+    dropped: int = 0  # finished items whose record the strategy dropped (verdict DROPPED)
     answered_from_journal: int = 0
     totals: CostTotals = field(default_factory=CostTotals)
     by_stage: dict[str, CostTotals] = field(default_factory=dict)
@@ -137,6 +138,9 @@ class Runner:
         self._windowed = strategy if isinstance(strategy, Windowed) else None
         self._window: int | None = None
         self._window_ids: list[str] = []
+        # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
+        # rejects file; written by the workers on the loop, swapped out by the producer.
+        self._dropped: list[Reject] = []
         self._window_records: dict[str, dict[str, Any]] = {}
         self._drained = asyncio.Event()
         self._drained.set()
@@ -174,6 +178,9 @@ class Runner:
                 finally:
                     for _ in range(settings.concurrency):
                         await queue.put(None)
+            # Items dropped after the producer's last trip to the reader.
+            if dropped := self._take_dropped():
+                await asyncio.to_thread(reader.write_rejects, dropped)
         finally:
             await asyncio.to_thread(reader.close)
             if self._plain is not None:
@@ -199,6 +206,7 @@ class Runner:
             states: dict[str, ItemState] = {}
             if run is not None and items:
                 states = await run.journal.read(run.load_items, [i.item_id for i in items])
+            dropped_ids: list[tuple[int, str, str]] = []
             for item in items:
                 if self._stop is not None:
                     break
@@ -213,12 +221,20 @@ class Runner:
                     continue
                 if self._windowed is not None and not await self._enter_window(item):
                     break
-                if state is not None and state.state == "done":
+                if state is not None and state.state in ("done", DROPPED):
                     self._report.already_done += 1
+                    if state.state == DROPPED:  # the rejects file is rewritten every run
+                        dropped_ids.append((item.line_no, item.item_id, state.reason or ""))
                     continue
                 self._in_flight[item.item_id] = item.line_no
                 self._drained.clear()
                 await queue.put(_Work(item, state))
+            if dropped_ids and run is not None:
+                kept = await run.journal.read(run.load_records, [i for _, i, _ in dropped_ids])
+                self._dropped.extend(
+                    Reject(line, reason, kept.get(item_id)) for line, item_id, reason in dropped_ids
+                )
+            rejects.extend(self._take_dropped())
         if rejects:
             await asyncio.to_thread(reader.write_rejects, rejects)
         if self._windowed is not None and self._window is not None and self._stop is None:
@@ -301,18 +317,31 @@ class Runner:
         record, verdict = self.strategy.record(item, outputs)
         if self._windowed is not None:
             self._window_records[item.item_id] = record
+        if verdict == DROPPED:
+            reason = f"dropped: {record.get('dropped') or 'by the strategy'}"
+            self._dropped.append(Reject(item.line_no, reason, record))
+            self._report.dropped += 1
         if run is not None:
             # Not awaited: the answers are durable already; the worker takes the next item
             # while the record commits (checked in `_on_committed` and at the end).
-            committed = run.finish_item(
-                item.item_id, item.line_no, record, stage=last, verdict=verdict
-            )
+            if verdict == DROPPED:
+                committed = run.drop_item(
+                    item.item_id, item.line_no, record, reason=reason, stage=last
+                )
+            else:
+                committed = run.finish_item(
+                    item.item_id, item.line_no, record, stage=last, verdict=verdict
+                )
             committed.add_done_callback(self._on_committed)
             self._finishing[item.item_id] = (item.line_no, committed)
-        else:
+        elif verdict != DROPPED:
             assert self._plain is not None
             self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write
         self._report.done += 1
+
+    def _take_dropped(self) -> list[Reject]:
+        taken, self._dropped = self._dropped, []
+        return taken
 
     def _on_committed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and (exc := future.exception()) is not None:

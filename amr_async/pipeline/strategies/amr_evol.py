@@ -15,12 +15,13 @@ Stages, each journaled so a resumed item restarts after its last completed one:
                `novelty_max_cosine`) get teacher-written assert tests (stage ``tests``)
                run in the sandbox; those that pass are this item's accepted modules.
                Optionally (`final_check`) every generated test also runs against R_amr as
-               a whole; `drop_failed` marks a failing item's record dropped.
+               a whole; with `drop_failed` a failing item's record is dropped: kept out of
+               the output, listed with its reason in the rejects file.
 
 DB growth is reproducible: the runner runs items in windows of `window_size` input lines;
 `begin_window` freezes a snapshot that all of the window's items read, and `end_window`
-merges the window's accepted modules (`ModuleDB.merge`: a fixed order) once every item of
-the window is finished. Size 1 is strictly online.
+adds the window's accepted modules in input order once every item of the window is
+finished. Size 1 is strictly online.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from amr_async.pipeline.strategies._common import (
     stub_text,
     verdict_summary,
 )
-from amr_async.pipeline.strategies.base import Stage, StageResult
+from amr_async.pipeline.strategies.base import DROPPED, Stage, StageResult
 from amr_async.sandbox import Sandbox
-from amr_async.teacher.types import OutcomeKind
+from amr_async.teacher.types import Outcome, OutcomeKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ class AmrEvolConfig:
             retrieved modules only.
         window_size: input lines per DB window (1 = strictly online).
         final_check: run the generated tests against R_amr and record a verdict.
-        drop_failed: with `final_check`, mark records whose R_amr fails as dropped.
+        drop_failed: with `final_check`, drop records whose R_amr fails (the runner
+            lists them in the rejects file instead of the output).
         keep_raw: put each stage's raw teacher answer in the record.
     """
 
@@ -106,75 +108,72 @@ class _Shared:
             raise RuntimeError("amr-evol: no DB window is open (the runner calls begin_window)")
         return self.snapshot
 
-    def call_kwargs(self) -> dict[str, Any]:
+    async def ask(
+        self, teacher: JournaledTeacher, kind: str, item: InputItem, stage: str, **values: str
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """One call with the `kind` template and the configured model and sampling."""
         c = self.config
-        return {"model": c.model, "max_tokens": c.max_tokens, "temperature": c.temperature}
+        return await ask(
+            teacher, self.templates[kind], item, stage,
+            model=c.model, max_tokens=c.max_tokens, temperature=c.temperature, **values,
+        )  # fmt: skip
 
 
-@dataclass(slots=True)
-class _Direct:
-    shared: _Shared
-    name: str = "direct"
+class _Stage:
+    """A stage of this strategy: a name and the strategy's shared state."""
 
-    async def run(
-        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
-    ) -> StageResult:
-        s = self.shared
-        outcome, usage = await ask(
-            teacher,
-            s.templates["direct"],
-            item,
-            self.name,
-            instruction=item.instruction,
-            **s.call_kwargs(),
-        )
-        return StageResult(
-            {"response": outcome.text, "finish_reason": outcome.finish_reason, "usage": usage},
-            {"kind": str(outcome.kind)},
-        )
+    name = ""
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
 
 
-@dataclass(slots=True)
-class _Decompose:
-    shared: _Shared
-    name: str = "decompose"
+def _answer_output(outcome: Outcome, usage: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A teacher stage's journaled output: its answer, why it ended, its usage, `extra`."""
+    return {"raw": outcome.text, "finish_reason": outcome.finish_reason, "usage": usage, **extra}
+
+
+class _Direct(_Stage):
+    name = "direct"
 
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
     ) -> StageResult:
-        s = self.shared
+        outcome, usage = await self.shared.ask(
+            teacher, "direct", item, self.name, instruction=item.instruction
+        )
+        out = {"response": outcome.text, "finish_reason": outcome.finish_reason, "usage": usage}
+        return StageResult(out, {"kind": str(outcome.kind)})
+
+
+class _Decompose(_Stage):
+    name = "decompose"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
         direct = outputs["direct"]["response"]
-        outcome, usage = await ask(
-            teacher,
-            s.templates["decompose"],
-            item,
-            self.name,
-            instruction=item.instruction,
-            direct_answer=code_block(answer_code(direct)),
-            **s.call_kwargs(),
-        )
+        outcome, usage = await self.shared.ask(
+            teacher, "decompose", item, self.name,
+            instruction=item.instruction, direct_answer=code_block(answer_code(direct)),
+        )  # fmt: skip
         stubs = [stub_text(r) for r in await functions_of(outcome.text)]
         fallback = None if stubs else "no_stubs"
-        return StageResult(
-            {"stubs": stubs, "raw": outcome.text, "fallback": fallback, "usage": usage},
-            {"fallback": fallback},
-        )
+        out = _answer_output(outcome, usage, stubs=stubs, fallback=fallback)
+        return StageResult(out, {"fallback": fallback})
 
 
-@dataclass(slots=True)
-class _Retrieve:
-    shared: _Shared
-    name: str = "retrieve"
+class _Retrieve(_Stage):
+    name = "retrieve"
 
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
     ) -> StageResult:
-        s = self.shared
-        c = s.config
+        c = self.shared.config
         stubs: list[str] = outputs["decompose"]["stubs"]
         by = "stubs" if stubs else "direct_answer"
         queries = stubs or [answer_code(outputs["direct"]["response"])]
-        snapshot = s.frozen()
+        snapshot = self.shared.frozen()
         hits = await snapshot.search(queries, k=c.k, min_similarity=c.min_similarity)
         seen: set[int] = set()
         modules: list[dict[str, Any]] = []
@@ -196,48 +195,32 @@ class _Retrieve:
         return StageResult(out, {"by": by, "retrieved": len(modules)})
 
 
-@dataclass(slots=True)
-class _Evolve:
-    shared: _Shared
-    name: str = "evolve"
+class _Evolve(_Stage):
+    name = "evolve"
 
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
     ) -> StageResult:
-        s = self.shared
-        stubs: list[str] = outputs["decompose"]["stubs"] if s.config.evolve_with_stubs else []
+        with_stubs = self.shared.config.evolve_with_stubs
+        stubs: list[str] = outputs["decompose"]["stubs"] if with_stubs else []
         modules = outputs["retrieve"]["modules"]
-        outcome, usage = await ask(
-            teacher,
-            s.templates["evolve"],
-            item,
-            self.name,
+        outcome, usage = await self.shared.ask(
+            teacher, "evolve", item, self.name,
             instruction=item.instruction,
             stubs=code_block("\n\n".join(stubs)) if stubs else "(none)",
             modules=code_block("\n\n".join(m["code"].rstrip() for m in modules))
             if modules
             else "(none)",
-            **s.call_kwargs(),
-        )
+        )  # fmt: skip
         has_code = bool(await functions_of(outcome.text))
         fallback = None if has_code else "no_code_kept_direct"
         response = outcome.text if has_code else outputs["direct"]["response"]
-        return StageResult(
-            {
-                "response": response,
-                "raw": outcome.text,
-                "finish_reason": outcome.finish_reason,
-                "fallback": fallback,
-                "usage": usage,
-            },
-            {"fallback": fallback},
-        )
+        out = _answer_output(outcome, usage, response=response, fallback=fallback)
+        return StageResult(out, {"fallback": fallback})
 
 
-@dataclass(slots=True)
-class _Verify:
-    shared: _Shared
-    name: str = "verify"
+class _Verify(_Stage):
+    name = "verify"
 
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
@@ -261,14 +244,8 @@ class _Verify:
                 entry.update(novel=False, reason=reason)
                 continue
             entry["novel"] = True
-            outcome, used = await ask(
-                teacher,
-                s.templates["tests"],
-                item,
-                "tests",
-                function_name=record.name,
-                code=code,
-                **s.call_kwargs(),
+            outcome, used = await s.ask(
+                teacher, "tests", item, "tests", function_name=record.name, code=code
             )
             usage = add_usage(usage, used)
             raw_tests[record.name] = outcome.text
@@ -394,7 +371,10 @@ class AmrEvolStrategy:
             for r in records
             for m in r.get("modules_verified", ())
         ]
-        result = await self._shared.db.merge(additions) if additions else None
+        # In input order (records come in input order; an item's modules in answer order):
+        # `add_many` admits in the order given, so of two near-duplicates the earlier
+        # input line wins, whatever the item ids are.
+        result = await self._shared.db.add_many(additions) if additions else None
         self._shared.merges.append(
             {
                 "offered": len(additions),
@@ -438,8 +418,13 @@ class AmrEvolStrategy:
         if "final_check" in verify:
             record["final_check"] = verify["final_check"]
             if c.drop_failed and verify["final_check"]["passed"] is False:
-                record["dropped"] = True
-                verdict = "dropped"
+                # The runner keeps a dropped record out of the output and lists it, record
+                # and all, in the rejects file (and the journal).
+                check = verify["final_check"]
+                record["dropped"] = (
+                    f"final check failed: {len(check['failed'])} of {check['tests']} tests"
+                )
+                verdict = DROPPED
                 record["verdict"] = verdict
         if c.keep_raw:
             record["raw"] = {

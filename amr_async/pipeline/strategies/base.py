@@ -14,6 +14,11 @@ from typing import Any, Protocol, runtime_checkable
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._teacher import JournaledTeacher
 
+# The verdict of a finished item whose record must not enter the output (e.g. its final
+# response failed the final check under `--drop-failed`): the runner journals it, keeps it
+# out of the output file and lists it, with its record, in the rejects file.
+DROPPED = "dropped"
+
 
 class ItemFailed(Exception):
     """A stage cannot complete this item; the reason is recorded (resume tries again)."""
@@ -55,7 +60,10 @@ class Strategy(Protocol):
     def stages(self) -> Sequence[Stage]: ...
 
     def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-        """The output record (with `id`) and its verdict, once every stage is done."""
+        """The output record (with `id`) and its verdict, once every stage is done.
+
+        The verdict `DROPPED` keeps the record out of the output (see `DROPPED`).
+        """
         ...
 
 
