@@ -305,9 +305,7 @@ async def test_window_merges_in_input_order_not_id_order(
     task = bank.tasks[30]
     lines = [("z-first", task), ("a-second", task), ("m-third", bank.tasks[31])]
     (tmp_path / "in.jsonl").write_bytes(
-        b"".join(
-            orjson.dumps({"id": i, "instruction": _instruction(t)}) + b"\n" for i, t in lines
-        )
+        b"".join(orjson.dumps({"id": i, "instruction": _instruction(t)}) + b"\n" for i, t in lines)
     )
     _, records, rows, _ = await _run_amr(tmp_path, bank, sandbox, concurrency=3, window=3)
     first, second = _by_id(records)["z-first"], _by_id(records)["a-second"]
