@@ -16,7 +16,7 @@ from amr_async.emulator import cli as emulator_cli
 from amr_async.journal import cli as journal_cli
 from amr_async.moduledb import cli as moduledb_cli
 from amr_async.pipeline import cli as pipeline_cli
-from amr_async.pipeline import export_cli
+from amr_async.pipeline import export_cli, instructions_cli
 from amr_async.sandbox import cli as sandbox_cli
 from amr_async.scheduler import cli as scheduler_cli
 
@@ -44,6 +44,7 @@ REGISTRARS: list[Registrar] = [
     emulator_cli.register,
     pipeline_cli.register,
     export_cli.register,
+    instructions_cli.register,
     journal_cli.register,
     sandbox_cli.register,
     moduledb_cli.register,

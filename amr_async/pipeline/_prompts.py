@@ -1,7 +1,8 @@
 """Prompt templates: one TOML file per prompt kind, `system` and `user`, `$placeholders`.
 
 The package ships `prompts/<kind>.toml` for every kind a strategy asks for (direct, cot,
-decompose, evolve, tests, repair), each with its one-shot example. A user directory
+decompose, evolve, tests, repair) and for instruction generation and the seed DB
+(instruction, evol-instruct, seed-function), each with its one-shot example. A user directory
 (`--prompts DIR`) overrides any of them file by file; a file there must define the same
 placeholders as the shipped one (checked at load, with the file named in the error).
 
@@ -27,6 +28,10 @@ KINDS: dict[str, frozenset[str]] = {
     "evolve": frozenset({"instruction", "stubs", "modules"}),
     "tests": frozenset({"function_name", "code"}),
     "repair": frozenset({"instruction", "answer", "failures"}),
+    # instruction generation and the seed DB
+    "instruction": frozenset({"examples"}),
+    "evol-instruct": frozenset({"instruction", "heuristic"}),
+    "seed-function": frozenset({"topic", "index"}),
 }
 
 
