@@ -67,9 +67,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp = dbsub.add_parser("export", help="write every module as JSONL")
     exp.add_argument("file", type=Path)
     exp.set_defaults(func=_run, action=_export)
-    seed = dbsub.add_parser("seed", help="add the functions of a directory of Python files")
-    seed.add_argument("dir", type=Path)
+    seed = dbsub.add_parser(
+        "seed",
+        help="add the functions of a directory of Python files, or (--self-instruct N) "
+        "N teacher-written functions that pass their teacher-written tests",
+    )
+    seed.add_argument("dir", type=Path, nargs="?")
     seed.add_argument("--batch", type=int, default=2000)
+    from amr_async.pipeline.seed import add_seed_arguments  # the pipeline drives the teacher
+
+    add_seed_arguments(seed)
     seed.set_defaults(func=_run, action=_seed)
 
 
@@ -165,6 +172,16 @@ def _extract_dir(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 async def _seed(db: ModuleDB, args: argparse.Namespace) -> int:
+    if args.self_instruct is not None:
+        if args.dir is not None:
+            raise ValueError("db seed: give a directory or --self-instruct N, not both")
+        from amr_async.pipeline.seed import seed_command
+
+        summary = await seed_command(db, args)
+        _dump(summary)
+        return 0 if summary["added"] >= summary["self_instruct"] else 3
+    if args.dir is None:
+        raise ValueError("db seed: give a directory or --self-instruct N")
     if not args.dir.is_dir():
         raise ValueError(f"{args.dir}: not a directory")
     found, errors = await asyncio.to_thread(_extract_dir, args.dir)

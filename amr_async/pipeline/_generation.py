@@ -30,14 +30,22 @@ from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.teacher.types import Provider
 
 
-def add_teacher_arguments(p: argparse.ArgumentParser, *, temperature: float) -> None:
-    """The teacher and journal options of a generation command."""
+def add_teacher_arguments(
+    p: argparse.ArgumentParser, *, temperature: float, required: bool = True
+) -> None:
+    """The teacher and journal options of a generation command.
+
+    Args:
+        p: the command's parser.
+        temperature: the default sampling temperature.
+        required: `--journal` and `--model` are required (else the command checks).
+    """
     g = p.add_argument_group("teacher")
-    g.add_argument("--journal", type=Path, required=True, help="SQLite journal of the calls")
+    g.add_argument("--journal", type=Path, required=required, help="SQLite journal of the calls")
     g.add_argument("--run-id", help="journal run (default: one per command; rerun = resume)")
     g.add_argument("--provider", choices=[x.value for x in Provider], default="openai")
     g.add_argument("--base-url", help="server root (default: the provider's public API)")
-    g.add_argument("--model", required=True, help="teacher model")
+    g.add_argument("--model", required=required, help="teacher model")
     g.add_argument("--max-tokens", type=int, default=1024, help="output tokens per call")
     g.add_argument("--temperature", type=float, default=temperature, help=f"default {temperature}")
     g.add_argument("--prompts", type=Path, help="directory of <kind>.toml templates")
