@@ -1,15 +1,16 @@
-"""`amr-async run --strategy amr-evol` as a real process: kill -9 mid-run, then resume.
+"""`amr-async run --strategy amr-evol` as a real process: kill -9 at random moments, resume.
 
 The emulator (a test double) runs in the test's event loop with injected bugs, so some
-modules fail their tests. A run killed with SIGKILL once part of its calls are journaled
-and then resumed must write the same records and leave the same module DB as a run that
-was never interrupted.
+modules fail their tests. A run killed with SIGKILL at several seeded random moments (and
+resumed after each, at other concurrencies) must write the same records and leave the same
+module DB as a run that was never interrupted, paying for no call twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import sqlite3
 from pathlib import Path
@@ -69,7 +70,7 @@ def _records(tmp: Path) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.timeout(300)
-async def test_kill9_mid_amr_evol_run_then_resume_equals_uninterrupted(
+async def test_kill9_at_random_moments_then_resume_equals_uninterrupted(
     tmp_path: Path, start_emulator: StartEmulator, emulator_bank: Bank
 ) -> None:
     emu = await start_emulator(EmulatorConfig(bug_rate=0.2, seed=3))
@@ -80,17 +81,36 @@ async def test_kill9_mid_amr_evol_run_then_resume_equals_uninterrupted(
     rc, _, err = await _cli(_args(ref, emu, "--concurrency", "8"))
     assert rc == ExitCode.OK, err
     total = _calls(ref / "j.db")
+    # Three kills at seeded random moments: after a random share of the calls is journaled,
+    # plus a random delay of up to 50 ms (so a kill can land between any two writes).
+    rng = random.Random(9)
+    moments = sorted(rng.uniform(0.1, 0.9) for _ in range(3))
+    resume: list[str] = []
+    kills = 0
+    for share in moments:
+        threshold = max(1, int(total * share))
+        delay = rng.uniform(0.0, 0.05)
 
-    async def halfway() -> None:
-        # The journal offers no notification; a short poll is the simplest honest wait.
-        while _calls(crash / "j.db") < total // 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        async def at_moment(threshold: int = threshold, delay: float = delay) -> None:
+            # The journal offers no notification; a short poll is the simplest honest wait.
+            while _calls(crash / "j.db") < threshold:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(delay)
 
-    rc, _, err = await _cli(_args(crash, emu, "--concurrency", "8"), kill_when=halfway)
-    assert rc == -signal.SIGKILL, err
-    assert 0 < _calls(crash / "j.db") < total
-    rc, _, err = await _cli([*_args(crash, emu, "--concurrency", "3"), "--resume"])
+        concurrency = str(rng.choice([3, 8, 50]))
+        rc, _, err = await _cli(
+            [*_args(crash, emu, "--concurrency", concurrency), *resume], kill_when=at_moment
+        )
+        if rc == ExitCode.OK:
+            break  # it finished before the moment came: nothing left to kill
+        assert rc == -signal.SIGKILL, err
+        kills += 1
+        resume = ["--resume"]
+    assert kills >= 2
+    assert 0 < _calls(crash / "j.db") <= total
+    rc, _, err = await _cli([*_args(crash, emu, "--concurrency", "5"), "--resume"])
     assert rc == ExitCode.OK, err
+    assert _calls(crash / "j.db") == total  # nothing was paid twice
     assert _records(crash) == _records(ref)
     assert len(_records(ref)) == 16
     assert _db(crash) == _db(ref)
