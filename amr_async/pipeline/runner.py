@@ -85,10 +85,44 @@ class RunReport:
     by_stage: dict[str, CostTotals] = field(default_factory=dict)
 
 
+@dataclass(slots=True, eq=False)
+class _Window:
+    """One window of input lines (windowed strategies): its items and their progress."""
+
+    index: int
+    ids: list[str] = field(default_factory=list)  # in input order, finished ones included
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished here
+    finishing: list[asyncio.Future[None]] = field(default_factory=list)  # record commits
+    pending: int = 0  # items queued or running
+    produced: bool = False  # the producer has moved past it
+    opened: asyncio.Event = field(default_factory=asyncio.Event)  # snapshot taken
+    complete: asyncio.Event = field(default_factory=asyncio.Event)  # nothing left to run
+
+    def set_produced(self) -> None:
+        self.produced = True
+        self.check()
+
+    def check(self) -> None:
+        if self.produced and self.pending == 0:
+            self.complete.set()
+
+
 @dataclass(slots=True)
 class _Work:
     item: InputItem
     state: ItemState | None
+    window: _Window | None = None
+
+
+class _Stopped(Exception):
+    """The run stopped while the item waited for its window: it stays for the resume."""
+
+
+def _gate_index(strategy: Strategy) -> int:
+    """Index of the first stage that reads the window's snapshot (0 when not declared)."""
+    name = getattr(strategy, "snapshot_stage", None)
+    names = [stage.name for stage in strategy.stages]
+    return names.index(name) if name in names else 0
 
 
 class Runner:
@@ -134,16 +168,18 @@ class Runner:
         # (the load cannot see them): item id -> (line, commit future).
         self._finishing: dict[str, tuple[int, asyncio.Future[None]]] = {}
         self._report = RunReport(run.run_id if run else None, "running", ExitCode.OK, "")
-        # Windowed strategies (see `Windowed`): the open window and its items.
+        # Windowed strategies (see `Windowed`): the producer's current window, and the
+        # windows not yet merged, in order, for the closer task (bounded: backpressure).
         self._windowed = strategy if isinstance(strategy, Windowed) else None
-        self._window: int | None = None
-        self._window_ids: list[str] = []
+        self._gate = _gate_index(strategy) if self._windowed is not None else 0
+        self._window: _Window | None = None
+        self._open_windows: list[_Window] = []
+        self._windows: asyncio.Queue[_Window | None] = asyncio.Queue(
+            maxsize=max(2, self.settings.concurrency // max(1, self._window_size()) + 2)
+        )
         # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
         # rejects file; written by the workers on the loop, swapped out by the producer.
         self._dropped: list[Reject] = []
-        self._window_records: dict[str, dict[str, Any]] = {}
-        self._drained = asyncio.Event()
-        self._drained.set()
 
     def request_stop(
         self, reason: str = "interrupted", message: str = "stopped on request"
@@ -152,6 +188,12 @@ class Runner:
         if self._stop is None:
             self._stop = reason
             self._stop_message = message
+            # Items waiting for their window's snapshot wake up and leave (resumable).
+            for window in self._open_windows:
+                window.opened.set()
+
+    def _window_size(self) -> int:
+        return self._windowed.window_size if self._windowed is not None else 1
 
     @property
     def stopping(self) -> bool:
@@ -173,9 +215,15 @@ class Runner:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(settings.concurrency):
                     tg.create_task(self._worker(queue))
+                if self._windowed is not None:
+                    tg.create_task(self._close_windows())
                 try:
                     await self._produce(reader, queue)
                 finally:
+                    if self._window is not None:
+                        self._window.set_produced()
+                    if self._windowed is not None:
+                        await self._windows.put(None)
                     for _ in range(settings.concurrency):
                         await queue.put(None)
             # Items dropped after the producer's last trip to the reader.
@@ -219,16 +267,16 @@ class Runner:
                 if first is not None and first != item.line_no:
                     rejects.append(Reject(item.line_no, f"field 'id': duplicate of line {first}"))
                     continue
-                if self._windowed is not None and not await self._enter_window(item):
-                    break
+                window = await self._enter_window(item) if self._windowed is not None else None
                 if state is not None and state.state in ("done", DROPPED):
                     self._report.already_done += 1
                     if state.state == DROPPED:  # the rejects file is rewritten every run
                         dropped_ids.append((item.line_no, item.item_id, state.reason or ""))
                     continue
                 self._in_flight[item.item_id] = item.line_no
-                self._drained.clear()
-                await queue.put(_Work(item, state))
+                if window is not None:
+                    window.pending += 1
+                await queue.put(_Work(item, state, window))
             if dropped_ids and run is not None:
                 kept = await run.journal.read(run.load_records, [i for _, i, _ in dropped_ids])
                 self._dropped.extend(
@@ -237,40 +285,48 @@ class Runner:
             rejects.extend(self._take_dropped())
         if rejects:
             await asyncio.to_thread(reader.write_rejects, rejects)
-        if self._windowed is not None and self._window is not None and self._stop is None:
-            await self._close_window()
 
     # ---------------------------------------------------------------- windows
 
-    async def _enter_window(self, item: InputItem) -> bool:
-        """Close the open window if `item` starts a new one; False once stopping."""
-        assert self._windowed is not None
-        window = (item.line_no - 1) // self._windowed.window_size
-        if window != self._window:
-            if self._window is not None and not await self._close_window():
-                return False
+    async def _enter_window(self, item: InputItem) -> _Window:
+        """The item's window: the current one, or a new one handed to the closer."""
+        index = (item.line_no - 1) // self._window_size()
+        window = self._window
+        if window is None or window.index != index:
+            if window is not None:
+                window.set_produced()
+            window = _Window(index)
+            self._open_windows.append(window)
+            if self._stop is not None:
+                window.opened.set()
             self._window = window
-            await self._windowed.begin_window()
-        self._window_ids.append(item.item_id)
-        return True
+            await self._windows.put(window)  # waits while too many windows are unmerged
+        window.ids.append(item.item_id)
+        return window
 
-    async def _close_window(self) -> bool:
-        """Wait for the window's items and their commits, then let the strategy merge."""
+    async def _close_windows(self) -> None:
+        """Open each window in turn, wait for its items and their commits, then merge.
+
+        Window w+1 opens (its snapshot is taken) only after window w is merged, so
+        every item of w+1 that reaches the gate stage reads the DB after windows <= w;
+        stages before the gate run ahead while w finishes.
+        """
         assert self._windowed is not None
-        await self._drained.wait()
-        await asyncio.gather(*(f for _, f in self._finishing.values()), return_exceptions=True)
-        if self._stop is not None:
-            return False  # merged on resume instead, with the same records
-        records = self._window_records
-        missing = [i for i in self._window_ids if i not in records]
-        run = self.run_journal
-        if missing and run is not None:
-            records.update(await run.journal.read(run.load_records, missing))
-        ordered = [records[i] for i in self._window_ids if i in records]
-        await self._windowed.end_window(ordered)
-        self._window_ids = []
-        self._window_records = {}
-        return True
+        while (window := await self._windows.get()) is not None:
+            if self._stop is None:
+                await self._windowed.begin_window()
+            window.opened.set()
+            await window.complete.wait()
+            await asyncio.gather(*window.finishing, return_exceptions=True)
+            self._open_windows.remove(window)
+            if self._stop is not None:
+                continue  # merged on resume instead, with the same records
+            records = window.records
+            missing = [i for i in window.ids if i not in records]
+            run = self.run_journal
+            if missing and run is not None:
+                records.update(await run.journal.read(run.load_records, missing))
+            await self._windowed.end_window([records[i] for i in window.ids if i in records])
 
     # ---------------------------------------------------------------- workers
 
@@ -286,10 +342,13 @@ class Runner:
                 self.request_stop("teacher", str(exc))
             except JournalError as exc:
                 self.request_stop("storage", str(exc))
+            except _Stopped:
+                pass  # left at the gate for the resume
             finally:
                 del self._in_flight[item.item_id]
-                if not self._in_flight:
-                    self._drained.set()
+                if work.window is not None:
+                    work.window.pending -= 1
+                    work.window.check()
 
     async def _process(self, work: _Work) -> None:
         item, state = work.item, work.state
@@ -297,10 +356,17 @@ class Runner:
         outputs: dict[str, Any] = dict(state.outputs) if state is not None else {}
         stages = self.strategy.stages
         last: str | None = state.stage if state is not None else None
+        gated = work.window is None
         try:
             for index, stage in enumerate(stages):
                 if stage.name in outputs:
                     continue  # completed in an earlier attempt
+                if not gated and index >= self._gate:
+                    assert work.window is not None
+                    await work.window.opened.wait()
+                    if self._stop is not None:
+                        raise _Stopped
+                    gated = True
                 result = await stage.run(item, outputs, self.teacher)
                 outputs[stage.name] = result.output
                 last = stage.name
@@ -315,8 +381,8 @@ class Runner:
                 await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
             return
         record, verdict = self.strategy.record(item, outputs)
-        if self._windowed is not None:
-            self._window_records[item.item_id] = record
+        if work.window is not None:
+            work.window.records[item.item_id] = record
         if verdict == DROPPED:
             reason = f"dropped: {record.get('dropped') or 'by the strategy'}"
             self._dropped.append(Reject(item.line_no, reason, record))
@@ -334,6 +400,8 @@ class Runner:
                 )
             committed.add_done_callback(self._on_committed)
             self._finishing[item.item_id] = (item.line_no, committed)
+            if work.window is not None:
+                work.window.finishing.append(committed)
         elif verdict != DROPPED:
             assert self._plain is not None
             self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write

@@ -17,7 +17,7 @@ from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.strategies.base import ItemFailed
-from amr_async.sandbox import AssertTest, Job, JobResult, Sandbox
+from amr_async.sandbox import AssertTest, Job, JobResult, Limits, Sandbox
 from amr_async.teacher.types import Outcome
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -132,9 +132,26 @@ def parse_asserts(text: str) -> list[str]:
     return out
 
 
-async def run_tests(sandbox: Sandbox, code: str, asserts: Sequence[str]) -> JobResult:
-    """Run assert-style tests against `code` in the sandbox."""
-    return await sandbox.run(Job(code=code, tests=[AssertTest(a) for a in asserts]))
+async def run_tests(
+    sandbox: Sandbox,
+    code: str,
+    asserts: Sequence[str],
+    *,
+    timeout_s: float | None = None,
+    fail_fast: bool = False,
+) -> JobResult:
+    """Run assert-style tests against `code` in the sandbox.
+
+    Args:
+        sandbox: where they run.
+        code: the module under test.
+        asserts: one `assert` statement per test.
+        timeout_s: per-test limit (CPU-time based; the sandbox default when None).
+        fail_fast: stop at the first test that does not pass (the rest are skipped).
+    """
+    limits = Limits() if timeout_s is None else Limits(test_timeout_s=timeout_s)
+    job = Job(code=code, tests=[AssertTest(a) for a in asserts], limits=limits, fail_fast=fail_fast)
+    return await sandbox.run(job)
 
 
 def verdict_summary(result: JobResult) -> dict[str, Any]:

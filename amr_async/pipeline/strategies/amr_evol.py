@@ -19,7 +19,9 @@ Stages, each journaled so a resumed item restarts after its last completed one:
                the output, listed with its reason in the rejects file.
 
 DB growth is reproducible: the runner runs items in windows of `window_size` input lines;
-`begin_window` freezes a snapshot that all of the window's items read, and `end_window`
+`begin_window` freezes a snapshot that all of the window's items read from `retrieve` on
+(their `direct` and `decompose` calls run ahead, while the window before finishes), and
+`end_window`
 adds the window's accepted modules in input order once every item of the window is
 finished. Size 1 is strictly online.
 """
@@ -32,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from amr_async.core import FunctionRecord
 from amr_async.moduledb import Module, ModuleDB, Snapshot, UnparseableCode, describe
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate, code_block
@@ -70,6 +73,9 @@ class AmrEvolConfig:
         drop_failed: with `final_check`, drop records whose R_amr fails (the runner
             lists them in the rejects file instead of the output).
         keep_raw: put each stage's raw teacher answer in the record.
+        test_timeout_s: per-test limit in the sandbox (CPU time; a candidate stops at its
+            first failing test: one failure keeps it out). A buggy candidate that loops
+            costs this much per job, not the sandbox's 5 s default per test.
     """
 
     model: str
@@ -83,12 +89,15 @@ class AmrEvolConfig:
     final_check: bool = False
     drop_failed: bool = False
     keep_raw: bool = False
+    test_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+        if not self.test_timeout_s > 0:
+            raise ValueError(f"test_timeout_s must be > 0, got {self.test_timeout_s}")
 
 
 @dataclass(slots=True)
@@ -230,37 +239,24 @@ class _Verify(_Stage):
         response: str = outputs["evolve"]["response"]
         functions = await functions_of(response)
         snapshot = s.frozen()
+        # The functions are checked, tested and run concurrently; results in answer order.
+        checks = await asyncio.gather(
+            *(self._check(item, teacher, r, functions, snapshot) for r in functions)
+        )
         usage: dict[str, Any] = {}
         candidates: list[dict[str, Any]] = []
         accepted: list[dict[str, Any]] = []
         all_tests: list[str] = []
         raw_tests: dict[str, str] = {}
-        for record in functions:
-            code = module_code(record, functions)
-            entry: dict[str, Any] = {"name": record.name}
+        for record, (entry, code, asserts, raw, used) in zip(functions, checks, strict=True):
             candidates.append(entry)
-            reason = await self._known(code, snapshot)
-            if reason is not None:
-                entry.update(novel=False, reason=reason)
+            if raw is None:
                 continue
-            entry["novel"] = True
-            outcome, used = await s.ask(
-                teacher, "tests", item, "tests", function_name=record.name, code=code
-            )
             usage = add_usage(usage, used)
-            raw_tests[record.name] = outcome.text
-            asserts = parse_asserts(outcome.text)
-            entry["tests"] = len(asserts)
-            if not asserts:
-                entry.update(passed=False, reason="no_tests_parsed")
-                continue
+            raw_tests[record.name] = raw
             all_tests.extend(asserts)
-            result = await run_tests(s.sandbox, code, asserts)
-            entry["passed"] = result.passed
-            if result.passed:
+            if entry.get("passed"):
                 accepted.append({"name": record.name, "code": code, "tests": "\n".join(asserts)})
-            else:
-                entry["reason"] = "tests_failed"
         out: dict[str, Any] = {
             "candidates": candidates,
             "accepted": accepted,
@@ -269,7 +265,9 @@ class _Verify(_Stage):
         }
         if c.final_check:
             if all_tests:
-                result = await run_tests(s.sandbox, answer_code(response), all_tests)
+                result = await run_tests(
+                    s.sandbox, answer_code(response), all_tests, timeout_s=c.test_timeout_s
+                )
                 out["final_check"] = verdict_summary(result)
             else:
                 out["final_check"] = {
@@ -280,11 +278,47 @@ class _Verify(_Stage):
                 }
         return StageResult(out, {"accepted": len(accepted), "candidates": len(candidates)})
 
+    async def _check(
+        self,
+        item: InputItem,
+        teacher: JournaledTeacher,
+        record: FunctionRecord,
+        functions: Sequence[FunctionRecord],
+        snapshot: Snapshot,
+    ) -> tuple[dict[str, Any], str, list[str], str | None, dict[str, Any]]:
+        """One function: (candidate entry, module code, tests, raw tests answer, usage).
+
+        A function the snapshot knows gets no tests call (raw answer None).
+        """
+        code = module_code(record, functions)
+        entry: dict[str, Any] = {"name": record.name}
+        reason = await self._known(code, snapshot)
+        if reason is not None:
+            entry.update(novel=False, reason=reason)
+            return entry, code, [], None, {}
+        entry["novel"] = True
+        outcome, used = await self.shared.ask(
+            teacher, "tests", item, "tests", function_name=record.name, code=code
+        )
+        asserts = parse_asserts(outcome.text)
+        entry["tests"] = len(asserts)
+        if not asserts:
+            entry.update(passed=False, reason="no_tests_parsed")
+            return entry, code, asserts, outcome.text, used
+        c = self.shared.config
+        result = await run_tests(
+            self.shared.sandbox, code, asserts, timeout_s=c.test_timeout_s, fail_fast=True
+        )
+        entry["passed"] = result.passed
+        if not result.passed:
+            entry["reason"] = "tests_failed"
+        return entry, code, asserts, outcome.text, used
+
     async def _known(self, code: str, snapshot: Snapshot) -> str | None:
         """Why `code` is not new to the snapshot, or None when it is."""
         db = self.shared.db
         try:
-            info = describe(code)
+            info = await asyncio.to_thread(describe, code)
         except UnparseableCode:
             return "unparseable"
         # The hash index covers the live DB; only modules inside the snapshot count.
@@ -318,6 +352,8 @@ class AmrEvolStrategy:
     """
 
     name = "amr-evol"
+    # Direct and decompose need no DB: they run ahead while the previous window finishes.
+    snapshot_stage = "retrieve"
 
     def __init__(
         self,

@@ -71,9 +71,13 @@ class Strategy(Protocol):
 class Windowed(Protocol):
     """A strategy whose items share state that grows per window of input lines.
 
-    The runner starts no item of window w+1 (lines `w*size+1 ... (w+1)*size`) before every
-    item of window w is finished and `end_window` has run; `begin_window` runs before the
-    window's first item. On resume, records finished in an earlier attempt are included.
+    Window w holds lines `w*size+1 ... (w+1)*size`. The runner calls `begin_window` for
+    window w only after `end_window` of the window before it, and lets no item of w run
+    its stages from the strategy's `snapshot_stage` on (the first stage that reads the
+    window's state; optional attribute, default: the first stage) before that. Stages
+    before it run ahead, while earlier windows finish. `end_window` runs once every item
+    of the window is finished; on resume, records finished in an earlier attempt are
+    included.
     """
 
     @property
