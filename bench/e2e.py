@@ -8,10 +8,15 @@ some modules fail their tests; the pipeline runs as `amr-async run` in a child p
 is measured alone. The DB starts empty each run. No quality can be read from these figures:
 the emulator's answers come from a bank.
 
-Last line of stdout: one JSON object with `instructions_per_s` (zero latency),
-`calls_per_item`, `db_modules_before`, `db_modules_after`, `peak_rss_mb`,
-`verified_fraction` (novel functions that passed their tests / novel functions tested),
-`lognormal_instructions_per_s`, `items`, `cores`.
+Runs: zero latency with the sandbox's `--isolation none` (the headline figure), zero
+latency with `--isolation auto` (namespaces when root), and the lognormal latency (none).
+
+Last line of stdout: one JSON object with `instructions_per_s` (zero latency, isolation
+none), `isolated_instructions_per_s` (zero latency, isolation auto), `calls_per_item`,
+`db_modules_before`, `db_modules_after`, `peak_rss_mb`, `verified_fraction` (novel functions
+that passed their tests / novel functions tested), `lognormal_instructions_per_s`,
+`engine_cpu_ms_per_item` (the `run` process and the sandbox processes it reaped),
+`emulator_cpu_ms_per_item`, `loadavg` (1 min, at the start), `items`, `cores`.
 
     .venv/bin/python bench/e2e.py [--quick]
 """
@@ -60,8 +65,14 @@ def _prompts(limit: int | None) -> list[dict[str, str]]:
     return rows
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def _emulator(latency: str) -> Iterator[str]:
+def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0",
@@ -75,26 +86,32 @@ def _emulator(latency: str) -> Iterator[str]:
         line = proc.stdout.readline()
         if "openai_base_url=" not in line:
             raise RuntimeError(f"emulator did not start: {line!r}")
+        start = _cpu_s(proc.pid)
         yield line.split("openai_base_url=")[1].split()[0]
+        cpu["emulator_s"] = _cpu_s(proc.pid) - start
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _one_run(work: Path, base_url: str, concurrency: int, window: int) -> dict[str, float]:
+def _one_run(
+    work: Path, base_url: str, concurrency: int, window: int, isolation: str
+) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     cmd = [
         sys.executable, "-m", "amr_async.cli", "run", "--strategy", "amr-evol",
         "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
-        "--concurrency", str(concurrency), "--window", str(window), "--isolation", "none",
+        "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
     ]  # fmt: skip
     env = {**os.environ, "OPENAI_API_KEY": "bench"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb = after.ru_maxrss
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"amr-async run exited {done.returncode}: {done.stderr[-2000:]}")
     records = [orjson.loads(x) for x in out.read_bytes().splitlines()]
@@ -111,7 +128,8 @@ def _one_run(work: Path, base_url: str, concurrency: int, window: int) -> dict[s
         "modules": modules,
         "tested": len(tested),
         "passed": passed,
-        "peak_kb": max(peak_kb, before),
+        "peak_kb": max(peak_kb, before.ru_maxrss),
+        "cpu_s": cpu,
     }
 
 
@@ -123,26 +141,32 @@ def main() -> None:
     parser.add_argument("--lognormal", default="lognormal:0.05,0.5", help="second latency model")
     args = parser.parse_args()
     rows = _prompts(40 if args.quick else None)
+    load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
+    runs = (("zero", "0", "none"), ("isolated", "0", "auto"), ("lognormal", args.lognormal, "none"))
     with tempfile.TemporaryDirectory() as tmp:
-        for label, latency in (("zero", "0"), ("lognormal", args.lognormal)):
+        for label, latency, isolation in runs:
             work = Path(tmp) / label
             work.mkdir()
             (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-            with _emulator(latency) as url:
-                results[label] = _one_run(work, url, args.concurrency, args.window)
+            cpu: dict[str, float] = {}
+            with _emulator(latency, cpu) as url:
+                results[label] = _one_run(work, url, args.concurrency, args.window, isolation)
             r = results[label]
+            r["emulator_cpu_s"] = cpu.get("emulator_s", 0.0)
             print(
                 f"{label:9} {r['items']:.0f} items in {r['seconds']:.1f}s "
                 f"({r['items'] / r['seconds']:.1f}/s), {r['calls'] / r['items']:.2f} calls/item, "
-                f"DB 0 -> {r['modules']:.0f} modules",
+                f"DB 0 -> {r['modules']:.0f} modules, CPU {r['cpu_s']:.1f}s engine + "
+                f"{r['emulator_cpu_s']:.1f}s emulator",
                 file=sys.stderr,
             )
-    zero, slow = results["zero"], results["lognormal"]
+    zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
     print(
         json.dumps(
             {
                 "instructions_per_s": round(zero["items"] / zero["seconds"], 2),
+                "isolated_instructions_per_s": round(iso["items"] / iso["seconds"], 2),
                 "calls_per_item": round(zero["calls"] / zero["items"], 3),
                 "db_modules_before": 0,
                 "db_modules_after": int(zero["modules"]),
@@ -150,6 +174,9 @@ def main() -> None:
                 "verified_fraction": round(zero["passed"] / max(zero["tested"], 1), 3),
                 "lognormal_instructions_per_s": round(slow["items"] / slow["seconds"], 2),
                 "lognormal": args.lognormal,
+                "engine_cpu_ms_per_item": round(1000 * zero["cpu_s"] / zero["items"], 2),
+                "emulator_cpu_ms_per_item": round(1000 * zero["emulator_cpu_s"] / zero["items"], 2),
+                "loadavg": round(load, 2),
                 "items": int(zero["items"]),
                 "concurrency": args.concurrency,
                 "window": args.window,

@@ -6,6 +6,9 @@ RunReport, ExitCode how a run ended
 JournaledTeacher    the door for every teacher call: journal, budget, dispatcher
 strategies/         amr-evol, and the paper's baselines direct, cot, ansrepair
 prompts/            prompt templates (TOML, one per kind; `load_templates` takes a user dir)
+instructions        instruction generation: self-instruct, Evol-Instruct levels, dedup
+seed                the seed module DB by self-instruct (`db seed --self-instruct N`)
+export              a run's output as OpenAI chat / Alpaca / ShareGPT training data
 """
 
 from amr_async.pipeline._input import InputItem as InputItem

@@ -63,9 +63,6 @@ class TeacherSettings:
     max_tokens: int
     temperature: float
 
-    def kwargs(self) -> dict[str, Any]:
-        return {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature}
-
 
 def open_run(journal: Journal, run_id: str, config: dict[str, Any]) -> RunJournal:
     """Start `run_id`, or resume it when the journal has it (its answers are reused)."""

@@ -137,7 +137,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--drop-failed",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="with --final-check: mark failing records dropped (verdict 'dropped')",
+        help="with --final-check: keep failing records out of the output (they go, whole, "
+        "to the rejects file)",
     )
     g.add_argument(
         "--keep-raw",
