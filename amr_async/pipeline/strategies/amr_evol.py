@@ -89,7 +89,7 @@ class AmrEvolConfig:
     final_check: bool = False
     drop_failed: bool = False
     keep_raw: bool = False
-    test_timeout_s: float = 2.0
+    test_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.k < 1:
