@@ -23,8 +23,6 @@
 
 use std::fmt::Write as _;
 
-use blake2::digest::consts::U16;
-use blake2::{Blake2b, Digest};
 use ruff_python_ast::{
     self as ast, BoolOp, CmpOp, ConversionFlag, ExceptHandler, Expr, ExprContext,
     InterpolatedStringElement, Number, Operator, Parameters, Pattern, Stmt, TypeParam, UnaryOp,
@@ -106,9 +104,12 @@ pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
 /// BLAKE2b with a 16-byte digest, as hex.
 pub fn hash_text(text: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Blake2b::<U16>::digest(text.as_bytes());
+    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
+    let digest = blake2b_simd::Params::new()
+        .hash_length(16)
+        .hash(text.as_bytes());
     let mut hex = String::with_capacity(32);
-    for b in digest {
+    for &b in digest.as_bytes() {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 15)]));
     }
