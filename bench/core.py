@@ -7,6 +7,9 @@ Figures (medians of repetitions, ratios within this run):
                          (the standard library's, plus the EvalPlus solutions)
   ast_hash_speedup       Rust / Python reference (amr_async.ast_reference), same
                          functions, one thread each
+  ast_hash_cpu_per_s_1core, ast_hash_cpu_speedup  the same two figures from
+                         process CPU time instead of wall time (steadier on a
+                         loaded machine; both sides run on one thread)
   ast_hash_mismatches    functions whose Rust and reference hashes differ (the sweep
                          covers every function collected)
   extract_per_s          answers/s (prose + two fenced blocks), one thread
@@ -45,6 +48,17 @@ def median_s(fn: Callable[[], object], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_wall_cpu_s(fn: Callable[[], object], reps: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time of `reps` runs of `fn`."""
+    walls, cpus = [], []
+    for _ in range(reps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def collect_functions(min_count: int | None) -> tuple[list[str], int]:
@@ -91,13 +105,15 @@ def bench_ast(quick: bool, out: dict[str, object]) -> None:
     out["ast_hash_compared"] = len(ref_units)
     out["ast_hash_mismatches"] = sum(a != b for a, b in zip(rust_sub, ref, strict=True))
     out["ast_hash_unparsed"] = sum(h is None for h in rust)
-    t_rust = median_s(lambda: _core.ast_hash(units, threads=1), 3)
+    t_rust, c_rust = median_wall_cpu_s(lambda: _core.ast_hash(units, threads=1), 3)
     out["ast_hash_per_s_1core"] = round(len(units) / t_rust)
+    out["ast_hash_cpu_per_s_1core"] = round(len(units) / c_rust)
     sub = units[: min(len(units), 4000)]
-    t_rust_sub = median_s(lambda: _core.ast_hash(sub, threads=1), 5)
-    t_py_sub = median_s(lambda: ast_reference.ast_hash(sub), 1 if quick else 3)
+    t_rust_sub, c_rust_sub = median_wall_cpu_s(lambda: _core.ast_hash(sub, threads=1), 5)
+    t_py_sub, c_py_sub = median_wall_cpu_s(lambda: ast_reference.ast_hash(sub), 1 if quick else 3)
     out["ast_hash_python_per_s"] = round(len(sub) / t_py_sub)
     out["ast_hash_speedup"] = round(t_py_sub / t_rust_sub, 1)
+    out["ast_hash_cpu_speedup"] = round(c_py_sub / c_rust_sub, 1)
     t_all = median_s(lambda: _core.ast_hash(units), 3)
     out["ast_hash_per_s_all_cores"] = round(len(units) / t_all)
     hashes = [h for h in rust if h is not None]

@@ -23,13 +23,11 @@
 
 use std::fmt::Write as _;
 
-use blake2::digest::consts::U16;
-use blake2::{Blake2b, Digest};
 use ruff_python_ast::{
     self as ast, BoolOp, CmpOp, ConversionFlag, ExceptHandler, Expr, ExprContext,
     InterpolatedStringElement, Number, Operator, Parameters, Pattern, Stmt, TypeParam, UnaryOp,
 };
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 /// Deepest AST nesting the walks accept; deeper units are refused like a parse
 /// failure (CPython's own parser refuses far shallower nesting).
@@ -76,11 +74,17 @@ pub fn normal_form_of(body: &[Stmt], include_name: bool) -> Result<NormalForm, U
             }
         }
     }
-    let local: FxHashSet<&str> = scan.bound.difference(&scan.kept).copied().collect();
+    // Bound names not kept are local: they start unnumbered and get `$0, $1, ...`
+    // on first appearance in the walk.
+    let mut names = FxHashMap::with_capacity_and_hasher(scan.bound.len(), FxBuildHasher);
+    for name in scan.bound.difference(&scan.kept) {
+        names.insert(*name, UNNUMBERED);
+    }
     let mut w = Writer {
-        local,
-        ids: FxHashMap::default(),
-        out: String::with_capacity(256),
+        names,
+        next_id: 0,
+        // The normal form is usually 1.5-2x the source; one allocation up front.
+        out: String::with_capacity(512),
         nodes: 0,
     };
     w.out.push_str("Module(");
@@ -99,12 +103,60 @@ pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
 
 /// BLAKE2b with a 16-byte digest, as hex.
 pub fn hash_text(text: &str) -> String {
-    let digest = Blake2b::<U16>::digest(text.as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
+    let digest = blake2b_simd::Params::new()
+        .hash_length(16)
+        .hash(text.as_bytes());
     let mut hex = String::with_capacity(32);
-    for b in digest {
-        let _ = write!(hex, "{b:02x}");
+    for &b in digest.as_bytes() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
     }
     hex
+}
+
+/// Append the decimal digits of `n` (the hot path writes many small counts and ids;
+/// `write!` costs a formatter call per number).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // SAFETY: only ASCII digits were written to `buf[i..]`.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
+}
+
+/// Append the lower-case hex digits of `v` (as `{v:x}` would, without a formatter).
+fn push_hex(out: &mut String, mut v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = HEX[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    // SAFETY: only ASCII hex digits were written to `buf[i..]`.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
+}
+
+/// Number of `char`s in `s` (what Python's `len` gives), fast for ASCII.
+fn char_count(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
 }
 
 fn deeper(depth: usize) -> Result<usize, Unhashable> {
@@ -476,10 +528,15 @@ impl<'a> Bindings<'a> {
     }
 }
 
+/// Id of a local name not seen yet by the writer.
+const UNNUMBERED: u32 = u32::MAX;
+
 /// Second pass: writes the normal form (spec step 6 of `ast_reference.py`).
 struct Writer<'a> {
-    local: FxHashSet<&'a str>,
-    ids: FxHashMap<&'a str, usize>,
+    /// Local names and their canonical ids ([`UNNUMBERED`] until first written);
+    /// names absent here keep their spelling.
+    names: FxHashMap<&'a str, u32>,
+    next_id: u32,
     out: String,
     nodes: usize,
 }
@@ -629,10 +686,14 @@ impl<'a> Writer<'a> {
     }
 
     fn name(&mut self, name: &'a str) {
-        if self.local.contains(name) {
-            let next = self.ids.len();
-            let id = *self.ids.entry(name).or_insert(next);
-            let _ = write!(self.out, "${id}");
+        if let Some(id) = self.names.get_mut(name) {
+            if *id == UNNUMBERED {
+                *id = self.next_id;
+                self.next_id += 1;
+            }
+            let id = *id as usize;
+            self.out.push('$');
+            push_decimal(&mut self.out, id);
         } else {
             self.literal_str(name);
         }
@@ -640,11 +701,18 @@ impl<'a> Writer<'a> {
 
     /// A plain string field (attribute, keyword, module name): `'len:text`.
     fn literal_str(&mut self, s: &str) {
-        let _ = write!(self.out, "'{}:{s}", s.chars().count());
+        self.out.push('\'');
+        push_decimal(&mut self.out, char_count(s));
+        self.out.push(':');
+        self.out.push_str(s);
     }
 
     fn int_field(&mut self, v: i64) {
-        let _ = write!(self.out, "#{v}");
+        self.out.push('#');
+        if v < 0 {
+            self.out.push('-');
+        }
+        push_decimal(&mut self.out, v.unsigned_abs() as usize);
     }
 
     fn none(&mut self) {
@@ -1092,7 +1160,10 @@ impl<'a> Writer<'a> {
 
     fn constant_str(&mut self, s: &str) {
         self.open("Constant");
-        let _ = write!(self.out, "s{}:{s}", s.chars().count());
+        self.out.push('s');
+        push_decimal(&mut self.out, char_count(s));
+        self.out.push(':');
+        self.out.push_str(s);
         self.sep();
         self.close();
     }
@@ -1368,6 +1439,17 @@ impl<'a> Writer<'a> {
                 return Ok(());
             }
             Expr::NumberLiteral(n) => {
+                if let Number::Int(i) = &n.value {
+                    if let Some(v) = i.as_u64() {
+                        // The common case, written in place: no token string.
+                        self.open("Constant");
+                        self.out.push('i');
+                        push_hex(&mut self.out, v);
+                        self.sep();
+                        self.close();
+                        return Ok(());
+                    }
+                }
                 let token = match &n.value {
                     Number::Int(i) => format!("i{}", int_hex(i)),
                     Number::Float(f) => format!("f{}", python_float_repr(*f)),

@@ -140,6 +140,14 @@ impl TopK {
                 .is_none_or(|w| score.partial_cmp(&w.score) != Some(Ordering::Less))
     }
 
+    #[cfg(target_arch = "x86_64")]
+    /// Whether a row whose score is at most `upper` can no longer enter: the heap is
+    /// full and its worst score is above `upper` (a NaN on either side rules nothing out).
+    #[inline]
+    fn rules_out(&self, upper: f64) -> bool {
+        self.heap.len() == self.k && self.heap.peek().is_some_and(|w| upper < f64::from(w.score))
+    }
+
     fn merge(mut self, other: Self) -> Self {
         for hit in other.heap {
             self.push(hit);
@@ -320,6 +328,158 @@ fn scan_body(
     heaps
 }
 
+/// A query rounded to `i16` for the integer pre-filter of int8 scans, and how far
+/// the filter's score can be from the exact one.
+///
+/// Exact `f32` scoring of an int8 row costs a widening and a conversion per byte;
+/// an `i16 x i16` multiply-add (`vpmaddwd`) handles sixteen bytes per instruction.
+/// The filter scores every row with the rounded query, and only rows whose upper
+/// bound can still beat the k-th best exact score get the exact score, so results
+/// are identical to scoring every row exactly.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+struct QuantQuery {
+    q: Vec<i16>,
+    /// `query[j] ≈ step * q[j]`.
+    step: f64,
+    /// Bound on |exact `f32` dot − `step` × integer dot| for any int8 row.
+    slack: f64,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QuantQuery {
+    /// `None` when the query is not finite or too long for `i32` sums at a useful
+    /// precision; those scans score every row exactly.
+    fn new(query: &[f32]) -> Option<Self> {
+        let dim = query.len();
+        if dim == 0 || query.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let max = query.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Every partial sum of |q[j]| * 128 must fit in an i32.
+        let qmax = (i32::MAX as usize / (128 * dim)).min(i16::MAX as usize);
+        if max == 0.0 || qmax < 64 {
+            return None;
+        }
+        let step = f64::from(max) / qmax as f64;
+        let (mut err, mut abs) = (0.0f64, 0.0f64);
+        let q = query
+            .iter()
+            .map(|&v| {
+                let v = f64::from(v);
+                let r = (v / step).round().clamp(-(qmax as f64), qmax as f64);
+                err += (v - r * step).abs();
+                abs += v.abs();
+                r as i16
+            })
+            .collect();
+        // Rounding the query moves the dot by at most 128·Σ|e_j| (|row value| <= 128);
+        // the exact f32 kernel and the scale product round by at most about
+        // (dim + 2)·2^-24·128·Σ|q_j|, taken twice over for margin.
+        let rounding = 2.0 * (dim as f64 + 8.0) * f64::from(f32::EPSILON) * 128.0 * abs;
+        let slack = 128.0 * err * (1.0 + 1e-9) + rounding;
+        Some(Self { q, step, slack })
+    }
+
+    /// Upper bound of the exact score of a row with integer dot `dot` and `scale`
+    /// (NaN or infinite when the scale is, which rules nothing out).
+    #[inline]
+    fn upper(&self, dot: i32, scale: f32) -> f64 {
+        let scale = f64::from(scale);
+        let approx = self.step * f64::from(dot) * scale;
+        approx + scale.abs() * self.slack + approx.abs() * 1e-12
+    }
+}
+
+/// `Σ q[j] * row[j]` in integers, sixteen lanes per instruction.
+///
+/// # Safety
+/// The CPU must support AVX2; `q` and `row` must have equal lengths and every
+/// partial sum must fit an `i32` (what [`QuantQuery::new`] ensures).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+// The `loadu` intrinsics take pointers of the vector type but accept any alignment.
+#[allow(clippy::cast_ptr_alignment)]
+unsafe fn dot_i8_i16(q: &[i16], row: &[i8]) -> i32 {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_cvtepi8_epi16,
+        _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_setzero_si256,
+        _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_shuffle_epi32,
+    };
+    debug_assert_eq!(q.len(), row.len());
+    let n = row.len().min(q.len());
+    let (qp, rp) = (q.as_ptr(), row.as_ptr());
+    let mut acc0 = _mm256_setzero_si256();
+    let mut acc1 = _mm256_setzero_si256();
+    let mut i = 0;
+    // SAFETY: every load reads 16 bytes of `row` or 32 bytes of `q` starting at
+    // index i with i + 16 <= n (resp. i + 32 <= n), inside both slices.
+    unsafe {
+        while i + 32 <= n {
+            let r0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i).cast::<__m128i>()));
+            let r1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i + 16).cast::<__m128i>()));
+            let q0 = _mm256_loadu_si256(qp.add(i).cast::<__m256i>());
+            let q1 = _mm256_loadu_si256(qp.add(i + 16).cast::<__m256i>());
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(r0, q0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(r1, q1));
+            i += 32;
+        }
+        if i + 16 <= n {
+            let r0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(rp.add(i).cast::<__m128i>()));
+            let q0 = _mm256_loadu_si256(qp.add(i).cast::<__m256i>());
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(r0, q0));
+            i += 16;
+        }
+    }
+    let acc = _mm256_add_epi32(acc0, acc1);
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256::<1>(acc),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    let mut total = _mm_cvtsi128_si32(s);
+    for j in i..n {
+        total = total.wrapping_add(i32::from(q[j]) * i32::from(row[j]));
+    }
+    total
+}
+
+/// One to three queries over int8 rows with the integer pre-filter: the exact
+/// score (the same arithmetic as [`scan_body`]) is computed only for rows the
+/// filter cannot rule out, so the result is identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn scan_i8_filtered(
+    queries: &[f32],
+    quant: &[QuantQuery],
+    data: &[i8],
+    scales: &[f32],
+    dim: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+) -> Vec<TopK> {
+    let mut heaps = vec![TopK::new(k); quant.len()];
+    for r in start..end {
+        let row = &data[r * dim..(r + 1) * dim];
+        let scale = scales[r];
+        for (j, (heap, qq)) in heaps.iter_mut().zip(quant).enumerate() {
+            // SAFETY: AVX2 is enabled here; lengths are `dim` and sums fit (QuantQuery).
+            let approx = unsafe { dot_i8_i16(&qq.q, row) };
+            if heap.rules_out(qq.upper(approx, scale)) {
+                continue;
+            }
+            let score = dot_i8(&queries[j * dim..(j + 1) * dim], row) * scale;
+            if heap.admits(score) {
+                heap.push(Hit { score, index: r });
+            }
+        }
+    }
+    heaps
+}
+
 /// The same scan compiled for AVX2+FMA, chosen at run time, so the wheel keeps a
 /// portable x86-64 baseline and still uses the wide units where they exist.
 #[cfg(target_arch = "x86_64")]
@@ -345,6 +505,18 @@ fn scan(
 ) -> Vec<TopK> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if let Matrix::I8 { data, scales } = matrix {
+            if queries.len() < 4 * dim {
+                let quant: Option<Vec<QuantQuery>> =
+                    queries.chunks_exact(dim).map(QuantQuery::new).collect();
+                if let Some(quant) = quant {
+                    // SAFETY: the features the function was compiled for are present.
+                    return unsafe {
+                        scan_i8_filtered(queries, &quant, data, scales, dim, k, start, end)
+                    };
+                }
+            }
+        }
         // SAFETY: the features the function was compiled for are present.
         return unsafe { scan_avx2(queries, matrix, dim, k, start, end) };
     }
@@ -522,6 +694,61 @@ mod tests {
         let back: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
         let got = topk(&q, Matrix::F16(&halves), dim, k).unwrap();
         assert_eq!(indices_by_query(&got), naive(&q, &back, None, dim, k));
+    }
+
+    /// The integer pre-filter must give the plain exact scan's result bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn int8_filter_gives_the_exact_scan_result() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(3);
+        let check = |q: &[f32], data: &[i8], scales: &[f32], dim: usize, k: usize| {
+            let n = data.len() / dim;
+            let quant: Vec<QuantQuery> = q
+                .chunks_exact(dim)
+                .map(|x| QuantQuery::new(x).expect("finite query"))
+                .collect();
+            // SAFETY: the CPU features were checked above.
+            let got = unsafe { scan_i8_filtered(q, &quant, data, scales, dim, k, 0, n) };
+            let want = scan_body(q, Matrix::I8 { data, scales }, dim, k, 0, n);
+            for (g, w) in got.into_iter().zip(want) {
+                let key = |h: &Hit| (h.score.to_bits(), h.index);
+                let g: Vec<_> = g.into_sorted().iter().map(key).collect();
+                let w: Vec<_> = w.into_sorted().iter().map(key).collect();
+                assert_eq!(g, w, "dim {dim} k {k}");
+            }
+        };
+        for (nq, n, dim, k) in [(1, 5000, 384, 10), (3, 2000, 17, 7), (2, 300, 3000, 5)] {
+            let q: Vec<f32> = (0..nq * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let data: Vec<i8> = (0..n * dim).map(|_| rng.random()).collect();
+            let mut scales: Vec<f32> = (0..n).map(|_| rng.random_range(0.001..0.01)).collect();
+            check(&q, &data, &scales, dim, k);
+            // Negative, zero, NaN and infinite scales are scored exactly.
+            scales[1] = -0.5;
+            scales[2] = 0.0;
+            scales[3] = f32::NAN;
+            scales[4] = f32::INFINITY;
+            check(&q, &data, &scales, dim, k);
+        }
+        // All rows equal: every score ties, the lowest indices win.
+        let dim = 64;
+        let row: Vec<i8> = (0..dim).map(|_| rng.random()).collect();
+        let data: Vec<i8> = row.iter().copied().cycle().take(500 * dim).collect();
+        let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        check(&q, &data, &vec![0.01; 500], dim, 10);
+        // One large query value among tiny ones: the rounding error is what is left.
+        let mut q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1e-4..1e-4)).collect();
+        q[0] = 1e3;
+        let data: Vec<i8> = (0..2000 * dim).map(|_| rng.random()).collect();
+        check(&q, &data, &vec![1.0; 2000], dim, 10);
+        // Queries too long for i32 sums, or not finite, take the plain path.
+        assert!(QuantQuery::new(&vec![1.0; 300_000]).is_none());
+        assert!(QuantQuery::new(&[1.0, f32::NAN]).is_none());
+        assert!(QuantQuery::new(&[0.0, 0.0]).is_none());
     }
 
     #[test]
