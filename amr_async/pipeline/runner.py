@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -84,6 +86,41 @@ class RunReport:
     by_stage: dict[str, CostTotals] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class ItemResult:
+    """How one item ended, for `on_result` listeners (the library API, progress).
+
+    Attributes:
+        item_id: the item's id.
+        line_no: its position in the input (1-based).
+        instruction: the instruction.
+        record: the output record when finished, else None.
+        verdict: the record's verdict when finished.
+        error: why the item failed or was rejected, else None.
+    """
+
+    item_id: str
+    line_no: int
+    instruction: str
+    record: dict[str, Any] | None = None
+    verdict: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The item finished with a record (its verdict may still say the tests failed)."""
+        return self.record is not None
+
+    @property
+    def response(self) -> str | None:
+        """The distilled response, when finished."""
+        value = None if self.record is None else self.record.get("response")
+        return value if isinstance(value, str) else None
+
+
+OnResult = Callable[[ItemResult], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class _Work:
     item: InputItem
@@ -103,6 +140,10 @@ class Runner:
         plain_output: output file written directly when there is no journal (no
             exactly-once guarantee: the benchmark baseline only).
         settings: streaming knobs.
+        items: items to process instead of reading `input_path` (the library API); their
+            line numbers must be 1, 2, 3, ... in order.
+        on_result: awaited with each finished or failed item (a slow listener slows the
+            workers: that is the backpressure of `Engine.distill`).
     """
 
     def __init__(
@@ -110,14 +151,18 @@ class Runner:
         *,
         strategy: Strategy,
         teacher: JournaledTeacher,
-        input_path: Path,
-        rejects_path: Path,
+        input_path: Path | None,
+        rejects_path: Path | None,
         run: RunJournal | None,
         plain_output: Path | None = None,
         settings: RunSettings | None = None,
+        items: AsyncIterable[InputItem] | None = None,
+        on_result: OnResult | None = None,
     ) -> None:
-        if run is None and plain_output is None:
-            raise ValueError("without a journal the runner needs plain_output")
+        if run is None and plain_output is None and on_result is None:
+            raise ValueError("without a journal the runner needs plain_output or on_result")
+        if (input_path is None) == (items is None):
+            raise ValueError("give exactly one of input_path and items")
         self.strategy = strategy
         self.teacher = teacher
         self.input_path = input_path
@@ -140,6 +185,11 @@ class Runner:
         self._window_records: dict[str, dict[str, Any]] = {}
         self._drained = asyncio.Event()
         self._drained.set()
+        self._items = items
+        self._on_result = on_result
+        self._reader: InputReader | None = None
+        # Live counters for progress displays: stages completed in this attempt, by name.
+        self.stage_counts: Counter[str] = Counter()
 
     def request_stop(
         self, reason: str = "interrupted", message: str = "stopped on request"
@@ -153,15 +203,35 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop is not None
 
+    @property
+    def report(self) -> RunReport:
+        """The live counts (done, failed, ...); final once `run()` returned."""
+        return self._report
+
+    @property
+    def in_progress(self) -> int:
+        """Items queued or running now."""
+        return len(self._in_flight)
+
+    @property
+    def rejected_so_far(self) -> int:
+        """Input lines rejected so far."""
+        return self._reader.rejected if self._reader is not None else self._report.rejected
+
     async def run(self) -> RunReport:
         """Process the whole input (or until stopped) and record how the run ended."""
         settings = self.settings
+        if self._items is not None:
+            return await self._run_items(self._items)
+        assert self.input_path is not None
+        assert self.rejects_path is not None
         reader = await asyncio.to_thread(
             InputReader,
             self.input_path,
             self.rejects_path,
             max_line_bytes=settings.max_line_bytes,
         )
+        self._reader = reader
         if self._plain_output is not None and self.run_journal is None:
             self._plain = self._plain_output.open("wb")
         queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=settings.concurrency)
@@ -181,13 +251,52 @@ class Runner:
         self._report.rejected = reader.rejected
         return await self._finish()
 
+    async def _run_items(self, items: AsyncIterable[InputItem]) -> RunReport:
+        """`run()` over items given by the caller: one per batch, so none waits for a batch."""
+        source = aiter(items)
+
+        async def next_batch(rejects: list[Reject]) -> list[InputItem | Reject]:
+            await self._report_rejects(rejects)
+            item = await anext(source, None)
+            return [] if item is None else [item]
+
+        queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=self.settings.concurrency)
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(self.settings.concurrency):
+                tg.create_task(self._worker(queue))
+            try:
+                await self._report_rejects(await self._produce_from(next_batch, queue))
+            finally:
+                for _ in range(self.settings.concurrency):
+                    await queue.put(None)
+        return await self._finish()
+
+    async def _report_rejects(self, rejects: list[Reject]) -> None:
+        self._report.rejected += len(rejects)
+        if self._on_result is not None:
+            for r in rejects:
+                await self._on_result(ItemResult("", r.line_no, "", error=r.reason))
+
     # --------------------------------------------------------------- producer
 
     async def _produce(self, reader: InputReader, queue: asyncio.Queue[_Work | None]) -> None:
+        async def next_batch(rejects: list[Reject]) -> list[InputItem | Reject]:
+            return await asyncio.to_thread(_write_then_read, reader, rejects, self.settings)
+
+        rejects = await self._produce_from(next_batch, queue)
+        if rejects:
+            await asyncio.to_thread(reader.write_rejects, rejects)
+
+    async def _produce_from(
+        self,
+        next_batch: Callable[[list[Reject]], Awaitable[list[InputItem | Reject]]],
+        queue: asyncio.Queue[_Work | None],
+    ) -> list[Reject]:
+        """Feed the workers batch by batch; returns the rejects not yet written."""
         rejects: list[Reject] = []
         run = self.run_journal
         while self._stop is None:
-            batch = await asyncio.to_thread(_write_then_read, reader, rejects, self.settings)
+            batch = await next_batch(rejects)
             rejects = []
             if not batch:
                 break
@@ -219,10 +328,9 @@ class Runner:
                 self._in_flight[item.item_id] = item.line_no
                 self._drained.clear()
                 await queue.put(_Work(item, state))
-        if rejects:
-            await asyncio.to_thread(reader.write_rejects, rejects)
         if self._windowed is not None and self._window is not None and self._stop is None:
             await self._close_window()
+        return rejects
 
     # ---------------------------------------------------------------- windows
 
@@ -288,6 +396,7 @@ class Runner:
                 result = await stage.run(item, outputs, self.teacher)
                 outputs[stage.name] = result.output
                 last = stage.name
+                self.stage_counts[stage.name] += 1
                 # The last stage's output travels in the final record instead.
                 if run is not None and index < len(stages) - 1:
                     run.record_stage(
@@ -297,6 +406,10 @@ class Runner:
             self._report.failed += 1
             if run is not None:
                 await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
+            if self._on_result is not None:
+                await self._on_result(
+                    ItemResult(item.item_id, item.line_no, item.instruction, error=str(exc))
+                )
             return
         record, verdict = self.strategy.record(item, outputs)
         if self._windowed is not None:
@@ -309,10 +422,13 @@ class Runner:
             )
             committed.add_done_callback(self._on_committed)
             self._finishing[item.item_id] = (item.line_no, committed)
-        else:
-            assert self._plain is not None
+        elif self._plain is not None:
             self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write
         self._report.done += 1
+        if self._on_result is not None:
+            await self._on_result(
+                ItemResult(item.item_id, item.line_no, item.instruction, record, verdict)
+            )
 
     def _on_committed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and (exc := future.exception()) is not None:
