@@ -169,3 +169,29 @@ def test_dry_run_estimates_without_sending(
     assert "unknown (no price for this model: add one with --pricing FILE)" in (
         capsys.readouterr().out
     )
+
+
+async def test_refused_api_key(files: dict[str, Path]) -> None:
+    """A server that refuses the key on its model list (as OpenAI does with a bad key)."""
+
+    async def models(request: web.Request) -> web.Response:
+        error = {"message": "Incorrect API key provided", "code": "invalid_api_key"}
+        return web.json_response({"error": error}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        env = {"OPENAI_API_KEY": "sk-test-refused-key"}
+        rc, _, err = await _cli(_args(files, "--base-url", url), env=env)
+    finally:
+        await runner.cleanup()
+    assert rc == ExitCode.USAGE, err
+    assert err.strip() == (
+        f"amr-async run: the teacher at {url} refused the API key (HTTP 401): "
+        "export a valid OPENAI_API_KEY"
+    )
+    assert not files["journal"].exists()
