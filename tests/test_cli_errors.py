@@ -195,3 +195,12 @@ async def test_refused_api_key(files: dict[str, Path]) -> None:
         "export a valid OPENAI_API_KEY"
     )
     assert not files["journal"].exists()
+
+
+def test_dry_run_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.jsonl"
+    assert main(["run", "--dry-run", "--model", MODEL, "--input", str(missing)]) == 2
+    assert f"input {missing} does not exist: fix --input" in _one_line(capsys)
+    missing.write_text('{"instruction": "x"}\n')
+    assert main(["run", "--dry-run", "--input", str(missing)]) == 2
+    assert "--model is required for --dry-run" in _one_line(capsys)

@@ -91,7 +91,7 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         first = _load(args, None)
         if args.dry_run:
-            print(estimate_run(first).render())
+            print(_dry_run(first))
             return ExitCode.OK
         journal_path = _journal_path(first)
         if not args.resume:  # every check before the journal file is created
@@ -147,6 +147,19 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+def _dry_run(cfg: config.Config) -> str:
+    """The `--dry-run` report (nothing is sent, no journal or output is touched)."""
+    for name in ("input", "model"):
+        if getattr(cfg, name) is None:
+            raise _UsageError(f"--{name} is required for --dry-run ({name} in TOML)")
+    assert cfg.input is not None
+    _check_input(Path(cfg.input))
+    try:
+        return estimate_run(cfg).render()
+    except (ValueError, OSError) as exc:  # PromptError, PricingError are ValueErrors
+        raise _UsageError(str(exc)) from None
 
 
 def _check_teacher(cfg: config.Config, args: argparse.Namespace) -> None:
