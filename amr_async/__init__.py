@@ -9,15 +9,42 @@ Layers follow the data flow in DESIGN.md, each a subpackage:
     moduledb/   the functional-module database: store, embedders, vector index
     sandbox/    execution of untrusted code against tests
     pipeline/   prompts, stages, strategies, runner, exports
+    api         Engine: the library API (`async with Engine(Config(...)) as engine`)
+    config      Config: settings from a TOML file, the environment and flags
 
 `amr_async._core` is the Rust extension; Python modules re-export what they use of it.
 """
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from amr_async.api import Engine as Engine
+    from amr_async.api import ItemResult as ItemResult
+    from amr_async.config import Config as Config
+    from amr_async.config import ConfigError as ConfigError
 
 try:
     __version__ = version("amr-async")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["Config", "ConfigError", "Engine", "ItemResult", "__version__"]
+
+# Imported on first use: `import amr_async` stays cheap (no extension, no aiohttp).
+_LAZY = {
+    "Engine": "amr_async.api",
+    "ItemResult": "amr_async.api",
+    "Config": "amr_async.config",
+    "ConfigError": "amr_async.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'amr_async' has no attribute {name!r}")

@@ -7,11 +7,12 @@ Each stage that has commands owns them in its own `cli.py` with a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from amr_async import __version__
+from amr_async import __version__, config
 from amr_async.emulator import cli as emulator_cli
 from amr_async.journal import cli as journal_cli
 from amr_async.moduledb import cli as moduledb_cli
@@ -37,8 +38,35 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     demo.set_defaults(func=_demo)
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    try:
+        file = config.config_file(args.config, os.environ)
+        loaded = config.load(file=file, flags=config.read_flags(args))
+    except config.ConfigError as exc:
+        print(f"amr-async config: {exc}", file=sys.stderr)
+        return 2
+    print(config.show(loaded))
+    return 0
+
+
+def _register_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cfg = sub.add_parser(
+        "config", help="the effective configuration (file < environment < flags), no secrets"
+    )
+    actions = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="print every key's effective value and where it came from",
+        description=config.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config.add_flags(show)
+    show.set_defaults(func=_config_show)
+
+
 # One line per stage that has commands (keep sorted by command name).
 REGISTRARS: list[Registrar] = [
+    _register_config,
     _register_demo,
     scheduler_cli.register,
     emulator_cli.register,

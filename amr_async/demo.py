@@ -27,10 +27,14 @@ from amr_async.emulator.bank import humaneval_path
 _BANNER = """\
 amr-async demo: AMR-Evol over the 164 HumanEval prompts.
 The teacher is the local emulator, a TEST DOUBLE: its answers come from reference solutions,
-so nothing below is a quality figure. For a real teacher, drop --base-url and set the key:
+so nothing below is a quality figure. One flag and one variable point the run at it:
+--base-url (the emulator's URL) and OPENAI_API_KEY (any value). For a real teacher, drop
+--base-url (or give your vLLM / llama.cpp server's) and export the real key:
     export OPENAI_API_KEY=...   # or ANTHROPIC_API_KEY with --provider anthropic
     amr-async run --strategy amr-evol --model gpt-4o-mini --input in.jsonl \\
         --output out.jsonl --journal run.db --db modules.db
+    amr-async run --dry-run ...   # calls, tokens and $ first, nothing sent
+Live progress and a summary table follow on stderr.
 """
 
 

@@ -220,7 +220,8 @@ async def test_disk_full_fails_cleanly_and_resume_completes(
     n = 400
     items = _write_input(tmp_path / "in.jsonl", n)
     hashes = _hashes(items, emu.openai_base_url)
-    rc, _, err = await _cli(_run_args(tmp_path, emu, "--concurrency", "16"), fsize_limit=200_000)
+    args = _run_args(tmp_path, emu, "--concurrency", "16", "--quiet")
+    rc, _, err = await _cli(args, fsize_limit=200_000)
     assert rc == ExitCode.STORAGE, err
     assert "no space left" in err
     assert len(err.strip().splitlines()) == 1  # one clear line, no traceback
@@ -245,7 +246,7 @@ async def test_budget_stops_dispatch_and_higher_cap_resumes(
     emu = await start_emulator()
     n = 60
     _write_input(tmp_path / "in.jsonl", n)
-    args = _run_args(tmp_path, emu, "--concurrency", "4", "--budget-tokens", "2000")
+    args = _run_args(tmp_path, emu, "--concurrency", "4", "--budget-tokens", "2000", "--quiet")
     rc, _, err = await _cli(args)
     assert rc == ExitCode.BUDGET, err
     assert len(err.strip().splitlines()) == 1
@@ -353,4 +354,4 @@ async def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
         ]
     )
     assert rc == ExitCode.USAGE
-    assert "nope.jsonl is not a readable file" in err
+    assert "nope.jsonl does not exist: fix --input" in err

@@ -96,6 +96,12 @@ class JournaledTeacher:
         outcome = await self._send(request)
         if outcome.kind in _STOPS_THE_RUN:
             raise TeacherUnavailable(f"teacher refused the call ({outcome.kind}): {outcome.error}")
+        if outcome.kind is OutcomeKind.INVALID_REQUEST and outcome.status == 404:
+            # No other item can get past an unknown model or a wrong URL path either.
+            raise TeacherUnavailable(
+                f"the teacher answered 404 for model {request.model!r} ({outcome.error}): "
+                "fix --model, or --base-url (OpenAI-compatible servers need the /v1 suffix)"
+            )
         if not outcome.kind.is_success:
             return outcome
         cost = self._price(request.model, outcome.usage)

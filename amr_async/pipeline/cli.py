@@ -14,12 +14,13 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from amr_async import config
 from amr_async.journal import (
     Budget,
     Journal,
@@ -28,50 +29,26 @@ from amr_async.journal import (
     JournalStorageError,
     RunJournal,
 )
-from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES
+from amr_async.pipeline._estimate import estimate_run
+from amr_async.pipeline._preflight import preflight
 from amr_async.pipeline._prompts import PromptError, load_templates
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.runner import ExitCode, Runner, RunReport, RunSettings
 from amr_async.pipeline.strategies import DirectStrategy, Strategy
 from amr_async.pipeline.strategies.amr_evol import AmrEvolConfig, AmrEvolStrategy
 from amr_async.pipeline.strategies.baselines import AnsRepairStrategy, CallSettings, CotStrategy
+from amr_async.progress import Progress, add_progress_flags, count_lines, progress_mode
 from amr_async.teacher.types import Provider
 
-# Settings journaled with the run and reused on resume; value = default when never given.
-_RESUMABLE: dict[str, Any] = {
-    "input": None,
-    "output": None,
-    "rejects": None,
-    "strategy": "direct",
-    "provider": "openai",
-    "base_url": None,
-    "model": None,
-    "max_tokens": 3000,
-    "temperature": 0.0,
-    "concurrency": 64,
-    "max_line_bytes": DEFAULT_MAX_LINE_BYTES,
-    "cache": False,
-    "pricing": [],
-    # amr-evol and ansrepair
-    "prompts": None,
-    "db": None,
-    "embedder": "hash",
-    "k": 1,
-    "min_similarity": 0.0,
-    "novelty_max_cosine": 0.9,
-    "evolve_stubs": True,
-    "window": 64,
-    "final_check": False,
-    "drop_failed": False,
-    "keep_raw": False,
-    "isolation": "auto",
-}
+if TYPE_CHECKING:
+    from amr_async.moduledb import ModuleDB
+    from amr_async.scheduler import Dispatcher
 
-_STRATEGIES = ("direct", "cot", "ansrepair", "amr-evol")
+_T = TypeVar("_T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `run` command."""
+    """Add the `run` command (its setting flags come from `amr_async.config.KEYS`)."""
     p = sub.add_parser(
         "run",
         help="distil instructions (input JSONL) into responses (output JSONL), resumably",
@@ -81,111 +58,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode)
         + ". Input lines: JSON objects with 'instruction' and optional 'id'.",
     )
-    p.add_argument("--input", type=Path, help="input JSONL (one {id, instruction} per line)")
-    p.add_argument("--output", type=Path, help="output JSONL (one record per finished item)")
-    p.add_argument("--journal", type=Path, required=True, help="the run's SQLite journal")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the journal's run (the latest, or --run-id); starts it if none yet",
     )
     p.add_argument("--run-id", help="run to create or resume (default: new / the latest)")
-    p.add_argument("--rejects", type=Path, help="rejected lines (default OUTPUT.rejects.jsonl)")
-    p.add_argument("--strategy", choices=_STRATEGIES, help="pipeline strategy (default direct)")
-    p.add_argument("--provider", choices=[p.value for p in Provider], help="default openai")
-    p.add_argument("--base-url", help="server root (default: the provider's public API)")
-    p.add_argument("--model", help="teacher model (required for a new run)")
-    p.add_argument("--max-tokens", type=int, help="output tokens per call (default 3000)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0)")
-    p.add_argument("--concurrency", type=int, help="items in progress at once (default 64)")
-    p.add_argument("--max-line-bytes", type=int, help="reject longer input lines (1 MiB)")
     p.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="answer calls from other runs' journaled answers (same request key)",
+        "--dry-run",
+        action="store_true",
+        help="estimate calls, tokens and $ from the input and strategy; send nothing",
     )
-    p.add_argument("--pricing", type=Path, action="append", help="pricing TOML over the shipped")
-    p.add_argument("--budget-usd", type=float, help="stop dispatch once this many $ are spent")
-    p.add_argument("--budget-tokens", type=int, help="stop dispatch at this many tokens")
-    g = p.add_argument_group("amr-evol (and ansrepair's sandbox)")
-    g.add_argument(
-        "--prompts", type=Path, help="directory of <kind>.toml templates over the shipped"
-    )
-    g.add_argument(
-        "--db", type=Path, help="module database directory (amr-evol; created if absent)"
-    )
-    g.add_argument("--embedder", choices=["hash", "minilm"], help="DB embedder (default hash)")
-    g.add_argument("--k", type=int, help="modules retrieved per stub (default 1)")
-    g.add_argument("--min-similarity", type=float, help="retrieval cosine floor (default 0)")
-    g.add_argument(
-        "--novelty-max-cosine", type=float, help="a function this similar is not new (0.9)"
-    )
-    g.add_argument(
-        "--evolve-stubs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="give the evolution prompt the stubs too (default on; off = retrieved only)",
-    )
-    g.add_argument("--window", type=int, help="input lines per DB window (default 64; 1 = online)")
-    g.add_argument(
-        "--final-check",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run the generated tests against the final response and record the verdict",
-    )
-    g.add_argument(
-        "--drop-failed",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with --final-check: keep failing records out of the output (they go, whole, "
-        "to the rejects file)",
-    )
-    g.add_argument(
-        "--keep-raw",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="put each stage's raw teacher answer in the record",
-    )
-    g.add_argument(
-        "--isolation", choices=["auto", "namespaces", "none"], help="sandbox isolation (auto)"
-    )
+    add_progress_flags(p)
+    config.add_flags(p)
     p.set_defaults(func=_run_command)
 
 
 def _settings(args: argparse.Namespace, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Command line over the journaled config over the defaults."""
-    out: dict[str, Any] = {}
-    for name, default in _RESUMABLE.items():
-        given = getattr(args, name)
-        if given is not None:
-            out[name] = [str(v) for v in given] if name == "pricing" else given
-        elif stored is not None and name in stored:
-            out[name] = stored[name]
-        else:
-            out[name] = default
-    for name in ("input", "output", "rejects", "prompts", "db"):
-        if out[name] is not None:
-            out[name] = str(Path(out[name]).resolve())
-    if out["base_url"]:
-        out["base_url"] = _without_password(out["base_url"])
-    return out
+    """The run's journaled settings: flags > journaled (resume) > env > TOML file > defaults."""
+    return _load(args, stored).to_dict(resumable_only=True)
 
 
-def _without_password(url: str) -> str:
-    """`url` with any `user:password@` removed: the config is journaled, secrets are not."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
+def _load(args: argparse.Namespace, stored: Mapping[str, Any] | None) -> config.Config:
+    try:
+        file = config.config_file(getattr(args, "config", None), os.environ)
+        return config.load(file=file, flags=config.read_flags(args), stored=stored).config
+    except config.ConfigError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        journal = Journal.open(args.journal)
+        first = _load(args, None)
+        if args.dry_run:
+            print(_dry_run(first))
+            return ExitCode.OK
+        journal_path = _journal_path(first)
+        if not args.resume:  # every check before the journal file is created
+            cfg, resume = _resolve(args, None)
+            _check_teacher(cfg, args)
+        journal = Journal.open(journal_path)
+    except _UsageError as exc:
+        print(f"amr-async run: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     except JournalLockedError as exc:
         print(f"amr-async run: {exc}", file=sys.stderr)
         return ExitCode.LOCKED
@@ -196,7 +111,16 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"amr-async run: {exc}", file=sys.stderr)
         return ExitCode.ERROR
     try:
-        cfg, run = _prepare(args, journal)
+        if args.resume:
+            cfg, resume = _resolve(args, journal)
+            _check_teacher(cfg, args)
+        run = journal.start_run(
+            config=cfg.to_dict(resumable_only=True),
+            output_path=Path(cfg.output or ""),
+            run_id=args.run_id,
+            resume=resume,
+            cache=cfg.cache,
+        )
         report = _run_loop(partial(_run, args, cfg, run))
     except _UsageError as exc:
         print(f"amr-async run: {exc}", file=sys.stderr)
@@ -217,7 +141,7 @@ class _UsageError(Exception):
     pass
 
 
-def _run_loop(main: Callable[[], Coroutine[Any, Any, RunReport]]) -> RunReport:
+def _run_loop(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
@@ -225,71 +149,132 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, RunReport]]) -> RunReport:
     return uvloop.run(main())
 
 
-def _prepare(args: argparse.Namespace, journal: Journal) -> tuple[dict[str, Any], RunJournal]:
-    """Resolve the settings, check the output, create or resume the run (blocking I/O)."""
+def _dry_run(cfg: config.Config) -> str:
+    """The `--dry-run` report (nothing is sent, no journal or output is touched)."""
+    for name in ("input", "model"):
+        if getattr(cfg, name) is None:
+            raise _UsageError(f"--{name} is required for --dry-run ({name} in TOML)")
+    assert cfg.input is not None
+    _check_input(Path(cfg.input))
+    try:
+        return estimate_run(cfg).render()
+    except (ValueError, OSError) as exc:  # PromptError, PricingError are ValueErrors
+        raise _UsageError(str(exc)) from None
+
+
+def _check_teacher(cfg: config.Config, args: argparse.Namespace) -> None:
+    """Key, server and model, checked with one request before anything is started."""
+    problem = _run_loop(partial(preflight, cfg, base_url=args.base_url))
+    if problem is not None:
+        raise _UsageError(problem)
+
+
+def _journal_path(cfg: config.Config) -> Path:
+    if cfg.journal is None:
+        raise _UsageError("journal is not set: pass --journal PATH (or journal = 'run.db' in TOML)")
+    path = Path(cfg.journal)
+    _check_directory(path.parent, "journal", "--journal")
+    return path
+
+
+def _check_directory(directory: Path, what: str, flag: str) -> None:
+    """One clear line when `directory` cannot take the file (missing, not a dir, read-only)."""
+    if not directory.exists():
+        raise _UsageError(f"{what} directory {directory} does not exist: create it or fix {flag}")
+    if not directory.is_dir():
+        raise _UsageError(f"{what} directory {directory} is not a directory: fix {flag}")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _UsageError(
+            f"{what} directory {directory} is not writable ({reason}): "
+            f"choose another {flag} or fix its permissions"
+        ) from None
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise _UsageError(f"input {path} does not exist: fix --input")
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _UsageError(
+            f"input {path} cannot be read ({reason}): fix --input or its permissions"
+        ) from None
+
+
+def _resolve(args: argparse.Namespace, journal: Journal | None) -> tuple[config.Config, bool]:
+    """The run's settings (with a resumed run's journaled ones) and whether it resumes."""
     stored: dict[str, Any] | None = None
     resume = args.resume
-    if resume:
+    if resume and journal is not None:
         runs = journal.runs()
         match = [r for r in runs if r.run_id == args.run_id] if args.run_id else runs[-1:]
         if match:
             stored = match[0].config
         elif args.run_id:
-            raise _UsageError(f"no run {args.run_id!r} to resume in {args.journal}")
+            raise _UsageError(f"no run {args.run_id!r} to resume in {journal.path}")
         else:
             resume = False  # nothing journaled yet (e.g. killed while starting): start it
-    cfg = _settings(args, stored)
+    cfg = _load(args, stored)
     for name in ("input", "output", "model"):
-        if cfg[name] is None:
-            raise _UsageError(f"--{name} is required for a new run")
-    if not Path(cfg["input"]).is_file():
-        raise _UsageError(f"input {cfg['input']} is not a readable file")
-    output = Path(cfg["output"])
+        if getattr(cfg, name) is None:
+            raise _UsageError(f"--{name} is required for a new run ({name} in TOML)")
+    assert cfg.input is not None
+    assert cfg.output is not None
+    _check_input(Path(cfg.input))
+    output = Path(cfg.output)
+    _check_directory(output.parent, "output", "--output")
     if not resume and output.exists() and output.stat().st_size > 0:
         raise _UsageError(f"output {output} exists and is not empty; use --resume or remove it")
-    cfg["rejects"] = cfg["rejects"] or f"{output}.rejects.jsonl"
-    if cfg["strategy"] == "amr-evol" and cfg["db"] is None:
-        raise _UsageError("--db is required for --strategy amr-evol")
+    cfg = cfg.replace(rejects=cfg.rejects or f"{output}.rejects.jsonl")
+    if cfg.strategy == "amr-evol" and cfg.db is None:
+        raise _UsageError("--db is required for --strategy amr-evol: pass --db DIR")
     try:
-        AmrEvolConfig(model=cfg["model"], k=cfg["k"], window_size=cfg["window"])
-        load_templates(Path(cfg["prompts"]) if cfg["prompts"] else None)
+        AmrEvolConfig(model=cfg.model or "", k=cfg.k, window_size=cfg.window)
+        load_templates(Path(cfg.prompts) if cfg.prompts else None)
     except (ValueError, PromptError) as exc:
         raise _UsageError(str(exc)) from None
-    # The config is journaled: it holds no key (keys come only from the environment).
-    run = journal.start_run(
-        config=cfg, output_path=output, run_id=args.run_id, resume=resume, cache=cfg["cache"]
-    )
-    return cfg, run
+    return cfg, resume
 
 
-async def _run(args: argparse.Namespace, cfg: dict[str, Any], run: RunJournal) -> RunReport:
+async def _run(args: argparse.Namespace, cfg: config.Config, run: RunJournal) -> RunReport:
     from amr_async.scheduler import Dispatcher, Endpoint, PricingTable
     from amr_async.teacher.factory import make_client
 
-    provider = Provider(cfg["provider"])
-    pricing = PricingTable.load(cfg["pricing"])
+    provider = Provider(cfg.provider)
+    pricing = PricingTable.load(cfg.pricing)
     # The URL as given (it may carry credentials); the journaled config has them removed.
-    client = make_client(provider, base_url=args.base_url or cfg["base_url"])
+    client = make_client(provider, base_url=args.base_url or cfg.base_url)
     dispatcher = Dispatcher([Endpoint(client)], pricing=pricing)
     teacher = JournaledTeacher(
         dispatcher.submit,
         provider=provider,
         run=run,
-        budget=Budget(max_usd=args.budget_usd, max_tokens=args.budget_tokens),
+        budget=Budget(max_usd=cfg.budget_usd, max_tokens=cfg.budget_tokens),
         price=partial(pricing.cost, cached_in_input=provider is Provider.OPENAI),
     )
     try:
         async with contextlib.AsyncExitStack() as stack:
-            strategy = await _strategy(cfg, run.run_id, stack)
-            return await _drive(strategy, teacher, cfg, run)
+            strategy = await _strategy(cfg.to_dict(), run.run_id, stack)
+            return await _drive(strategy, teacher, cfg, run, dispatcher, args)
     finally:
         with contextlib.suppress(Exception):
             await dispatcher.aclose(grace_s=0.0)
         await client.aclose()
 
 
-async def _strategy(cfg: dict[str, Any], run_id: str, stack: contextlib.AsyncExitStack) -> Strategy:
-    """The configured strategy; its DB and sandbox close with `stack`."""
+async def _strategy(
+    cfg: dict[str, Any],
+    run_id: str | None,
+    stack: contextlib.AsyncExitStack,
+    db: ModuleDB | None = None,
+) -> Strategy:
+    """The configured strategy; its sandbox (and DB, unless given open) close with `stack`."""
     from amr_async.moduledb import ModuleDB, make_embedder
     from amr_async.sandbox import Sandbox
 
@@ -313,8 +298,9 @@ async def _strategy(cfg: dict[str, Any], run_id: str, stack: contextlib.AsyncExi
     )
     if name == "ansrepair":
         return AnsRepairStrategy(calls, templates, sandbox)
-    db = await ModuleDB.open(Path(cfg["db"]), make_embedder(cfg["embedder"]))
-    stack.push_async_callback(db.aclose)
+    if db is None:
+        db = await ModuleDB.open(Path(cfg["db"]), make_embedder(cfg["embedder"]))
+        stack.push_async_callback(db.aclose)
     config = AmrEvolConfig(
         model=calls.model,
         max_tokens=calls.max_tokens,
@@ -332,15 +318,22 @@ async def _strategy(cfg: dict[str, Any], run_id: str, stack: contextlib.AsyncExi
 
 
 async def _drive(
-    strategy: Strategy, teacher: JournaledTeacher, cfg: dict[str, Any], run: RunJournal
+    strategy: Strategy,
+    teacher: JournaledTeacher,
+    cfg: config.Config,
+    run: RunJournal,
+    dispatcher: Dispatcher,
+    args: argparse.Namespace,
 ) -> RunReport:
+    assert cfg.input is not None
+    assert cfg.rejects is not None
     runner = Runner(
         strategy=strategy,
         teacher=teacher,
-        input_path=Path(cfg["input"]),
-        rejects_path=Path(cfg["rejects"]),
+        input_path=Path(cfg.input),
+        rejects_path=Path(cfg.rejects),
         run=run,
-        settings=RunSettings(concurrency=cfg["concurrency"], max_line_bytes=cfg["max_line_bytes"]),
+        settings=RunSettings(concurrency=cfg.concurrency, max_line_bytes=cfg.max_line_bytes),
     )
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -355,8 +348,11 @@ async def _drive(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    total = await asyncio.to_thread(count_lines, Path(cfg.input))
+    progress = Progress.for_run(runner, dispatcher, total=total, mode=progress_mode(args))
     try:
-        return await runner.run()
+        async with progress:
+            return await runner.run()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,6 +109,41 @@ class _Window:
             self.complete.set()
 
 
+@dataclass(slots=True, frozen=True)
+class ItemResult:
+    """How one item ended, for `on_result` listeners (the library API, progress).
+
+    Attributes:
+        item_id: the item's id.
+        line_no: its position in the input (1-based).
+        instruction: the instruction.
+        record: the output record when finished, else None.
+        verdict: the record's verdict when finished.
+        error: why the item failed or was rejected, else None.
+    """
+
+    item_id: str
+    line_no: int
+    instruction: str
+    record: dict[str, Any] | None = None
+    verdict: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The item finished with a record (its verdict may still say the tests failed)."""
+        return self.record is not None
+
+    @property
+    def response(self) -> str | None:
+        """The distilled response, when finished."""
+        value = None if self.record is None else self.record.get("response")
+        return value if isinstance(value, str) else None
+
+
+OnResult = Callable[[ItemResult], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class _Work:
     item: InputItem
@@ -138,6 +175,10 @@ class Runner:
         plain_output: output file written directly when there is no journal (no
             exactly-once guarantee: the benchmark baseline only).
         settings: streaming knobs.
+        items: items to process instead of reading `input_path` (the library API); their
+            line numbers must be 1, 2, 3, ... in order.
+        on_result: awaited with each finished or failed item (a slow listener slows the
+            workers: that is the backpressure of `Engine.distill`).
     """
 
     def __init__(
@@ -145,14 +186,18 @@ class Runner:
         *,
         strategy: Strategy,
         teacher: JournaledTeacher,
-        input_path: Path,
-        rejects_path: Path,
+        input_path: Path | None,
+        rejects_path: Path | None,
         run: RunJournal | None,
         plain_output: Path | None = None,
         settings: RunSettings | None = None,
+        items: AsyncIterable[InputItem] | None = None,
+        on_result: OnResult | None = None,
     ) -> None:
-        if run is None and plain_output is None:
-            raise ValueError("without a journal the runner needs plain_output")
+        if run is None and plain_output is None and on_result is None:
+            raise ValueError("without a journal the runner needs plain_output or on_result")
+        if (input_path is None) == (items is None):
+            raise ValueError("give exactly one of input_path and items")
         self.strategy = strategy
         self.teacher = teacher
         self.input_path = input_path
@@ -180,6 +225,11 @@ class Runner:
         # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
         # rejects file; written by the workers on the loop, swapped out by the producer.
         self._dropped: list[Reject] = []
+        self._items = items
+        self._on_result = on_result
+        self._reader: InputReader | None = None
+        # Live counters for progress displays: stages completed in this attempt, by name.
+        self.stage_counts: Counter[str] = Counter()
 
     def request_stop(
         self, reason: str = "interrupted", message: str = "stopped on request"
@@ -199,36 +249,46 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop is not None
 
+    @property
+    def report(self) -> RunReport:
+        """The live counts (done, failed, ...); final once `run()` returned."""
+        return self._report
+
+    @property
+    def in_progress(self) -> int:
+        """Items queued or running now."""
+        return len(self._in_flight)
+
+    @property
+    def rejected_so_far(self) -> int:
+        """Input lines rejected so far."""
+        return self._reader.rejected if self._reader is not None else self._report.rejected
+
     async def run(self) -> RunReport:
         """Process the whole input (or until stopped) and record how the run ended."""
-        settings = self.settings
+        if self._items is not None:
+            return await self._run_items(self._items)
+        assert self.input_path is not None
+        assert self.rejects_path is not None
         reader = await asyncio.to_thread(
             InputReader,
             self.input_path,
             self.rejects_path,
-            max_line_bytes=settings.max_line_bytes,
+            max_line_bytes=self.settings.max_line_bytes,
         )
+        self._reader = reader
         if self._plain_output is not None and self.run_journal is None:
             self._plain = self._plain_output.open("wb")
-        queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=settings.concurrency)
+
+        async def next_batch(rejects: list[Reject]) -> list[InputItem | Reject]:
+            return await asyncio.to_thread(_write_then_read, reader, rejects, self.settings)
+
+        async def write_rejects(rejects: list[Reject]) -> None:
+            if rejects:
+                await asyncio.to_thread(reader.write_rejects, rejects)
+
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(settings.concurrency):
-                    tg.create_task(self._worker(queue))
-                if self._windowed is not None:
-                    tg.create_task(self._close_windows())
-                try:
-                    await self._produce(reader, queue)
-                finally:
-                    if self._window is not None:
-                        self._window.set_produced()
-                    if self._windowed is not None:
-                        await self._windows.put(None)
-                    for _ in range(settings.concurrency):
-                        await queue.put(None)
-            # Items dropped after the producer's last trip to the reader.
-            if dropped := self._take_dropped():
-                await asyncio.to_thread(reader.write_rejects, dropped)
+            await self._run_batches(next_batch, write_rejects)
         finally:
             await asyncio.to_thread(reader.close)
             if self._plain is not None:
@@ -236,13 +296,64 @@ class Runner:
         self._report.rejected = reader.rejected
         return await self._finish()
 
+    async def _run_items(self, items: AsyncIterable[InputItem]) -> RunReport:
+        """`run()` over items given by the caller: one per batch, so none waits for a batch."""
+        source = aiter(items)
+
+        async def next_batch(rejects: list[Reject]) -> list[InputItem | Reject]:
+            await self._report_rejects(rejects)
+            item = await anext(source, None)
+            return [] if item is None else [item]
+
+        await self._run_batches(next_batch, self._report_rejects)
+        return await self._finish()
+
+    async def _report_rejects(self, rejects: list[Reject]) -> None:
+        for r in rejects:
+            if r.record is not None:
+                continue  # a dropped record: its listener already heard of it when it finished
+            self._report.rejected += 1
+            if self._on_result is not None:
+                await self._on_result(ItemResult("", r.line_no, "", error=r.reason))
+
+    async def _run_batches(
+        self,
+        next_batch: Callable[[list[Reject]], Awaitable[list[InputItem | Reject]]],
+        write_rejects: Callable[[list[Reject]], Awaitable[None]],
+    ) -> None:
+        """Workers, the window closer and the producer, until the input ends or a stop."""
+        concurrency = self.settings.concurrency
+        queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=concurrency)
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(concurrency):
+                tg.create_task(self._worker(queue))
+            if self._windowed is not None:
+                tg.create_task(self._close_windows())
+            try:
+                await write_rejects(await self._produce(next_batch, queue))
+            finally:
+                if self._window is not None:
+                    self._window.set_produced()
+                if self._windowed is not None:
+                    await self._windows.put(None)
+                for _ in range(concurrency):
+                    await queue.put(None)
+        # Items dropped after the producer's last trip to the reader.
+        if dropped := self._take_dropped():
+            await write_rejects(dropped)
+
     # --------------------------------------------------------------- producer
 
-    async def _produce(self, reader: InputReader, queue: asyncio.Queue[_Work | None]) -> None:
+    async def _produce(
+        self,
+        next_batch: Callable[[list[Reject]], Awaitable[list[InputItem | Reject]]],
+        queue: asyncio.Queue[_Work | None],
+    ) -> list[Reject]:
+        """Feed the workers batch by batch; returns the rejects not yet written."""
         rejects: list[Reject] = []
         run = self.run_journal
         while self._stop is None:
-            batch = await asyncio.to_thread(_write_then_read, reader, rejects, self.settings)
+            batch = await next_batch(rejects)
             rejects = []
             if not batch:
                 break
@@ -283,8 +394,7 @@ class Runner:
                     Reject(line, reason, kept.get(item_id)) for line, item_id, reason in dropped_ids
                 )
             rejects.extend(self._take_dropped())
-        if rejects:
-            await asyncio.to_thread(reader.write_rejects, rejects)
+        return rejects
 
     # ---------------------------------------------------------------- windows
 
@@ -370,6 +480,7 @@ class Runner:
                 result = await stage.run(item, outputs, self.teacher)
                 outputs[stage.name] = result.output
                 last = stage.name
+                self.stage_counts[stage.name] += 1
                 # The last stage's output travels in the final record instead.
                 if run is not None and index < len(stages) - 1:
                     run.record_stage(
@@ -379,6 +490,10 @@ class Runner:
             self._report.failed += 1
             if run is not None:
                 await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
+            if self._on_result is not None:
+                await self._on_result(
+                    ItemResult(item.item_id, item.line_no, item.instruction, error=str(exc))
+                )
             return
         record, verdict = self.strategy.record(item, outputs)
         if work.window is not None:
@@ -402,10 +517,13 @@ class Runner:
             self._finishing[item.item_id] = (item.line_no, committed)
             if work.window is not None:
                 work.window.finishing.append(committed)
-        elif verdict != DROPPED:
-            assert self._plain is not None
+        elif verdict != DROPPED and self._plain is not None:
             self._plain.write(orjson.dumps(record) + b"\n")  # baseline only: page-cache write
         self._report.done += 1
+        if self._on_result is not None:
+            await self._on_result(
+                ItemResult(item.item_id, item.line_no, item.instruction, record, verdict)
+            )
 
     def _take_dropped(self) -> list[Reject]:
         taken, self._dropped = self._dropped, []
