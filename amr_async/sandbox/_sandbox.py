@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import contextlib
 import hashlib
 import json
+import marshal
 import os
 import signal
 import socket
@@ -141,7 +143,7 @@ class _Run:
 
     job: Job
     plans: list[Plan]
-    probes: list[tuple[str, str]] = field(default_factory=list)
+    probes: list[tuple[str, str | bytes]] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)  # probe index -> test index
     first: list[int] = field(default_factory=list)  # test index -> first probe
     outcomes: list[Outcome | None] = field(default_factory=list)
@@ -152,6 +154,7 @@ class _Run:
     stop: bool = False  # fail_fast tripped
     ready: bool = False  # the current process has executed the module
     finished: bool = False  # the current process flushed its output after the last probe
+    unbuffered: bool = False  # the next process writes each record at once (exact blame)
 
     def __post_init__(self) -> None:
         for t, p in enumerate(self.plans):
@@ -343,35 +346,103 @@ class Sandbox:
         )
         for test, p in zip(job.tests, plans, strict=True):
             h.update(b"\x00" + repr(type(test).__name__).encode())
-            h.update(repr(p.probes).encode("utf-8", "surrogatepass"))
-            h.update(p.key.encode("utf-8", "surrogatepass"))
+            for kind, payload in p.probes:
+                body = (
+                    payload
+                    if isinstance(payload, bytes)
+                    else payload.encode("utf-8", "surrogatepass")
+                )
+                h.update(f"\x00{kind}{len(body)}:".encode() + body)
+            key = p.key if isinstance(p.key, bytes) else p.key.encode("utf-8", "surrogatepass")
+            h.update(f"\x00{len(key)}:".encode() + key)
         return code_hash, h.hexdigest()
 
-    async def run(self, job: Job) -> JobResult:
+    async def run(self, job: Job, *, shards: int = 1) -> JobResult:
         """Run `job` and judge every test. Never blocks the event loop.
+
+        Args:
+            job: code, tests and limits.
+            shards: spread the tests over this many processes that run at once,
+                each holding a pool slot, so that one long job keeps several cores
+                busy. Test k goes to shard k mod `shards` (inputs that grow along
+                the list are dealt out evenly); each shard executes the module
+                once. With `Job.fail_fast`, a failure stops only its own shard.
 
         Raises:
             SandboxError: the sandbox is closed or could not start.
+            ValueError: `shards` < 1.
         """
+        if shards < 1:
+            raise ValueError("shards must be ≥ 1")
         plans = [plan(t, job.entry_point) for t in job.tests]
         key = self._key(job, plans) if self._cache_size else None
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return replace(self._cache[key], cached=True)
         await self.start()
-        assert self._slots is not None
-        async with self._slots:
-            result = await self._execute(_Run(job, plans))
+        shards = min(shards, len(job.tests))
+        if shards > 1:
+            result = await self._sharded(job, plans, shards)
+        else:
+            result = await self._slot_execute(_Run(job, plans))
         if key is not None and not any(t.status in _UNCACHEABLE for t in result.tests):
             self._cache[key] = result
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
 
+    async def _slot_execute(self, run: _Run) -> JobResult:
+        assert self._slots is not None
+        async with self._slots:
+            return await self._execute(run)
+
+    async def _sharded(self, job: Job, plans: list[Plan], shards: int) -> JobResult:
+        """Run the tests dealt out to `shards` sub-jobs at once; merge in test order."""
+        parts: list[range] = [range(s, len(job.tests), shards) for s in range(shards)]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._slot_execute(
+                            _Run(
+                                replace(
+                                    job,
+                                    tests=[job.tests[i] for i in part],
+                                    time_limits=(
+                                        [job.time_limits[i] for i in part]
+                                        if job.time_limits
+                                        else None
+                                    ),
+                                ),
+                                [plans[i] for i in part],
+                            )
+                        )
+                    )
+                    for part in parts
+                ]
+        except ExceptionGroup as failed:  # the first shard's error, as an unsharded run raises
+            raise failed.exceptions[0] from None
+        results = [task.result() for task in tasks]
+        tests: list[TestResult | None] = [None] * len(job.tests)
+        for part, res in zip(parts, results, strict=True):
+            for i, t in zip(part, res.tests, strict=True):
+                tests[i] = replace(t, index=i)
+        return JobResult(
+            passed=all(r.passed for r in results),
+            tests=tuple(t for t in tests if t is not None),
+            module_error=next((r.module_error for r in results if r.module_error), None),
+            isolation=results[0].isolation,
+            output="".join(r.output for r in results),
+            output_bytes=sum(r.output_bytes for r in results),
+            processes_started=sum(r.processes_started for r in results),
+            cpu_seconds=sum(r.cpu_seconds for r in results),
+        )
+
     async def _execute(self, run: _Run) -> JobResult:
         started = 0
         output = ""
         output_bytes = 0
+        cpu = 0.0
         start = run.next_probe(0)
         # At least one process, so a job without tests still executes (and checks) the module.
         while (started == 0 or start < len(run.probes)) and not run.stop and not run.module_error:
@@ -380,6 +451,7 @@ class Sandbox:
             if not output:
                 output = str(report.get("output", ""))
             output_bytes += int(report.get("output_bytes", 0))
+            cpu += float(report.get("cpu", 0.0))
         for t in range(len(run.plans)):
             if run.results[t] is None:
                 if run.module_error is not None:
@@ -395,6 +467,7 @@ class Sandbox:
             output=output,
             output_bytes=output_bytes,
             processes_started=started,
+            cpu_seconds=cpu,
         )
 
     async def _attempt(self, run: _Run, start: int) -> tuple[int, dict[str, Any]]:
@@ -408,6 +481,7 @@ class Sandbox:
             "entry_point": job.entry_point,
             "probes": run.probes,
             "start": start,
+            "unbuffered": run.unbuffered,
             "limits": {
                 "memory_bytes": lim.memory_bytes,
                 "file_bytes": lim.file_bytes,
@@ -420,10 +494,10 @@ class Sandbox:
             "cpu_seconds": budget,
             "hard_deadline_s": budget * lim.wall_factor + 5.0,
         }
-        body = json.dumps(spec).encode("utf-8", "surrogatepass")
+        body = marshal.dumps(spec)
         res_r, res_w = os.pipe()
         ctl, ctl_child = socket.socketpair()
-        proto = _Lines(lim.result_bytes)
+        proto = _Lines(lim.result_bytes * 4 // 3 + 64)  # values travel in base64
         transport: asyncio.ReadTransport | None = None
         writer: asyncio.StreamWriter | None = None
         report: dict[str, Any] = {}
@@ -487,32 +561,36 @@ class Sandbox:
         for line in proto.take_lines():
             parts = line.split(b" ", 3)
             try:
-                i, kind, micros = int(parts[0]), parts[1].decode(), int(parts[2])
-                raw = parts[3].decode("utf-8", "surrogatepass") if len(parts) > 3 else ""
-            except (ValueError, IndexError, UnicodeDecodeError):
+                i, kind, micros = int(parts[0]), parts[1], int(parts[2])
+                raw = parts[3] if len(parts) > 3 else b""
+            except (ValueError, IndexError):
                 continue  # not a record (only the code under test writes such lines)
             if i == -1:
-                if kind == "R":
+                if kind == b"R":
                     run.ready = True
-                elif kind == "D":
+                elif kind == b"D":
                     run.finished = True
-                elif kind == "E" and run.module_error is None:
+                elif kind == b"E" and run.module_error is None:
                     with contextlib.suppress(ValueError, TypeError):
                         name, msg = json.loads(raw)
                         run.module_error = f"{name}: {msg}"
                 continue
             if not start <= i < n:
                 continue
-            if kind == "v":
-                run.record(i, kind, micros, raw)
-            elif kind in ("e", "u"):
+            if kind == b"v":
+                try:
+                    value = binascii.a2b_base64(raw, strict_mode=True)
+                except binascii.Error:
+                    continue
+                run.record(i, "v", micros, value)
+            elif kind in (b"e", b"u"):
                 try:
                     payload = json.loads(raw)
                 except ValueError:
                     continue
-                run.record(i, kind, micros, payload)
-            elif kind == "o":
-                run.record(i, kind, micros, None)
+                run.record(i, kind.decode(), micros, payload)
+            elif kind == b"o":
+                run.record(i, "o", micros, None)
 
     async def _follow(self, run: _Run, start: int, proto: _Lines, pid: int | None) -> str:
         """Read records until done, EOF, overflow, fail-fast, or a deadline; say which.
@@ -585,6 +663,13 @@ class Sandbox:
             return len(run.probes)
         if nxt >= len(run.probes):
             return nxt
+        if outcome != "overflow" and not run.unbuffered:
+            # The child holds records back for up to 2 ms: the record of probe `nxt`
+            # may have died in its buffer while a later probe hung or crashed. Rerun
+            # from `nxt` writing every record at once, and blame only that process.
+            run.unbuffered = True
+            return nxt
+        run.unbuffered = False
         t = run.owner[nxt]
         if outcome == "timeout":
             status, msg = Status.TIMEOUT, f"exceeded the time limit of {run.limits[t]:g} s"
