@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from amr_async.sandbox import NOT_GIVEN, AssertTest, CallTest, Status, same
 from amr_async.sandbox._judge import plan_assert, plan_call
-from amr_async.sandbox._worker import Unencodable, decode, encode
+from amr_async.sandbox._sandbox import _Frames
+from amr_async.sandbox._worker import FRAME_MAGIC, Unencodable, decode, encode, frame
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 values = st.recursive(
@@ -181,7 +182,7 @@ def test_other_statements_run_in_the_sandbox() -> None:
     assert p.judge([("o", None)])[0] is Status.PASSED
     assert p.judge([("e", ["AssertionError", ""])])[0] is Status.FAILED
     wrapped = plan_assert(AssertTest("def test_x():\n    y = f(3)\n    assert y == 9"))
-    assert wrapped.probes[0][1].endswith("test_x()\n")
+    assert str(wrapped.probes[0][1]).endswith("test_x()\n")
 
 
 def test_syntax_errors_are_reported_with_the_line() -> None:
@@ -209,3 +210,31 @@ def test_poly_root_oracle() -> None:
     assert p.judge([("v", encode(-2.0))])[0] is Status.PASSED
     assert p.judge([("v", encode(1.0))])[0] is Status.FAILED
     assert p.judge([("v", encode("2"))])[0] is Status.FAILED
+
+
+class _Transport:
+    paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+
+def test_frames_resync_after_bytes_the_code_wrote_itself() -> None:
+    proto = _Frames(cap=100)
+    transport = _Transport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    stream = (
+        b"0 o 0\n"  # a forged line
+        + frame(0, b"v", 5, b"xx")
+        + FRAME_MAGIC  # a magic with a corrupt header after it
+        + b"\x00" * 40
+        + frame(1, b"o", 1)
+    )
+    for k in range(0, len(stream), 7):  # arrives in pieces
+        proto.data_received(stream[k : k + 7])
+    assert proto.take() == [(0, ord("v"), 5, b"xx"), (1, ord("o"), 1, b"")]
+    assert not proto.ready()
+    proto.data_received(frame(2, b"v", 0, b"y" * 101))
+    assert proto.take() == []
+    assert proto.overflow
+    assert transport.paused

@@ -6,6 +6,7 @@ import asyncio
 import binascii
 import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import marshal
@@ -36,11 +37,12 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (could not start, or was used after `aclose`)."""
 
 
-class _Lines(asyncio.Protocol):
-    """Collects the result pipe into complete lines; wakes one waiter."""
+class _Frames(asyncio.Protocol):
+    """Cuts the result pipe into `_worker.frame` records; wakes one waiter per record."""
 
     def __init__(self, cap: int) -> None:
         self.buf = bytearray()
+        self.pos = 0  # where the next frame (or garbage to skip) starts
         self.eof = False
         self.overflow = False
         self._cap = cap
@@ -54,11 +56,8 @@ class _Lines(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) > self._cap and self.buf.rfind(b"\n") < len(self.buf) - self._cap:
-            self.overflow = True  # one record larger than the cap
-            assert self.transport is not None
-            self.transport.pause_reading()
-        self._wake()
+        if self.ready():  # not for every chunk of a large value
+            self._wake()
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -73,17 +72,50 @@ class _Lines(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def take_lines(self) -> list[bytes]:
-        end = self.buf.rfind(b"\n")
-        if end < 0:
-            return []
-        chunk = bytes(self.buf[:end])
-        del self.buf[: end + 1]
-        return chunk.split(b"\n")
+    def ready(self) -> bool:
+        """`take` has something to do: a whole frame, an oversized one, or bytes to skip."""
+        left = len(self.buf) - self.pos
+        if left < _HEAD:
+            return False
+        if self.buf[self.pos : self.pos + _MAGIC_LEN] != _MAGIC:
+            return True
+        size: int = _FIELDS.unpack_from(self.buf, self.pos + _MAGIC_LEN)[3]
+        return size > self._cap or left >= _HEAD + size
+
+    def take(self) -> list[tuple[int, int, int, bytes]]:
+        """Whole frames as (index, kind, micros, payload); sets `overflow` on a huge one."""
+        out = []
+        buf, pos = self.buf, self.pos
+        while len(buf) - pos >= _HEAD and not self.overflow:
+            if buf[pos : pos + _MAGIC_LEN] != _MAGIC:
+                # Bytes the code wrote itself: skip to the next magic.
+                found = buf.find(_MAGIC, pos + 1)
+                pos = found if found >= 0 else max(pos, len(buf) - _MAGIC_LEN + 1)
+                continue
+            fields = pos + _MAGIC_LEN
+            (crc,) = _CRC.unpack_from(buf, fields + _FIELDS.size)
+            if crc != binascii.crc32(buf[fields : fields + _FIELDS.size]):
+                pos += 1
+                continue
+            i, kind, micros, size = _FIELDS.unpack_from(buf, fields)
+            if size > self._cap:
+                self.overflow = True  # one record larger than the cap: stop reading
+                assert self.transport is not None
+                self.transport.pause_reading()
+                break
+            if len(buf) - pos - _HEAD < size:
+                break
+            out.append((i, kind, micros, bytes(buf[pos + _HEAD : pos + _HEAD + size])))
+            pos += _HEAD + size
+        if pos == len(buf) or pos > 1 << 20:
+            del buf[:pos]
+            pos = 0
+        self.pos = pos
+        return out
 
     async def wait(self, seconds: float) -> None:
-        """Return when data or EOF arrives, or after `seconds`."""
-        if self.eof or b"\n" in self.buf:
+        """Return when a frame or EOF arrives, or after `seconds`."""
+        if self.eof or self.ready():
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -94,6 +126,16 @@ class _Lines(asyncio.Protocol):
         finally:
             timer.cancel()
             self._waiter = None
+
+
+_MAGIC = _worker.FRAME_MAGIC
+_MAGIC_LEN = len(_MAGIC)
+_FIELDS = _worker.FRAME_FIELDS
+_CRC = _worker.FRAME_CRC
+_HEAD = _MAGIC_LEN + _FIELDS.size + _CRC.size
+# Records of probe values, in the `_worker.frame` kind byte.
+_R, _D, _E, _V, _O = (ord(c) for c in "RDEvo")
+_ERRORS = {ord("e"): "e", ord("u"): "u"}
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -496,8 +538,10 @@ class Sandbox:
         }
         body = marshal.dumps(spec)
         res_r, res_w = os.pipe()
+        with contextlib.suppress(OSError):  # fewer reads and wake-ups for large values
+            fcntl.fcntl(res_w, fcntl.F_SETPIPE_SZ, 1 << 20)
         ctl, ctl_child = socket.socketpair()
-        proto = _Lines(lim.result_bytes * 4 // 3 + 64)  # values travel in base64
+        proto = _Frames(lim.result_bytes)
         transport: asyncio.ReadTransport | None = None
         writer: asyncio.StreamWriter | None = None
         report: dict[str, Any] = {}
@@ -556,43 +600,33 @@ class Sandbox:
                 if fd >= 0:
                     os.close(fd)
 
-    def _consume(self, run: _Run, start: int, proto: _Lines) -> None:
+    def _consume(self, run: _Run, start: int, proto: _Frames) -> None:
         n = len(run.probes)
-        for line in proto.take_lines():
-            parts = line.split(b" ", 3)
-            try:
-                i, kind, micros = int(parts[0]), parts[1], int(parts[2])
-                raw = parts[3] if len(parts) > 3 else b""
-            except (ValueError, IndexError):
-                continue  # not a record (only the code under test writes such lines)
+        for i, kind, micros, raw in proto.take():
             if i == -1:
-                if kind == b"R":
+                if kind == _R:
                     run.ready = True
-                elif kind == b"D":
+                elif kind == _D:
                     run.finished = True
-                elif kind == b"E" and run.module_error is None:
+                elif kind == _E and run.module_error is None:
                     with contextlib.suppress(ValueError, TypeError):
                         name, msg = json.loads(raw)
                         run.module_error = f"{name}: {msg}"
                 continue
             if not start <= i < n:
-                continue
-            if kind == b"v":
-                try:
-                    value = binascii.a2b_base64(raw, strict_mode=True)
-                except binascii.Error:
-                    continue
-                run.record(i, "v", micros, value)
-            elif kind in (b"e", b"u"):
+                continue  # not a probe of this process (only forged records are)
+            if kind == _V:
+                run.record(i, "v", micros, raw)
+            elif kind in _ERRORS:
                 try:
                     payload = json.loads(raw)
                 except ValueError:
                     continue
-                run.record(i, kind.decode(), micros, payload)
-            elif kind == b"o":
+                run.record(i, _ERRORS[kind], micros, payload)
+            elif kind == _O:
                 run.record(i, "o", micros, None)
 
-    async def _follow(self, run: _Run, start: int, proto: _Lines, pid: int | None) -> str:
+    async def _follow(self, run: _Run, start: int, proto: _Frames, pid: int | None) -> str:
         """Read records until done, EOF, overflow, fail-fast, or a deadline; say which.
 
         Limits are CPU-time-like: when a test's wall-clock limit expires but the

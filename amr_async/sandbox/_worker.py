@@ -22,14 +22,16 @@ Process tree of one job::
   claim about a *value*: the expected values never enter C, so the parent judges
   and a forged record is no better than the code returning that value honestly.
 
-Record lines on the result pipe (``idx kind micros [payload]``). Lines resync
-after anything the code itself writes there, so its garbage cannot swallow the
-honest records that follow::
+Records on the result pipe are frames: `FRAME_MAGIC`, the `FRAME_FIELDS` (probe
+index, kind, microseconds, payload length), a CRC-32 of those fields, then the
+payload. The parent skips to the next magic after anything that is not a valid
+header, so bytes the code itself writes to the pipe cannot swallow the honest
+records that follow (and a frame it forges is only a claim about a value)::
 
     -1 R us            module executed, probes start
     -1 E us [type,msg] module raised (JSON)
     -1 D 0             output flushed after the last probe
-    i v us B64         probe i returned the value encoded as `encode` bytes, in base64
+    i v us VALUE       probe i returned the value encoded as VALUE (see `encode`)
     i e us [type,msg]  probe i raised (JSON)
     i u us "typename"  probe i returned a value that has no strict encoding (JSON)
     i o us             statement test i ran without raising (sandbox-judged)
@@ -71,6 +73,17 @@ NOBODY = 65534
 # caches); the interpreter's own directories under them are bound back in.
 HIDDEN_DIRS = ("/root", "/home")
 HEADER = struct.Struct("!Q")
+FRAME_MAGIC = b"\x00\xffAMR\x1e"
+FRAME_FIELDS = struct.Struct("<iBQI")  # probe index (-1: the module), kind, micros, length
+FRAME_CRC = struct.Struct("<I")
+
+
+def frame(i: int, kind: bytes, micros: int, payload: bytes = b"") -> bytes:
+    """One record for the result pipe (see the module docstring)."""
+    fields = FRAME_FIELDS.pack(i, kind[0], micros, len(payload))
+    return FRAME_MAGIC + fields + FRAME_CRC.pack(binascii.crc32(fields)) + payload
+
+
 RESULT_FD = 3
 
 # ---------------------------------------------------------------------------
@@ -225,7 +238,6 @@ def _exc_payload(exc: BaseException) -> bytes:
 def _run_probes(spec: dict[str, Any]) -> None:
     perf = time.perf_counter
     write = os.write
-    b64 = binascii.b2a_base64
     pending: list[bytes] = []
     started = last_flush = perf()
     unbuffered = bool(spec.get("unbuffered"))
@@ -240,7 +252,7 @@ def _run_probes(spec: dict[str, Any]) -> None:
         last_flush = perf()
 
     def emit(i: int, kind: bytes, micros: int, payload: bytes = b"") -> None:
-        pending.append(b"%d %s %d %s\n" % (i, kind, micros, payload))
+        pending.append(frame(i, kind, micros, payload))
         now = perf()
         # At most every 2 ms, to spare the parent wake-ups; at once during the first
         # 50 ms and when the parent asks (it reruns from a probe that did not
@@ -272,13 +284,13 @@ def _run_probes(spec: dict[str, Any]) -> None:
                 t0 = perf()
                 value = fn(*args)
                 dt = int((perf() - t0) * 1e6)
-                emit(i, b"v", dt, b64(encode(value), newline=False))
+                emit(i, b"v", dt, encode(value))
             elif kind == "x":
                 value = eval(compile(payload, f"<test {i}>", "eval"), ns)
                 if type(value).__name__ == "generator":
                     value = list(value)
                 dt = int((perf() - t0) * 1e6)
-                emit(i, b"v", dt, b64(encode(value), newline=False))
+                emit(i, b"v", dt, encode(value))
             else:
                 exec(compile(payload, f"<test {i}>", "exec"), ns)
                 emit(i, b"o", int((perf() - t0) * 1e6))
