@@ -6,7 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := bubblewrap
+# None at present. The sandbox gets its namespaces from unshare(2) in a forked supervisor
+# (no exec per job, unlike bubblewrap); without root it runs with isolation "none".
+APT_PACKAGES :=
 RUST_SRC := $(shell find rust/src -name '*.rs') Cargo.toml
 
 .PHONY: all test demo ext rust-test lint pytest clean bootstrap
@@ -15,7 +17,7 @@ all: test
 
 bootstrap: $(VENV)/.apt $(VENV)/.ext $(VENV)/.minilm
 
-# Debian packages (bubblewrap for the sandbox); apt-get only when one is missing.
+# Debian packages listed in APT_PACKAGES; apt-get only when one is missing.
 $(VENV)/.apt: | $(BIN)/python
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -9,6 +9,15 @@
 3. Mutants: one mutated copy per task (an operator or constant changed),
    judged with fail-fast; `mutants_caught_fraction` is the share that fails.
 4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off).
+5. The floor: each canonical solution called on its inputs in a bare loop in
+   this process (no sandbox, no judging): `bare_seconds` (one core) and
+   `bare_cpu_seconds`. `overhead_ratio` is the CPU the sandboxed run spends
+   (parent + children) over that bare CPU; `bare_floor_seconds` is the bare CPU
+   spread perfectly over the workers, the best any harness could do.
+
+Tasks whose reference time exceeds 1/(2 × parallelism) of the total are split
+into shards (`Sandbox.run(job, shards=…)`) so one long task does not leave a
+core idle at the end; all jobs start longest first.
 
 Usage: ``.venv/bin/python bench/sandbox.py [--quick] [--data PATH]``; the last
 line of stdout is one JSON object.
@@ -19,8 +28,10 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import copy
 import gzip
 import json
+import math
 import os
 import random
 import statistics
@@ -126,6 +137,33 @@ def load(path: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def bare(rows: list[dict[str, Any]]) -> tuple[float, float, dict[str, float]]:
+    """Wall and CPU seconds of the bare calls (arguments copied outside the timing)."""
+    wall = cpu = 0.0
+    per_task: dict[str, float] = {}
+    for row in rows:
+        ns: dict[str, Any] = {}
+        exec(compile(row["prompt"] + row["canonical_solution"], row["task_id"], "exec"), ns)
+        fn = ns[row["entry_point"]]
+        # Fresh copies, as the sandbox gives every call (some solutions mutate inputs).
+        inputs = [copy.deepcopy(inp) for inp in row["base_input"] + row["plus_input"]]
+        t0, c0 = time.perf_counter(), time.process_time()
+        for args in inputs:
+            fn(*args)
+        c1 = time.process_time() - c0
+        wall += time.perf_counter() - t0
+        cpu += c1
+        per_task[row["task_id"]] = c1
+    return wall, cpu, per_task
+
+
+def shard_counts(refs: list[JobResult], parallelism: int) -> list[int]:
+    """Shards per task: enough that no shard exceeds 1/(2 × parallelism) of the total."""
+    costs = [sum(t.seconds or 0.0 for t in r.tests) for r in refs]
+    share = sum(costs) / (2 * parallelism) or 1.0
+    return [max(1, min(2 * parallelism, math.ceil(c / share))) for c in costs]
+
+
 async def reference(sandbox: Sandbox, rows: list[dict[str, Any]]) -> list[JobResult]:
     jobs = []
     for row in rows:
@@ -169,10 +207,15 @@ def eval_jobs(
     return jobs
 
 
-async def timed(sandbox: Sandbox, jobs: list[Job]) -> tuple[float, list[JobResult]]:
-    t0 = time.perf_counter()
-    results = await asyncio.gather(*(sandbox.run(j) for j in jobs))
-    return time.perf_counter() - t0, list(results)
+async def timed(
+    sandbox: Sandbox, jobs: list[Job], shards: list[int]
+) -> tuple[float, float, list[JobResult]]:
+    """Wall seconds, parent CPU seconds, results."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    results = await asyncio.gather(
+        *(sandbox.run(j, shards=n) for j, n in zip(jobs, shards, strict=True))
+    )
+    return time.perf_counter() - t0, time.process_time() - c0, list(results)
 
 
 async def main() -> None:
@@ -184,6 +227,7 @@ async def main() -> None:
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 3)
     rows = load(args.data, args.quick)
+    bare_wall, bare_cpu, bare_per_task = bare(rows)
 
     async with Sandbox(parallelism=args.parallelism, cache_size=0) as sandbox:
         t0 = time.perf_counter()
@@ -199,24 +243,27 @@ async def main() -> None:
         )
         rows = [rows[i] for i in order]
         refs = [refs[i] for i in order]
+        shards = shard_counts(refs, args.parallelism)
         canon = eval_jobs(rows, refs, [r["prompt"] + r["canonical_solution"] for r in rows], False)
-        runs = [await timed(sandbox, canon) for _ in range(reps)]
-        seconds = statistics.median(s for s, _ in runs)
-        results = runs[0][1]
+        runs = [await timed(sandbox, canon, shards) for _ in range(reps)]
+        seconds = statistics.median(s for s, _, _ in runs)
+        results = runs[0][2]
         tests = sum(len(r.tests) for r in results)
-        # Time spent inside the solutions themselves (child-measured, summed over
-        # processes): what any harness must spend; the rest is sandbox overhead.
+        # Time spent inside the solutions themselves (child-measured wall time,
+        # summed over processes), and CPU of the parent and of the children.
         inside = statistics.median(
-            sum(t.seconds or 0.0 for r in rs for t in r.tests) for _, rs in runs
+            sum(t.seconds or 0.0 for r in rs for t in r.tests) for _, _, rs in runs
         )
+        parent_cpu = statistics.median(c for _, c, _ in runs)
+        child_cpu = statistics.median(sum(r.cpu_seconds for r in rs) for _, _, rs in runs)
         failing = [
             (row["task_id"], res.counts())
             for row, res in zip(rows, results, strict=True)
             if not res.passed
         ]
 
-        mutant_rows, mutant_refs, mutant_codes = [], [], []
-        for row, ref in zip(rows, refs, strict=True):
+        mutant_rows, mutant_refs, mutant_codes, mutant_shards = [], [], [], []
+        for row, ref, n in zip(rows, refs, shards, strict=True):
             code = row["prompt"] + row["canonical_solution"]
             first_line = row["prompt"].count("\n") + 1
             mutant = mutate(code, first_line, row["task_id"])
@@ -224,8 +271,9 @@ async def main() -> None:
                 mutant_rows.append(row)
                 mutant_refs.append(ref)
                 mutant_codes.append(mutant)
-        mutant_seconds, mutant_results = await timed(
-            sandbox, eval_jobs(mutant_rows, mutant_refs, mutant_codes, True)
+                mutant_shards.append(n)
+        mutant_seconds, _, mutant_results = await timed(
+            sandbox, eval_jobs(mutant_rows, mutant_refs, mutant_codes, True), mutant_shards
         )
         caught = sum(not r.passed for r in mutant_results)
 
@@ -238,6 +286,8 @@ async def main() -> None:
 
     if failing:
         print("failing:", failing)
+    heaviest = sorted(bare_per_task.items(), key=lambda kv: -kv[1])[:7]
+    print("heaviest tasks (bare CPU s):", ", ".join(f"{k} {v:.2f}" for k, v in heaviest))
     out = {
         "all_passed": not failing,
         "tests": tests,
@@ -245,8 +295,17 @@ async def main() -> None:
         "tests_per_s": round(tests / seconds, 1),
         "mutants_caught_fraction": round(caught / max(len(mutant_codes), 1), 4),
         "empty_job_p50_ms": round(statistics.median(empty) * 1000, 2),
+        "bare_seconds": round(bare_wall, 3),
+        "bare_cpu_seconds": round(bare_cpu, 3),
+        "bare_floor_seconds": round(bare_cpu / args.parallelism, 3),
+        "parent_cpu_seconds": round(parent_cpu, 3),
+        "child_cpu_seconds": round(child_cpu, 3),
+        # CPU of the whole sandboxed run over the CPU of the bare calls (load-independent).
+        "overhead_ratio": round((parent_cpu + child_cpu) / bare_cpu, 3),
+        # How busy the workers were: CPU used over (wall × parallelism).
+        "cpu_utilisation": round((parent_cpu + child_cpu) / (seconds * args.parallelism), 3),
         "inside_solutions_seconds": round(inside, 3),
-        "overhead_ratio": round(seconds * args.parallelism / inside, 3),
+        "sharded_tasks": sum(n > 1 for n in shards),
         "tasks": len(rows),
         "mutants": len(mutant_codes),
         "mutants_caught": caught,

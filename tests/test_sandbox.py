@@ -140,7 +140,9 @@ async def test_timeout_then_the_next_tests_still_run(sandbox: Sandbox) -> None:
     limits = [20.0, 0.5, 20.0]
     result = await sandbox.run(Job(code, tests, limits=LIMITS, time_limits=limits))
     assert [t.status for t in result.tests] == [Status.PASSED, Status.TIMEOUT, Status.PASSED]
-    assert result.processes_started == 2
+    # The hang is blamed in a rerun that writes every record at once (the first
+    # process may have held test 0's record back), then the rest runs anew.
+    assert result.processes_started == 3
     assert "0.5 s" in result.tests[1].message
 
 
@@ -263,3 +265,51 @@ def test_busy_machine_extends_deadlines_but_not_forever() -> None:
     while time.process_time() < cpu + 0.3:
         pass
     assert _starved_by(me, cpu, now - 2.0, now, 0.2, 3.0) == 0
+
+
+async def test_shards_split_the_tests_and_merge_them_in_order() -> None:
+    tests: list[CallTest] = [CallTest((i, 1), i + 1) for i in range(7)]
+    tests[3] = CallTest((3, 1), 5)  # wrong expectation: fails in its shard only
+    tests[5] = CallTest((5, "x"), NOT_GIVEN)  # raises TypeError
+    job = Job(CODE, tests, entry_point="add", limits=LIMITS)
+    async with Sandbox(parallelism=2, cache_size=0) as sandbox:
+        whole = await sandbox.run(job)
+        split = await sandbox.run(job, shards=3)
+        # More shards than tests: one process per test.
+        few = await sandbox.run(Job(CODE, tests[:2], entry_point="add", limits=LIMITS), shards=8)
+        with pytest.raises(ValueError, match="shards"):
+            await sandbox.run(job, shards=0)
+    assert [t.index for t in split.tests] == list(range(7))
+    assert [(t.status, t.message) for t in split.tests] == [
+        (t.status, t.message) for t in whole.tests
+    ]
+    assert split.tests[3].status is Status.FAILED
+    assert split.tests[3].value == 4
+    assert split.tests[5].status is Status.ERROR
+    assert not split.passed
+    assert (whole.processes_started, split.processes_started) == (1, 3)
+    assert few.passed
+    assert few.processes_started == 2
+
+
+async def test_result_reports_the_cpu_time_of_the_code(sandbox: Sandbox) -> None:
+    spin = (
+        "import time\ndef spin():\n    while time.process_time() < 0.3:\n        pass\n"
+        "    return 1\n"
+    )
+    result = await sandbox.run(Job(spin, [CallTest((), 1)], entry_point="spin", limits=LIMITS))
+    assert result.passed
+    assert result.cpu_seconds >= 0.3
+
+
+async def test_a_held_back_record_is_not_blamed_for_the_next_hang(sandbox: Sandbox) -> None:
+    # The module sleeps past the child's unbuffered start, so test 1's record is
+    # held back in the child when test 2 hangs; only test 2 may time out.
+    code = "import time\ntime.sleep(0.1)\n" + CODE + "def hang():\n    while True:\n        pass\n"
+    tests = [
+        AssertTest("assert add(1, 1) == 2"),
+        AssertTest("assert add(2, 2) == 4"),
+        AssertTest("assert hang() == 1"),
+    ]
+    result = await sandbox.run(Job(code, tests, limits=LIMITS, time_limits=[20.0, 20.0, 0.5]))
+    assert [t.status for t in result.tests] == [Status.PASSED, Status.PASSED, Status.TIMEOUT]

@@ -38,7 +38,7 @@ from typing import Any
 from amr_async.sandbox import _worker
 from amr_async.sandbox._types import NOT_GIVEN, AssertTest, CallTest, Status, Test
 
-# What a probe record says: ("v", encoded) | ("e", [type, msg]) | ("u", typename) | ("o", None)
+# A probe record: ("v", encoded bytes) | ("e", [type, msg]) | ("u", typename) | ("o", None)
 Outcome = tuple[str, Any]
 Verdict = tuple[Status, str, Any]
 
@@ -103,14 +103,22 @@ def _probe_failure(src: str, outcome: Outcome) -> Verdict | None:
     return None
 
 
+def _decoded(src: str, payload: bytes) -> tuple[Any, Verdict | None]:
+    """The value of a "v" record, or the verdict on a record that does not decode."""
+    try:
+        return _worker.decode(payload), None
+    except ValueError as exc:  # only code that writes to the result pipe itself produces this
+        return None, (Status.FAILED, f"{src}: malformed value record ({exc})", None)
+
+
 @dataclass(slots=True)
 class Plan:
     """How one test runs: its probes for the child, and how to judge their outcomes."""
 
-    probes: list[tuple[str, str]]
+    probes: list[tuple[str, str | bytes]]  # (kind, source or encoded arguments)
     judge: Callable[[list[Outcome]], Verdict]
     judged_in: str = "parent"
-    key: str = ""  # what, besides the probes, decides the verdict (for the cache key)
+    key: str | bytes = ""  # what, besides the probes, decides the verdict (for the cache key)
 
 
 # ---------------------------------------------------------------------------
@@ -128,7 +136,8 @@ def plan_call(test: CallTest, entry_point: str) -> Plan:
             failure = _probe_failure(label, outcomes[0])
             if failure:
                 return failure
-            return Status.RETURNED, "", _worker.decode(outcomes[0][1])
+            value, bad = _decoded(label, outcomes[0][1])
+            return bad or (Status.RETURNED, "", value)
 
         return Plan([("c", payload)], judge_returned, key="returned")
 
@@ -145,8 +154,10 @@ def plan_call(test: CallTest, entry_point: str) -> Plan:
         if failure:
             return failure
         if poly_xs is None and outcome[1] == expected_enc:
-            return Status.PASSED, "", None  # identical canonical encodings
-        actual = _worker.decode(outcome[1])
+            return Status.PASSED, "", None  # identical encodings: nothing to decode
+        actual, bad = _decoded(label, outcome[1])
+        if bad:
+            return bad
         if poly_xs is not None:
             if type(actual) not in (int, float):
                 return Status.FAILED, f"expected a number, got {_short(actual)}", actual
@@ -161,7 +172,9 @@ def plan_call(test: CallTest, entry_point: str) -> Plan:
             return Status.PASSED, "", actual
         return Status.FAILED, f"expected {_short(expected)}, got {_short(actual)}", actual
 
-    return Plan([("c", payload)], judge_call, key=f"{expected_enc}|{test.atol!r}|{test.oracle}")
+    return Plan(
+        [("c", payload)], judge_call, key=expected_enc + f"|{test.atol!r}|{test.oracle}".encode()
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -502,7 +515,9 @@ def plan_assert(test: AssertTest) -> Plan:
             failure = _probe_failure(src, outcome)
             if failure:
                 return failure
-            env[f"__probe{i}"] = _worker.decode(outcome[1])
+            env[f"__probe{i}"], bad = _decoded(src, outcome[1])
+            if bad:
+                return bad
         last: Any = None
         for src, expr, first, end in checks:
             try:

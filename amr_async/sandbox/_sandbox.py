@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import contextlib
+import fcntl
 import hashlib
 import json
+import marshal
 import os
 import signal
 import socket
@@ -34,11 +37,12 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (could not start, or was used after `aclose`)."""
 
 
-class _Lines(asyncio.Protocol):
-    """Collects the result pipe into complete lines; wakes one waiter."""
+class _Frames(asyncio.Protocol):
+    """Cuts the result pipe into `_worker.frame` records; wakes one waiter per record."""
 
     def __init__(self, cap: int) -> None:
         self.buf = bytearray()
+        self.pos = 0  # where the next frame (or garbage to skip) starts
         self.eof = False
         self.overflow = False
         self._cap = cap
@@ -52,11 +56,8 @@ class _Lines(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) > self._cap and self.buf.rfind(b"\n") < len(self.buf) - self._cap:
-            self.overflow = True  # one record larger than the cap
-            assert self.transport is not None
-            self.transport.pause_reading()
-        self._wake()
+        if self.ready():  # not for every chunk of a large value
+            self._wake()
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -71,17 +72,50 @@ class _Lines(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def take_lines(self) -> list[bytes]:
-        end = self.buf.rfind(b"\n")
-        if end < 0:
-            return []
-        chunk = bytes(self.buf[:end])
-        del self.buf[: end + 1]
-        return chunk.split(b"\n")
+    def ready(self) -> bool:
+        """`take` has something to do: a whole frame, an oversized one, or bytes to skip."""
+        left = len(self.buf) - self.pos
+        if left < _HEAD:
+            return False
+        if self.buf[self.pos : self.pos + _MAGIC_LEN] != _MAGIC:
+            return True
+        size: int = _FIELDS.unpack_from(self.buf, self.pos + _MAGIC_LEN)[3]
+        return size > self._cap or left >= _HEAD + size
+
+    def take(self) -> list[tuple[int, int, int, bytes]]:
+        """Whole frames as (index, kind, micros, payload); sets `overflow` on a huge one."""
+        out = []
+        buf, pos = self.buf, self.pos
+        while len(buf) - pos >= _HEAD and not self.overflow:
+            if buf[pos : pos + _MAGIC_LEN] != _MAGIC:
+                # Bytes the code wrote itself: skip to the next magic.
+                found = buf.find(_MAGIC, pos + 1)
+                pos = found if found >= 0 else max(pos, len(buf) - _MAGIC_LEN + 1)
+                continue
+            fields = pos + _MAGIC_LEN
+            (crc,) = _CRC.unpack_from(buf, fields + _FIELDS.size)
+            if crc != binascii.crc32(buf[fields : fields + _FIELDS.size]):
+                pos += 1
+                continue
+            i, kind, micros, size = _FIELDS.unpack_from(buf, fields)
+            if size > self._cap:
+                self.overflow = True  # one record larger than the cap: stop reading
+                assert self.transport is not None
+                self.transport.pause_reading()
+                break
+            if len(buf) - pos - _HEAD < size:
+                break
+            out.append((i, kind, micros, bytes(buf[pos + _HEAD : pos + _HEAD + size])))
+            pos += _HEAD + size
+        if pos == len(buf) or pos > 1 << 20:
+            del buf[:pos]
+            pos = 0
+        self.pos = pos
+        return out
 
     async def wait(self, seconds: float) -> None:
-        """Return when data or EOF arrives, or after `seconds`."""
-        if self.eof or b"\n" in self.buf:
+        """Return when a frame or EOF arrives, or after `seconds`."""
+        if self.eof or self.ready():
             return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -92,6 +126,16 @@ class _Lines(asyncio.Protocol):
         finally:
             timer.cancel()
             self._waiter = None
+
+
+_MAGIC = _worker.FRAME_MAGIC
+_MAGIC_LEN = len(_MAGIC)
+_FIELDS = _worker.FRAME_FIELDS
+_CRC = _worker.FRAME_CRC
+_HEAD = _MAGIC_LEN + _FIELDS.size + _CRC.size
+# Records of probe values, in the `_worker.frame` kind byte.
+_R, _D, _E, _V, _O = (ord(c) for c in "RDEvo")
+_ERRORS = {ord("e"): "e", ord("u"): "u"}
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -141,7 +185,7 @@ class _Run:
 
     job: Job
     plans: list[Plan]
-    probes: list[tuple[str, str]] = field(default_factory=list)
+    probes: list[tuple[str, str | bytes]] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)  # probe index -> test index
     first: list[int] = field(default_factory=list)  # test index -> first probe
     outcomes: list[Outcome | None] = field(default_factory=list)
@@ -152,6 +196,7 @@ class _Run:
     stop: bool = False  # fail_fast tripped
     ready: bool = False  # the current process has executed the module
     finished: bool = False  # the current process flushed its output after the last probe
+    unbuffered: bool = False  # the next process writes each record at once (exact blame)
 
     def __post_init__(self) -> None:
         for t, p in enumerate(self.plans):
@@ -343,35 +388,103 @@ class Sandbox:
         )
         for test, p in zip(job.tests, plans, strict=True):
             h.update(b"\x00" + repr(type(test).__name__).encode())
-            h.update(repr(p.probes).encode("utf-8", "surrogatepass"))
-            h.update(p.key.encode("utf-8", "surrogatepass"))
+            for kind, payload in p.probes:
+                body = (
+                    payload
+                    if isinstance(payload, bytes)
+                    else payload.encode("utf-8", "surrogatepass")
+                )
+                h.update(f"\x00{kind}{len(body)}:".encode() + body)
+            key = p.key if isinstance(p.key, bytes) else p.key.encode("utf-8", "surrogatepass")
+            h.update(f"\x00{len(key)}:".encode() + key)
         return code_hash, h.hexdigest()
 
-    async def run(self, job: Job) -> JobResult:
+    async def run(self, job: Job, *, shards: int = 1) -> JobResult:
         """Run `job` and judge every test. Never blocks the event loop.
+
+        Args:
+            job: code, tests and limits.
+            shards: spread the tests over this many processes that run at once,
+                each holding a pool slot, so that one long job keeps several cores
+                busy. Test k goes to shard k mod `shards` (inputs that grow along
+                the list are dealt out evenly); each shard executes the module
+                once. With `Job.fail_fast`, a failure stops only its own shard.
 
         Raises:
             SandboxError: the sandbox is closed or could not start.
+            ValueError: `shards` < 1.
         """
+        if shards < 1:
+            raise ValueError("shards must be ≥ 1")
         plans = [plan(t, job.entry_point) for t in job.tests]
         key = self._key(job, plans) if self._cache_size else None
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return replace(self._cache[key], cached=True)
         await self.start()
-        assert self._slots is not None
-        async with self._slots:
-            result = await self._execute(_Run(job, plans))
+        shards = min(shards, len(job.tests))
+        if shards > 1:
+            result = await self._sharded(job, plans, shards)
+        else:
+            result = await self._slot_execute(_Run(job, plans))
         if key is not None and not any(t.status in _UNCACHEABLE for t in result.tests):
             self._cache[key] = result
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
 
+    async def _slot_execute(self, run: _Run) -> JobResult:
+        assert self._slots is not None
+        async with self._slots:
+            return await self._execute(run)
+
+    async def _sharded(self, job: Job, plans: list[Plan], shards: int) -> JobResult:
+        """Run the tests dealt out to `shards` sub-jobs at once; merge in test order."""
+        parts: list[range] = [range(s, len(job.tests), shards) for s in range(shards)]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._slot_execute(
+                            _Run(
+                                replace(
+                                    job,
+                                    tests=[job.tests[i] for i in part],
+                                    time_limits=(
+                                        [job.time_limits[i] for i in part]
+                                        if job.time_limits
+                                        else None
+                                    ),
+                                ),
+                                [plans[i] for i in part],
+                            )
+                        )
+                    )
+                    for part in parts
+                ]
+        except ExceptionGroup as failed:  # the first shard's error, as an unsharded run raises
+            raise failed.exceptions[0] from None
+        results = [task.result() for task in tasks]
+        tests: list[TestResult | None] = [None] * len(job.tests)
+        for part, res in zip(parts, results, strict=True):
+            for i, t in zip(part, res.tests, strict=True):
+                tests[i] = replace(t, index=i)
+        return JobResult(
+            passed=all(r.passed for r in results),
+            tests=tuple(t for t in tests if t is not None),
+            module_error=next((r.module_error for r in results if r.module_error), None),
+            isolation=results[0].isolation,
+            output="".join(r.output for r in results),
+            output_bytes=sum(r.output_bytes for r in results),
+            processes_started=sum(r.processes_started for r in results),
+            cpu_seconds=sum(r.cpu_seconds for r in results),
+        )
+
     async def _execute(self, run: _Run) -> JobResult:
         started = 0
         output = ""
         output_bytes = 0
+        cpu = 0.0
         start = run.next_probe(0)
         # At least one process, so a job without tests still executes (and checks) the module.
         while (started == 0 or start < len(run.probes)) and not run.stop and not run.module_error:
@@ -380,6 +493,7 @@ class Sandbox:
             if not output:
                 output = str(report.get("output", ""))
             output_bytes += int(report.get("output_bytes", 0))
+            cpu += float(report.get("cpu", 0.0))
         for t in range(len(run.plans)):
             if run.results[t] is None:
                 if run.module_error is not None:
@@ -395,6 +509,7 @@ class Sandbox:
             output=output,
             output_bytes=output_bytes,
             processes_started=started,
+            cpu_seconds=cpu,
         )
 
     async def _attempt(self, run: _Run, start: int) -> tuple[int, dict[str, Any]]:
@@ -408,6 +523,7 @@ class Sandbox:
             "entry_point": job.entry_point,
             "probes": run.probes,
             "start": start,
+            "unbuffered": run.unbuffered,
             "limits": {
                 "memory_bytes": lim.memory_bytes,
                 "file_bytes": lim.file_bytes,
@@ -420,10 +536,12 @@ class Sandbox:
             "cpu_seconds": budget,
             "hard_deadline_s": budget * lim.wall_factor + 5.0,
         }
-        body = json.dumps(spec).encode("utf-8", "surrogatepass")
+        body = marshal.dumps(spec)
         res_r, res_w = os.pipe()
+        with contextlib.suppress(OSError):  # fewer reads and wake-ups for large values
+            fcntl.fcntl(res_w, fcntl.F_SETPIPE_SZ, 1 << 20)
         ctl, ctl_child = socket.socketpair()
-        proto = _Lines(lim.result_bytes)
+        proto = _Frames(lim.result_bytes)
         transport: asyncio.ReadTransport | None = None
         writer: asyncio.StreamWriter | None = None
         report: dict[str, Any] = {}
@@ -482,39 +600,33 @@ class Sandbox:
                 if fd >= 0:
                     os.close(fd)
 
-    def _consume(self, run: _Run, start: int, proto: _Lines) -> None:
+    def _consume(self, run: _Run, start: int, proto: _Frames) -> None:
         n = len(run.probes)
-        for line in proto.take_lines():
-            parts = line.split(b" ", 3)
-            try:
-                i, kind, micros = int(parts[0]), parts[1].decode(), int(parts[2])
-                raw = parts[3].decode("utf-8", "surrogatepass") if len(parts) > 3 else ""
-            except (ValueError, IndexError, UnicodeDecodeError):
-                continue  # not a record (only the code under test writes such lines)
+        for i, kind, micros, raw in proto.take():
             if i == -1:
-                if kind == "R":
+                if kind == _R:
                     run.ready = True
-                elif kind == "D":
+                elif kind == _D:
                     run.finished = True
-                elif kind == "E" and run.module_error is None:
+                elif kind == _E and run.module_error is None:
                     with contextlib.suppress(ValueError, TypeError):
                         name, msg = json.loads(raw)
                         run.module_error = f"{name}: {msg}"
                 continue
             if not start <= i < n:
-                continue
-            if kind == "v":
-                run.record(i, kind, micros, raw)
-            elif kind in ("e", "u"):
+                continue  # not a probe of this process (only forged records are)
+            if kind == _V:
+                run.record(i, "v", micros, raw)
+            elif kind in _ERRORS:
                 try:
                     payload = json.loads(raw)
                 except ValueError:
                     continue
-                run.record(i, kind, micros, payload)
-            elif kind == "o":
-                run.record(i, kind, micros, None)
+                run.record(i, _ERRORS[kind], micros, payload)
+            elif kind == _O:
+                run.record(i, "o", micros, None)
 
-    async def _follow(self, run: _Run, start: int, proto: _Lines, pid: int | None) -> str:
+    async def _follow(self, run: _Run, start: int, proto: _Frames, pid: int | None) -> str:
         """Read records until done, EOF, overflow, fail-fast, or a deadline; say which.
 
         Limits are CPU-time-like: when a test's wall-clock limit expires but the
@@ -585,6 +697,13 @@ class Sandbox:
             return len(run.probes)
         if nxt >= len(run.probes):
             return nxt
+        if outcome != "overflow" and not run.unbuffered:
+            # The child holds records back for up to 2 ms: the record of probe `nxt`
+            # may have died in its buffer while a later probe hung or crashed. Rerun
+            # from `nxt` writing every record at once, and blame only that process.
+            run.unbuffered = True
+            return nxt
+        run.unbuffered = False
         t = run.owner[nxt]
         if outcome == "timeout":
             status, msg = Status.TIMEOUT, f"exceeded the time limit of {run.limits[t]:g} s"

@@ -181,6 +181,8 @@ class JobResult:
         output_bytes: total stdout+stderr size.
         processes_started: how many child processes the job needed (restarts
             after timeouts and crashes).
+        cpu_seconds: CPU time (user + system) of the job's processes that ran the
+            code, summed over restarts (not counting their own children).
         cached: served from the result cache.
     """
 
@@ -191,6 +193,7 @@ class JobResult:
     output: str = ""
     output_bytes: int = 0
     processes_started: int = 0
+    cpu_seconds: float = 0.0
     cached: bool = False
 
     def counts(self) -> dict[str, int]:
