@@ -318,23 +318,23 @@ async def test_breaker_opens_on_sustained_failures_then_probes_and_closes() -> N
     assert d.metrics().breakers == {"openai http://fake": "closed"}
 
 
-async def test_journal_hooks() -> None:
-    client = ScriptedClient()
-    seen: list[tuple[str, OutcomeKind, int]] = []
-    cached = Outcome(OutcomeKind.OK, text="from journal")
+async def test_final_outcomes_counted_by_attempts() -> None:
+    def script(r: ChatRequest, n: int) -> Outcome:
+        # "flaky" fails twice, then answers; "auth" is refused without a retry.
+        if r.messages[0].content == "flaky" and n < 2:
+            return Outcome(OutcomeKind.SERVER_ERROR, status=500)
+        if r.messages[0].content == "bad":
+            return Outcome(OutcomeKind.INVALID_REQUEST, status=400)
+        return ok_outcome()
 
-    async def lookup(request: ChatRequest) -> Outcome | None:
-        return cached if request.messages[0].content == "known" else None
-
-    async def on_outcome(request: ChatRequest, outcome: Outcome, attempts: int) -> None:
-        seen.append((request.messages[0].content, outcome.kind, attempts))
-
-    d = dispatcher(client, lookup=lookup, on_outcome=on_outcome)
-    assert (await d.submit(req("known"))) is cached
-    assert (await d.submit(req("new"))).kind is OutcomeKind.OK
-    assert [r.messages[0].content for r in client.sent] == ["new"]
-    assert seen == [("new", OutcomeKind.OK, 1)]
-    assert d.metrics().journal_hits == 1
+    client = ScriptedClient(script)
+    d = dispatcher(client)
+    assert (await d.submit(req("flaky"))).kind is OutcomeKind.OK
+    assert (await d.submit(req("fine"))).kind is OutcomeKind.OK
+    assert (await d.submit(req("bad"))).kind is OutcomeKind.INVALID_REQUEST
+    m = d.metrics()
+    assert m.final_by_attempts == {1: 2, 3: 1}
+    assert m.sent == sum(n * k for n, k in m.final_by_attempts.items())
 
 
 async def test_run_all_pulls_inputs_only_as_workers_free() -> None:

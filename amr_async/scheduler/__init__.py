@@ -21,8 +21,6 @@ from amr_async.scheduler._bucket import TokenBucket as TokenBucket
 from amr_async.scheduler._dispatcher import Client as Client
 from amr_async.scheduler._dispatcher import Dispatcher as Dispatcher
 from amr_async.scheduler._dispatcher import Endpoint as Endpoint
-from amr_async.scheduler._dispatcher import Lookup as Lookup
-from amr_async.scheduler._dispatcher import OnOutcome as OnOutcome
 from amr_async.scheduler._errors import Abandoned as Abandoned
 from amr_async.scheduler._errors import DispatcherClosed as DispatcherClosed
 from amr_async.scheduler._errors import SchedulerError as SchedulerError
@@ -63,9 +61,7 @@ __all__ = [
     "LimiterState",
     "LimiterTuning",
     "Limits",
-    "Lookup",
     "MetricsSnapshot",
-    "OnOutcome",
     "Price",
     "PricingError",
     "PricingTable",

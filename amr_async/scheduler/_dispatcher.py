@@ -1,9 +1,10 @@
 """The dispatcher: every teacher call goes through `Dispatcher.submit`.
 
-Per call: journal lookup hook → wait for the (provider, base_url, model) limiter and the
-endpoint's circuit breaker, by priority → send with a per-request timeout → learn from the
-answer (rate-limit headers, AIMD, breaker, token correction, metrics, $) → retry with backoff
-or return the final `Outcome` after the on-outcome hook.
+Per call: wait for the (provider, base_url, model) limiter and the endpoint's circuit
+breaker, by priority → send with a per-request timeout → learn from the answer (rate-limit
+headers, AIMD, breaker, token correction, metrics, $) → retry with backoff or return the
+final `Outcome`. The journal is not the dispatcher's business: `pipeline._teacher.
+JournaledTeacher` wraps `submit`, since it also needs the item and stage of each call.
 
 Memory: a call that can go at once costs no future at all; a waiting call costs one heap
 entry and one future; nothing is allocated per input row that has not been submitted
@@ -66,18 +67,6 @@ class Client(Protocol):
     async def send(self, request: ChatRequest) -> Outcome:
         """Send one request; classify every failure into the `Outcome` (never raise)."""
         ...
-
-
-class Lookup(Protocol):
-    """Answers a request without sending it (the journal), or returns None."""
-
-    async def __call__(self, request: ChatRequest) -> Outcome | None: ...
-
-
-class OnOutcome(Protocol):
-    """Sees every final outcome that was sent, before the caller does (the journal)."""
-
-    async def __call__(self, request: ChatRequest, outcome: Outcome, attempts: int) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -150,8 +139,6 @@ class Dispatcher:
         counter: offline prompt-token counter; an estimate when None.
         request_timeout_s: longest one attempt may take on the wire, enforced here on top of
             the client's own timeouts (`teacher.Timeouts`); None leaves it to the client.
-        lookup: journal hook asked before anything is sent.
-        on_outcome: journal hook told of each final sent outcome before the caller sees it.
         batch_prices: price answers at Batch API rates.
         rng: backoff jitter source (seed it for reproducible tests).
     """
@@ -166,8 +153,6 @@ class Dispatcher:
         pricing: PricingTable | None = None,
         counter: TokenCounter | None = None,
         request_timeout_s: float | None = None,
-        lookup: Lookup | None = None,
-        on_outcome: OnOutcome | None = None,
         batch_prices: bool = False,
         rng: random.Random | None = None,
     ) -> None:
@@ -178,8 +163,6 @@ class Dispatcher:
         self._pricing = pricing or PricingTable.load()
         self._counter = counter or EstimatingCounter()
         self._request_timeout_s = request_timeout_s
-        self._lookup = lookup
-        self._on_outcome = on_outcome
         self._batch_prices = batch_prices
         self._rng = rng or random.Random()
         self._budget = RetryBudget(self._retry.budget_ratio, self._retry.budget_min)
@@ -233,12 +216,6 @@ class Dispatcher:
         loop, metrics = self._bind()
         ep = self._endpoint(endpoint)
         metrics.submitted += 1
-        if self._lookup is not None:
-            hit = await self._lookup(request)
-            if hit is not None:
-                metrics.journal_hits += 1
-                metrics.finished += 1
-                return hit
         lane = self._lane(ep, request.model, loop.time())
         counted = prompt_tokens(self._counter, request)
         deadline = loop.time() + (self._retry.deadline_s if deadline_s is None else deadline_s)
@@ -274,8 +251,8 @@ class Dispatcher:
             await self._sleep(delay)
         metrics.final_by_kind[outcome.kind] += 1
         metrics.finished += 1
-        if attempts and self._on_outcome is not None:
-            await self._on_outcome(request, outcome, attempts)
+        if attempts:
+            metrics.final_by_attempts[attempts] += 1
         return outcome
 
     async def run_all(
@@ -360,13 +337,13 @@ class Dispatcher:
         return MetricsSnapshot(
             submitted=m.submitted,
             finished=m.finished,
-            journal_hits=m.journal_hits,
             sent=m.sent,
             ok=m.final_by_kind[OutcomeKind.OK],
             truncated=m.final_by_kind[OutcomeKind.TRUNCATED],
             final_by_kind=_by_kind(m.final_by_kind),
             attempts_by_kind=_by_kind(m.attempts_by_kind),
             retries_by_kind=_by_kind(m.retries_by_kind),
+            final_by_attempts=dict(sorted(m.final_by_attempts.items())),
             rate_limited=m.attempts_by_kind[OutcomeKind.RATE_LIMITED],
             retry_budget_denied=self._budget.denied,
             in_flight=self._in_flight,
