@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from amr_async.core import count_tokens
 from amr_async.scheduler import (
     Abandoned,
     BreakerConfig,
@@ -316,6 +317,29 @@ async def test_breaker_opens_on_sustained_failures_then_probes_and_closes() -> N
     healthy.set()
     assert (await waiting).kind is OutcomeKind.OK  # the half-open probe
     assert d.metrics().breakers == {"openai http://fake": "closed"}
+
+
+async def test_default_counter_reserves_exact_prompt_tokens() -> None:
+    # Emoji: about 4 characters per token would say 13; o200k_base counts far more.
+    text = "\U0001f600" * 50
+    exact = count_tokens([text], "o200k_base")[0]
+    assert exact > 20
+    client = ScriptedClient()
+    client.gate = asyncio.Event()
+    # 600 tokens/min refills 9.8 per second: the reservation shows in the bucket's level.
+    d = dispatcher(client, Limits(rpm=10**6, tpm=600, max_in_flight=10))
+    call = asyncio.create_task(d.submit(req(text, max_tokens=1)))
+    for _ in range(100):  # a few loop turns until the call is on the wire
+        if client.sent:
+            break
+        await asyncio.sleep(0)
+    assert client.sent
+    (limiter,) = d.metrics().limiters.values()
+    capacity = 600 * 0.98 / 60
+    level = limiter.dimensions["tokens"].level
+    assert level == pytest.approx(capacity - (exact + 4 + 1), abs=1.0)
+    client.gate.set()
+    assert (await call).kind is OutcomeKind.OK
 
 
 async def test_final_outcomes_counted_by_attempts() -> None:

@@ -40,7 +40,9 @@ from amr_async.scheduler._retry import RetryPolicy as RetryPolicy
 from amr_async.scheduler._signals import shutdown_on_signals as shutdown_on_signals
 from amr_async.scheduler._tokens import CorrectionFactor as CorrectionFactor
 from amr_async.scheduler._tokens import EstimatingCounter as EstimatingCounter
+from amr_async.scheduler._tokens import OfflineCounter as OfflineCounter
 from amr_async.scheduler._tokens import TokenCounter as TokenCounter
+from amr_async.scheduler._tokens import encoding_for as encoding_for
 from amr_async.scheduler._tokens import prompt_tokens as prompt_tokens
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "LimiterTuning",
     "Limits",
     "MetricsSnapshot",
+    "OfflineCounter",
     "Price",
     "PricingError",
     "PricingTable",
@@ -72,6 +75,7 @@ __all__ = [
     "TokenBucket",
     "TokenCounter",
     "UnknownEndpoint",
+    "encoding_for",
     "prompt_tokens",
     "shutdown_on_signals",
 ]

@@ -40,8 +40,9 @@ from amr_async.scheduler._pricing import Price, PricingTable
 from amr_async.scheduler._retry import RetryBudget, RetryPolicy
 from amr_async.scheduler._tokens import (
     CorrectionFactor,
-    EstimatingCounter,
+    OfflineCounter,
     TokenCounter,
+    encoding_for,
     prompt_tokens,
 )
 from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
@@ -111,13 +112,31 @@ class _EndpointState:
 class _Lane:
     """The waiting line and limiter of one (provider, base_url, model)."""
 
-    __slots__ = ("correction", "ep", "limiter", "model", "price", "timer", "timer_at", "waiters")
+    __slots__ = (
+        "correction",
+        "counter",
+        "ep",
+        "limiter",
+        "model",
+        "price",
+        "timer",
+        "timer_at",
+        "waiters",
+    )
 
-    def __init__(self, ep: _EndpointState, model: str, limiter: Limiter, price: Price | None):
+    def __init__(
+        self,
+        ep: _EndpointState,
+        model: str,
+        limiter: Limiter,
+        price: Price | None,
+        counter: TokenCounter,
+    ):
         self.ep = ep
         self.model = model
         self.limiter = limiter
         self.price = price
+        self.counter = counter
         self.correction = CorrectionFactor()
         self.waiters: list[tuple[int, int, _Waiter]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -136,7 +155,8 @@ class Dispatcher:
         tuning: limiter defaults, burst, headroom, AIMD.
         breaker: circuit-breaker thresholds.
         pricing: the $ table; the shipped one when None.
-        counter: offline prompt-token counter; an estimate when None.
+        counter: offline prompt-token counter for every model; when None, each model gets
+            the Rust core's counter for its encoding (`encoding_for`).
         request_timeout_s: longest one attempt may take on the wire, enforced here on top of
             the client's own timeouts (`teacher.Timeouts`); None leaves it to the client.
         batch_prices: price answers at Batch API rates.
@@ -161,7 +181,8 @@ class Dispatcher:
         self._retry = retry or RetryPolicy()
         self._tuning = tuning or LimiterTuning()
         self._pricing = pricing or PricingTable.load()
-        self._counter = counter or EstimatingCounter()
+        self._counter = counter
+        self._counters: dict[str, TokenCounter] = {}  # by encoding, shared between lanes
         self._request_timeout_s = request_timeout_s
         self._batch_prices = batch_prices
         self._rng = rng or random.Random()
@@ -217,7 +238,7 @@ class Dispatcher:
         ep = self._endpoint(endpoint)
         metrics.submitted += 1
         lane = self._lane(ep, request.model, loop.time())
-        counted = prompt_tokens(self._counter, request)
+        counted = prompt_tokens(lane.counter, request)
         deadline = loop.time() + (self._retry.deadline_s if deadline_s is None else deadline_s)
         seq = next(self._seq)  # FIFO within a priority; retries keep their place
         attempts = 0
@@ -437,8 +458,19 @@ class Dispatcher:
             limits = ep.endpoint.limits
             configured = limits.get(model) or limits.get("*") or Limits()
             limiter = Limiter(configured, ep.endpoint.client.provider, self._tuning, now)
-            lane = ep.lanes[model] = _Lane(ep, model, limiter, self._pricing.price(model))
+            lane = ep.lanes[model] = _Lane(
+                ep, model, limiter, self._pricing.price(model), self._counter_for(ep, model)
+            )
         return lane
+
+    def _counter_for(self, ep: _EndpointState, model: str) -> TokenCounter:
+        if self._counter is not None:
+            return self._counter
+        encoding = encoding_for(ep.endpoint.client.provider, model)
+        counter = self._counters.get(encoding)
+        if counter is None:
+            counter = self._counters[encoding] = OfflineCounter(encoding)
+        return counter
 
     async def _acquire(
         self, lane: _Lane, cost: Cost, priority: int, seq: int, deadline: float
