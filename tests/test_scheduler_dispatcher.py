@@ -320,14 +320,14 @@ async def test_breaker_opens_on_sustained_failures_then_probes_and_closes() -> N
 
 
 async def test_default_counter_reserves_exact_prompt_tokens() -> None:
-    # Emoji: about 4 characters per token would say 13; o200k_base counts far more.
-    text = "\U0001f600" * 50
+    # Emoji: about 4 characters per token would say 250; o200k_base counts otherwise.
+    text = "\U0001f600" * 1000
     exact = count_tokens([text], "o200k_base")[0]
-    assert exact > 20
+    assert abs(exact - 250) > 20
     client = ScriptedClient()
     client.gate = asyncio.Event()
-    # 600 tokens/min refills 9.8 per second: the reservation shows in the bucket's level.
-    d = dispatcher(client, Limits(rpm=10**6, tpm=600, max_in_flight=10))
+    # 6,000 tokens/min refills 98 per second: the reservation shows in the bucket's level.
+    d = dispatcher(client, Limits(rpm=10**6, tpm=6000, max_in_flight=10))
     call = asyncio.create_task(d.submit(req(text, max_tokens=1)))
     for _ in range(100):  # a few loop turns until the call is on the wire
         if client.sent:
@@ -335,9 +335,9 @@ async def test_default_counter_reserves_exact_prompt_tokens() -> None:
         await asyncio.sleep(0)
     assert client.sent
     (limiter,) = d.metrics().limiters.values()
-    capacity = 600 * 0.98 / 60
+    capacity = 6000 * 0.98 / 60
     level = limiter.dimensions["tokens"].level
-    assert level == pytest.approx(capacity - (exact + 4 + 1), abs=1.0)
+    assert level == pytest.approx(capacity - (exact + 4 + 1), abs=10.0)
     client.gate.set()
     assert (await call).kind is OutcomeKind.OK
 

@@ -90,17 +90,26 @@ def test_offline_counter_is_exact_for_openai_encodings() -> None:
     # "tiktoken is great!" is 6 tokens in both encodings (OpenAI cookbook); Anthropic's
     # estimate is ceil(1.2 x cl100k_base).
     text = "tiktoken is great!"
-    assert OfflineCounter("o200k_base").count([text]) == [6]
-    assert OfflineCounter("cl100k_base").count([text, ""]) == [6, 0]
-    assert OfflineCounter("anthropic_estimate").count([text]) == [8]
+    assert OfflineCounter("o200k_base", exact_min_chars=0).count([text]) == [6]
+    assert OfflineCounter("cl100k_base", exact_min_chars=0).count([text, ""]) == [6, 0]
+    assert OfflineCounter("anthropic_estimate", exact_min_chars=0).count([text]) == [8]
     with pytest.raises(ValueError, match="encoding"):
         OfflineCounter("p50k_base")
 
 
+def test_offline_counter_estimates_short_texts_and_counts_long_ones_exactly() -> None:
+    counter = OfflineCounter("o200k_base", exact_min_chars=100)
+    short = "\U0001f600" * 20  # 20 characters: estimated, ceil(20 / 4)
+    long = "\U0001f600" * 200
+    exact_long = OfflineCounter("o200k_base", exact_min_chars=0).count([long])[0]
+    assert exact_long != 50  # the estimate would say ceil(200 / 4)
+    assert counter.count([short, long]) == [5, exact_long]
+
+
 def test_offline_counter_counts_a_recurring_text_once() -> None:
     system = "You are a professional coder. " * 50
-    counter = OfflineCounter("o200k_base", cache_size=2)
-    uncached = OfflineCounter("o200k_base", cache_size=0)
+    counter = OfflineCounter("o200k_base", cache_size=2, exact_min_chars=0)
+    uncached = OfflineCounter("o200k_base", cache_size=0, exact_min_chars=0)
     for i in range(5):
         texts = [f"question {i} " * 3, system]
         assert counter.count(texts) == uncached.count(texts)
