@@ -267,6 +267,21 @@ async def test_per_request_timeout_is_a_retryable_timeout() -> None:
     assert d.metrics().in_flight == 0
 
 
+async def test_one_shared_timer_times_out_every_hung_call() -> None:
+    client = ScriptedClient()
+    client.gate = asyncio.Event()  # hangs until set
+    d = dispatcher(client, retry=RetryPolicy(max_attempts=1), request_timeout_s=0.05)
+    first = [asyncio.create_task(d.submit(req(str(i)))) for i in range(5)]
+    await asyncio.sleep(0.02)
+    later = [asyncio.create_task(d.submit(req(f"later {i}"))) for i in range(3)]
+    outcomes = await asyncio.gather(*first, *later)
+    assert [o.kind for o in outcomes] == [OutcomeKind.TIMEOUT] * 8
+    assert d.metrics().in_flight == 0
+    client.gate.set()  # answers come back again: nothing left cancelled or armed wrongly
+    assert (await d.submit(req("after"))).kind is OutcomeKind.OK
+    assert client.in_send == 0
+
+
 async def test_shutdown_finishes_in_flight_and_releases_waiters() -> None:
     client = ScriptedClient()
     client.gate = asyncio.Event()

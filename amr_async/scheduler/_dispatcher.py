@@ -201,7 +201,12 @@ class Dispatcher:
         self._idle: asyncio.Event | None = None
         self._closing: asyncio.Event | None = None
         self._closed = False
-        self._sending: set[asyncio.Task[Any]] = set()  # tasks inside `client.send`
+        # Tasks inside `client.send`, with the time their attempt times out (inf: never).
+        # One timeout applies to every attempt, so insertion order is deadline order and
+        # one shared timer (`_expire_sends`) serves them all: no timer per request.
+        self._sending: dict[asyncio.Task[Any], float] = {}
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._timed_out: set[asyncio.Task[Any]] = set()  # cancelled by `_expire_sends`
         self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled by `aclose`
 
     # -- public --------------------------------------------------------------------------
@@ -417,9 +422,12 @@ class Dispatcher:
             except TimeoutError:
                 # Cancel the sends still out; each raises `Abandoned` to its caller.
                 self._abandoned.update(self._sending)
-                for task in self._sending:
+                for task in list(self._sending):
                     task.cancel()
                 await self._idle.wait()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     # -- internals -----------------------------------------------------------------------
 
@@ -586,32 +594,52 @@ class Dispatcher:
         metrics.requests.add(1, loop.time())
         task = asyncio.current_task()
         assert task is not None
-        self._sending.add(task)
-        send = ep.endpoint.client.send
+        timeout = self._request_timeout_s
+        if timeout is None:
+            self._sending[task] = math.inf
+        else:
+            self._sending[task] = deadline = loop.time() + timeout
+            if self._send_timer is None:
+                self._send_timer = loop.call_at(deadline, self._expire_sends)
         try:
-            if self._request_timeout_s is None:
-                outcome = await send(request)
-            else:
-                async with asyncio.timeout(self._request_timeout_s):
-                    outcome = await send(request)
-        except TimeoutError:
-            outcome = Outcome(
-                OutcomeKind.TIMEOUT, error=f"no answer within {self._request_timeout_s} s"
-            )
+            outcome = await ep.endpoint.client.send(request)
         except asyncio.CancelledError:
-            self._finish_attempt(lane, cost, None)
-            # Cancelled by `aclose` (and by no one else): report it as abandoned.
-            if task in self._abandoned and task.uncancel() == 0:
-                raise Abandoned("in flight when the shutdown grace period ended") from None
-            raise
+            # Cancelled by the shared timeout timer (and by no one else): a timeout.
+            if task in self._timed_out and task.uncancel() == 0:
+                outcome = Outcome(OutcomeKind.TIMEOUT, error=f"no answer within {timeout} s")
+            else:
+                self._finish_attempt(lane, cost, None)
+                # Cancelled by `aclose` (and by no one else): report it as abandoned.
+                if task in self._abandoned and task.uncancel() == 0:
+                    raise Abandoned("in flight when the shutdown grace period ended") from None
+                raise
         except BaseException:
             self._finish_attempt(lane, cost, None)
             raise
         finally:
-            self._sending.discard(task)
+            del self._sending[task]
+            self._timed_out.discard(task)
         self._finish_attempt(lane, cost, outcome)
         self._learn(lane, request, outcome, counted)
         return outcome
+
+    def _expire_sends(self) -> None:
+        """The shared timer: cancel the sends past their deadline, re-arm for the next."""
+        loop = self._loop
+        assert loop is not None
+        self._send_timer = None
+        now = loop.time()
+        expired = []
+        for task, deadline in self._sending.items():  # in deadline order
+            if deadline > now:
+                if deadline != math.inf:
+                    self._send_timer = loop.call_at(deadline, self._expire_sends)
+                break
+            if task not in self._timed_out:
+                expired.append(task)
+        for task in expired:
+            self._timed_out.add(task)
+            task.cancel()
 
     def _finish_attempt(self, lane: _Lane, cost: Cost, outcome: Outcome | None) -> None:
         loop = self._loop
