@@ -308,17 +308,19 @@ async def inflight_child(
 ) -> dict[str, Any]:
     """Runs in its own process so that its peak RSS is the engine's alone."""
     _raise_nofile()
-    finished = 0
+    finished = answered = 0  # every outcome; successful answers only
     failed: dict[str, int] = {}
     first_wave = asyncio.Event()
     stop = asyncio.Event()
 
     def on_done(failure: str | None) -> None:
-        nonlocal finished
+        nonlocal finished, answered
         finished += 1
         if finished >= N_FLIGHT:
             first_wave.set()
-        if failure is not None:
+        if failure is None:
+            answered += 1
+        else:
             failed[failure] = failed.get(failure, 0) + 1
 
     flight = engine_flight if mode == "engine" else bare_flight
@@ -329,10 +331,10 @@ async def inflight_child(
         async with asyncio.timeout(warmup_s):
             await first_wave.wait()
     ramp_s = time.monotonic() - ramp_start
-    f0, t0, cpu0 = finished, time.monotonic(), time.process_time()
+    f0, t0, cpu0 = answered, time.monotonic(), time.process_time()
     emu0 = process_cpu_s(emulator_pid)
     await asyncio.sleep(duration_s)
-    f1, t1, cpu1 = finished, time.monotonic(), time.process_time()
+    f1, t1, cpu1 = answered, time.monotonic(), time.process_time()
     emu1 = process_cpu_s(emulator_pid)
     stop.set()
     await run
