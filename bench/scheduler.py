@@ -13,6 +13,9 @@ Scenarios (figures are ratios or counts measured in this run):
   measured after the first 30 s.
 - inflight_ratio, peak_rss_mb: 10,000 requests in flight against 5 s latency, in a fresh
   process: answered/s over the steady window / (10,000 / 5 s), and that process's peak RSS.
+  bare_inflight_req_per_s: a bare aiohttp + orjson loop under the same load (its own fresh
+  process and emulator), the ceiling the machine allows; both runs also report CPU per
+  request of their own process and of the emulator's.
 - fault_verdict_fraction: the emulator's fault mix (every recoverable fault, hangs past the
   client timeout, and in a second run insufficient_quota): share of submitted requests that
   end with a verdict (success or classified failure), with attempts within the budgets.
@@ -56,8 +59,8 @@ def _raise_nofile() -> None:
 
 
 @contextmanager
-def emulator(*args: str) -> Iterator[str]:
-    """Run `amr-async emulator` in its own process; yield its root URL."""
+def emulator(*args: str) -> Iterator[tuple[str, int]]:
+    """Run `amr-async emulator` in its own process; yield its root URL and pid."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0", *args],
         stdout=subprocess.PIPE,
@@ -69,7 +72,7 @@ def emulator(*args: str) -> Iterator[str]:
         match = re.search(r"listening on (http://\S+)", line)
         if not match:
             raise RuntimeError(f"emulator did not start: {line!r}")
-        yield match.group(1)
+        yield match.group(1), proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -164,7 +167,7 @@ async def engine_rps(base_url: str, n: int, concurrency: int) -> float:
 
 async def engine_vs_bare(quick: bool) -> dict[str, Any]:
     n, reps, concurrency = (3000, 3, 100) if quick else (10000, 5, 100)
-    with emulator() as root:
+    with emulator() as (root, _):
         url = f"{root}/v1/chat/completions"
         await bare_rps(url, 500, concurrency)  # warm-up: connections, caches
         await engine_rps(f"{root}/v1", 500, concurrency)
@@ -188,7 +191,7 @@ async def engine_vs_bare(quick: bool) -> dict[str, Any]:
 async def adherence(configured: bool, duration_s: float, warmup_s: float) -> dict[str, Any]:
     rpm, tpm = 6000, 1_000_000
     args = ["--rpm", str(rpm), "--tpm", str(tpm), "--latency", "lognormal:0.5,0.5"]
-    with emulator(*args) as root:
+    with emulator(*args) as (root, _):
         session = open_session(ClientConfig(max_connections=512))
         try:
             client = OpenAIClient(base_url=f"{root}/v1", api_key="sk-x", session=session)
@@ -223,76 +226,147 @@ async def adherence(configured: bool, duration_s: float, warmup_s: float) -> dic
 
 # -- 10,000 in flight -------------------------------------------------------------------
 
+N_FLIGHT = 10_000
+# Both loops spread their first 10,000 connects over 4 s (2,500/s) instead of one SYN storm
+# against the emulator's accept backlog; 2,500/s is above the 2,000/s that 10,000 in flight
+# at 5 s need, so it does not bind in steady state.
+RAMP_PER_S = 2500.0
 
-async def inflight_child(base_url: str, duration_s: float, warmup_s: float) -> dict[str, Any]:
-    """Runs in its own process so that its peak RSS is the engine's alone."""
-    _raise_nofile()
-    n_flight = 10_000
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def engine_flight(base_url: str, on_done: Any, stop: asyncio.Event) -> None:
+    # One per-request timer, the client's total timeout, as in the bare loop: no read
+    # timeout (a timer per read) and no dispatcher timeout on top of the same 60 s.
     session = open_session(
-        ClientConfig(max_connections=n_flight, timeouts=Timeouts(connect=60, total=60, read=60))
+        ClientConfig(max_connections=N_FLIGHT, timeouts=Timeouts(connect=60, total=60))
     )
     try:
         client = OpenAIClient(base_url=base_url, api_key="sk-x", session=session)
-        # 150,000/min (2,500/s) is above the 2,000/s that 10,000 in flight at 5 s need, so
-        # it does not bind in steady state; it spreads the first 10,000 connects over ~4 s
-        # instead of one SYN storm against the emulator's accept backlog.
-        limits = Limits(rpm=150_000, tpm=1e12, max_in_flight=n_flight)
-        d = Dispatcher([Endpoint(client, limits={"*": limits})], request_timeout_s=60)
-        finished = 0
-        failed: dict[str, int] = {}
-
-        first_wave = asyncio.Event()
+        limits = Limits(rpm=RAMP_PER_S * 60, tpm=1e12, max_in_flight=N_FLIGHT)
+        d = Dispatcher([Endpoint(client, limits={"*": limits})])
 
         async def done(key: int, outcome: Outcome) -> None:
-            nonlocal finished
-            finished += 1
-            if finished >= n_flight:
-                first_wave.set()
+            what = None
             if not outcome.kind.is_success:
                 what = f"{outcome.kind.value}: {(outcome.error or '')[:60]}"
-                failed[what] = failed.get(what, 0) + 1
+            on_done(what)
 
-        run = asyncio.create_task(d.run_all(rows(), done, concurrency=n_flight))
-        # Steady state begins once the first wave of 10,000 has come back (connects done).
-        ramp_start = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(warmup_s):
-                await first_wave.wait()
-        ramp_s = time.monotonic() - ramp_start
-        f0, t0, cpu0 = finished, time.monotonic(), time.process_time()
-        peak_in_flight = 0
-        while time.monotonic() - t0 < duration_s:
-            await asyncio.sleep(0.5)
-            peak_in_flight = max(peak_in_flight, d.metrics().in_flight)
-        f1, t1, cpu1 = finished, time.monotonic(), time.process_time()
+        run = asyncio.create_task(d.run_all(rows(), done, concurrency=N_FLIGHT))
+        await stop.wait()
         await d.aclose(grace_s=0)
         await run
     finally:
         await session.close()
-    rps = (f1 - f0) / (t1 - t0)
+
+
+async def bare_flight(base_url: str, on_done: Any, stop: asyncio.Event) -> None:
+    """The same load from a bare aiohttp + orjson loop: what the machine allows."""
+    connector = aiohttp.TCPConnector(limit=N_FLIGHT, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=60, sock_connect=60)
+    url = f"{base_url}/chat/completions"
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-x"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker(w: int) -> None:
+            await asyncio.sleep(w / RAMP_PER_S)
+            i = w
+            while not stop.is_set():
+                body = orjson.dumps(
+                    {
+                        "model": MODEL,
+                        "messages": [
+                            {"role": "user", "content": f"Write a Python function, variant {i}."}
+                        ],
+                        "max_tokens": 100,
+                    }
+                )
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        data = orjson.loads(await resp.read())
+                        _ = data["choices"][0]["message"]["content"]
+                        on_done(None if resp.status == 200 else f"HTTP {resp.status}")
+                except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+                    on_done(type(exc).__name__)
+                i += N_FLIGHT
+
+        async with asyncio.TaskGroup() as group:
+            for w in range(N_FLIGHT):
+                group.create_task(worker(w))
+
+
+async def inflight_child(
+    mode: str, base_url: str, emulator_pid: int, duration_s: float, warmup_s: float
+) -> dict[str, Any]:
+    """Runs in its own process so that its peak RSS is the engine's alone."""
+    _raise_nofile()
+    finished = answered = 0  # every outcome; successful answers only
+    failed: dict[str, int] = {}
+    first_wave = asyncio.Event()
+    stop = asyncio.Event()
+
+    def on_done(failure: str | None) -> None:
+        nonlocal finished, answered
+        finished += 1
+        if finished >= N_FLIGHT:
+            first_wave.set()
+        if failure is None:
+            answered += 1
+        else:
+            failed[failure] = failed.get(failure, 0) + 1
+
+    flight = engine_flight if mode == "engine" else bare_flight
+    run = asyncio.create_task(flight(base_url, on_done, stop))
+    # Steady state begins once the first wave of 10,000 has come back (connects done).
+    ramp_start = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(warmup_s):
+            await first_wave.wait()
+    ramp_s = time.monotonic() - ramp_start
+    f0, t0, cpu0 = answered, time.monotonic(), time.process_time()
+    emu0 = process_cpu_s(emulator_pid)
+    await asyncio.sleep(duration_s)
+    f1, t1, cpu1 = answered, time.monotonic(), time.process_time()
+    emu1 = process_cpu_s(emulator_pid)
+    stop.set()
+    await run
+    n = max(1, f1 - f0)
     return {
-        "achieved_rps": round(rps, 1),
+        "mode": mode,
+        "achieved_rps": round((f1 - f0) / (t1 - t0), 1),
         "failed": failed,
-        "peak_in_flight": peak_in_flight,
         "ramp_s": round(ramp_s, 1),
-        # CPU the engine process spent per answered request in the window: what 2,000/s
-        # costs on an idle core, whatever else the machine was doing.
-        "cpu_us_per_request": round((cpu1 - cpu0) / max(1, f1 - f0) * 1e6),
+        # CPU per answered request in the window, of this process and of the emulator's:
+        # what 2,000/s costs on an idle core, whatever else the machine was doing.
+        "cpu_us_per_request": round((cpu1 - cpu0) / n * 1e6),
+        "emulator_cpu_us_per_request": None
+        if emu0 is None or emu1 is None
+        else round((emu1 - emu0) / n * 1e6),
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
-def inflight(quick: bool) -> dict[str, Any]:
-    duration, warmup = (15.0, 60.0) if quick else (60.0, 120.0)  # window; longest ramp
-    _raise_nofile()
-    with emulator("--latency", "5") as root:
+def inflight_run(mode: str, duration: float, warmup: float) -> dict[str, Any]:
+    with emulator("--latency", "5") as (root, pid):
         out = subprocess.run(
             [
                 sys.executable,
                 __file__,
                 "--inflight-child",
+                mode,
+                "--base-url",
                 f"{root}/v1",
+                "--emulator-pid",
+                str(pid),
                 "--duration",
                 str(duration),
                 "--warmup",
@@ -302,9 +376,27 @@ def inflight(quick: bool) -> dict[str, Any]:
             text=True,
             check=True,
         )
-    child: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
-    child["inflight_ratio"] = round(child["achieved_rps"] / (10_000 / 5.0), 4)
-    return child
+    result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def inflight(quick: bool) -> dict[str, Any]:
+    duration, warmup = (15.0, 60.0) if quick else (60.0, 120.0)  # window; longest ramp
+    _raise_nofile()
+    engine = inflight_run("engine", duration, warmup)
+    bare = inflight_run("bare", duration, warmup)
+    target = N_FLIGHT / 5.0
+    return {
+        "inflight_ratio": round(engine["achieved_rps"] / target, 4),
+        "bare_inflight_req_per_s": bare["achieved_rps"],
+        "bare_inflight_ratio": round(bare["achieved_rps"] / target, 4),
+        "engine_vs_bare_inflight": round(
+            engine["achieved_rps"] / max(1.0, bare["achieved_rps"]), 3
+        ),
+        "peak_rss_mb": engine["peak_rss_mb"],
+        "engine": engine,
+        "bare": bare,
+    }
 
 
 # -- fault mix ------------------------------------------------------------------------
@@ -312,20 +404,14 @@ def inflight(quick: bool) -> dict[str, Any]:
 
 async def fault_run(extra: list[str], n: int, policy: RetryPolicy) -> dict[str, Any]:
     args = ["--fault-rate", "0.2", "--fault", "hang=0.01", "--hang-s", "10", "--seed", "7"]
-    with emulator(*args, *extra) as root:
+    with emulator(*args, *extra) as (root, _):
         session = open_session(ClientConfig(max_connections=200))
         try:
             client = OpenAIClient(base_url=f"{root}/v1", api_key="sk-x", session=session)
-            attempts: list[int] = []
-
-            async def on_outcome(req: ChatRequest, outcome: Outcome, n_attempts: int) -> None:
-                attempts.append(n_attempts)
-
             d = Dispatcher(
                 [Endpoint(client, limits={"*": Limits(rpm=1e9, tpm=1e12, max_in_flight=200)})],
                 retry=policy,
                 request_timeout_s=2.0,
-                on_outcome=on_outcome,
             )
             verdicts: dict[str, int] = {}
 
@@ -338,9 +424,11 @@ async def fault_run(extra: list[str], n: int, policy: RetryPolicy) -> dict[str, 
             m = d.metrics()
         finally:
             await session.close()
-    first_attempts = len(attempts)
+    # Calls that were sent at least once, and the most attempts any of them took.
+    first_attempts = sum(m.final_by_attempts.values())
+    most_attempts = max(m.final_by_attempts, default=0)
     retries = m.sent - first_attempts
-    within = max(attempts, default=0) <= policy.max_attempts and retries <= (
+    within = most_attempts <= policy.max_attempts and retries <= (
         policy.budget_min + policy.budget_ratio * first_attempts
     )
     return {
@@ -349,7 +437,7 @@ async def fault_run(extra: list[str], n: int, policy: RetryPolicy) -> dict[str, 
         "by_kind": verdicts,
         "sent": m.sent,
         "retries": retries,
-        "max_attempts_seen": max(attempts, default=0),
+        "max_attempts_seen": most_attempts,
         "within_budget": within,
     }
 
@@ -393,6 +481,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
         "rate_429_fraction": configured["rate_429_fraction"],
         "learned_adherence_ratio": learned["ratio"],
         "inflight_ratio": flight["inflight_ratio"],
+        "bare_inflight_req_per_s": flight["bare_inflight_req_per_s"],
         "peak_rss_mb": flight["peak_rss_mb"],
         "fault_verdict_fraction": fault["fault_verdict_fraction"],
         "attempts_within_budget": fault["attempts_within_budget"],
@@ -409,7 +498,9 @@ async def main_async(quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few minutes")
-    parser.add_argument("--inflight-child", metavar="BASE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--inflight-child", choices=("engine", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=12.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -420,7 +511,11 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         run = asyncio.run  # type: ignore[assignment]
     if args.inflight_child:
-        result = run(inflight_child(args.inflight_child, args.duration, args.warmup))
+        result = run(
+            inflight_child(
+                args.inflight_child, args.base_url, args.emulator_pid, args.duration, args.warmup
+            )
+        )
     else:
         result = run(main_async(args.quick))
     print(orjson.dumps(result).decode())

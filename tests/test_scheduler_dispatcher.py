@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from amr_async.core import count_tokens
 from amr_async.scheduler import (
     Abandoned,
     BreakerConfig,
@@ -266,6 +267,21 @@ async def test_per_request_timeout_is_a_retryable_timeout() -> None:
     assert d.metrics().in_flight == 0
 
 
+async def test_one_shared_timer_times_out_every_hung_call() -> None:
+    client = ScriptedClient()
+    client.gate = asyncio.Event()  # hangs until set
+    d = dispatcher(client, retry=RetryPolicy(max_attempts=1), request_timeout_s=0.05)
+    first = [asyncio.create_task(d.submit(req(str(i)))) for i in range(5)]
+    await asyncio.sleep(0.02)
+    later = [asyncio.create_task(d.submit(req(f"later {i}"))) for i in range(3)]
+    outcomes = await asyncio.gather(*first, *later)
+    assert [o.kind for o in outcomes] == [OutcomeKind.TIMEOUT] * 8
+    assert d.metrics().in_flight == 0
+    client.gate.set()  # answers come back again: nothing left cancelled or armed wrongly
+    assert (await d.submit(req("after"))).kind is OutcomeKind.OK
+    assert client.in_send == 0
+
+
 async def test_shutdown_finishes_in_flight_and_releases_waiters() -> None:
     client = ScriptedClient()
     client.gate = asyncio.Event()
@@ -318,23 +334,46 @@ async def test_breaker_opens_on_sustained_failures_then_probes_and_closes() -> N
     assert d.metrics().breakers == {"openai http://fake": "closed"}
 
 
-async def test_journal_hooks() -> None:
+async def test_default_counter_reserves_exact_prompt_tokens() -> None:
+    # Emoji: about 4 characters per token would say 250; o200k_base counts otherwise.
+    text = "\U0001f600" * 1000
+    exact = count_tokens([text], "o200k_base")[0]
+    assert abs(exact - 250) > 20
     client = ScriptedClient()
-    seen: list[tuple[str, OutcomeKind, int]] = []
-    cached = Outcome(OutcomeKind.OK, text="from journal")
+    client.gate = asyncio.Event()
+    # 6,000 tokens/min refills 98 per second: the reservation shows in the bucket's level.
+    d = dispatcher(client, Limits(rpm=10**6, tpm=6000, max_in_flight=10))
+    call = asyncio.create_task(d.submit(req(text, max_tokens=1)))
+    for _ in range(100):  # a few loop turns until the call is on the wire
+        if client.sent:
+            break
+        await asyncio.sleep(0)
+    assert client.sent
+    (limiter,) = d.metrics().limiters.values()
+    capacity = 6000 * 0.98 / 60
+    level = limiter.dimensions["tokens"].level
+    assert level == pytest.approx(capacity - (exact + 4 + 1), abs=10.0)
+    client.gate.set()
+    assert (await call).kind is OutcomeKind.OK
 
-    async def lookup(request: ChatRequest) -> Outcome | None:
-        return cached if request.messages[0].content == "known" else None
 
-    async def on_outcome(request: ChatRequest, outcome: Outcome, attempts: int) -> None:
-        seen.append((request.messages[0].content, outcome.kind, attempts))
+async def test_final_outcomes_counted_by_attempts() -> None:
+    def script(r: ChatRequest, n: int) -> Outcome:
+        # "flaky" fails twice, then answers; "auth" is refused without a retry.
+        if r.messages[0].content == "flaky" and n < 2:
+            return Outcome(OutcomeKind.SERVER_ERROR, status=500)
+        if r.messages[0].content == "bad":
+            return Outcome(OutcomeKind.INVALID_REQUEST, status=400)
+        return ok_outcome()
 
-    d = dispatcher(client, lookup=lookup, on_outcome=on_outcome)
-    assert (await d.submit(req("known"))) is cached
-    assert (await d.submit(req("new"))).kind is OutcomeKind.OK
-    assert [r.messages[0].content for r in client.sent] == ["new"]
-    assert seen == [("new", OutcomeKind.OK, 1)]
-    assert d.metrics().journal_hits == 1
+    client = ScriptedClient(script)
+    d = dispatcher(client)
+    assert (await d.submit(req("flaky"))).kind is OutcomeKind.OK
+    assert (await d.submit(req("fine"))).kind is OutcomeKind.OK
+    assert (await d.submit(req("bad"))).kind is OutcomeKind.INVALID_REQUEST
+    m = d.metrics()
+    assert m.final_by_attempts == {1: 2, 3: 1}
+    assert m.sent == sum(n * k for n, k in m.final_by_attempts.items())
 
 
 async def test_run_all_pulls_inputs_only_as_workers_free() -> None:

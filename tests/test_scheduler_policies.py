@@ -14,14 +14,16 @@ from amr_async.scheduler import (
     CircuitBreaker,
     CorrectionFactor,
     EstimatingCounter,
+    OfflineCounter,
     PricingError,
     PricingTable,
     RateWindow,
     RetryBudget,
     RetryPolicy,
+    encoding_for,
     prompt_tokens,
 )
-from amr_async.teacher.types import ChatRequest, Message, OutcomeKind, Usage
+from amr_async.teacher.types import ChatRequest, Message, OutcomeKind, Provider, Usage
 
 
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:
@@ -82,6 +84,48 @@ def test_breaker_abort_frees_the_probe() -> None:
     breaker.on_send()
     breaker.on_abort()  # the probe's caller was cancelled
     assert breaker.wait_s(1.0) == 0.0
+
+
+def test_offline_counter_is_exact_for_openai_encodings() -> None:
+    # "tiktoken is great!" is 6 tokens in both encodings (OpenAI cookbook); Anthropic's
+    # estimate is ceil(1.2 x cl100k_base).
+    text = "tiktoken is great!"
+    assert OfflineCounter("o200k_base", exact_min_chars=0).count([text]) == [6]
+    assert OfflineCounter("cl100k_base", exact_min_chars=0).count([text, ""]) == [6, 0]
+    assert OfflineCounter("anthropic_estimate", exact_min_chars=0).count([text]) == [8]
+    with pytest.raises(ValueError, match="encoding"):
+        OfflineCounter("p50k_base")
+
+
+def test_offline_counter_estimates_short_texts_and_counts_long_ones_exactly() -> None:
+    counter = OfflineCounter("o200k_base", exact_min_chars=100)
+    short = "\U0001f600" * 20  # 20 characters: estimated, ceil(20 / 4)
+    long = "\U0001f600" * 200
+    exact_long = OfflineCounter("o200k_base", exact_min_chars=0).count([long])[0]
+    assert exact_long != 50  # the estimate would say ceil(200 / 4)
+    assert counter.count([short, long]) == [5, exact_long]
+
+
+def test_offline_counter_counts_a_recurring_text_once() -> None:
+    system = "You are a professional coder. " * 50
+    counter = OfflineCounter("o200k_base", cache_size=2, exact_min_chars=0)
+    uncached = OfflineCounter("o200k_base", cache_size=0, exact_min_chars=0)
+    for i in range(5):
+        texts = [f"question {i} " * 3, system]
+        assert counter.count(texts) == uncached.count(texts)
+    assert counter.hits == 4  # the system prompt, after its first count
+    assert uncached.hits == 0
+    counter.count(["a", "b", "c"])  # the LRU evicts the oldest, the system prompt
+    counter.count([system])
+    assert counter.hits == 4
+
+
+def test_encoding_for_models() -> None:
+    assert encoding_for(Provider.ANTHROPIC, "claude-sonnet-4-5") == "anthropic_estimate"
+    for model in ("gpt-4o-mini", "gpt-4.1", "o3-mini", "openai/gpt-5", "GPT-4o"):
+        assert encoding_for(Provider.OPENAI, model) == "o200k_base"
+    for model in ("gpt-4", "gpt-3.5-turbo", "meta-llama/Llama-3.1-8B-Instruct"):
+        assert encoding_for(Provider.OPENAI, model) == "cl100k_base"
 
 
 def test_prompt_tokens_estimate_and_correction() -> None:

@@ -21,8 +21,6 @@ from amr_async.scheduler._bucket import TokenBucket as TokenBucket
 from amr_async.scheduler._dispatcher import Client as Client
 from amr_async.scheduler._dispatcher import Dispatcher as Dispatcher
 from amr_async.scheduler._dispatcher import Endpoint as Endpoint
-from amr_async.scheduler._dispatcher import Lookup as Lookup
-from amr_async.scheduler._dispatcher import OnOutcome as OnOutcome
 from amr_async.scheduler._errors import Abandoned as Abandoned
 from amr_async.scheduler._errors import DispatcherClosed as DispatcherClosed
 from amr_async.scheduler._errors import SchedulerError as SchedulerError
@@ -42,7 +40,9 @@ from amr_async.scheduler._retry import RetryPolicy as RetryPolicy
 from amr_async.scheduler._signals import shutdown_on_signals as shutdown_on_signals
 from amr_async.scheduler._tokens import CorrectionFactor as CorrectionFactor
 from amr_async.scheduler._tokens import EstimatingCounter as EstimatingCounter
+from amr_async.scheduler._tokens import OfflineCounter as OfflineCounter
 from amr_async.scheduler._tokens import TokenCounter as TokenCounter
+from amr_async.scheduler._tokens import encoding_for as encoding_for
 from amr_async.scheduler._tokens import prompt_tokens as prompt_tokens
 
 __all__ = [
@@ -63,9 +63,8 @@ __all__ = [
     "LimiterState",
     "LimiterTuning",
     "Limits",
-    "Lookup",
     "MetricsSnapshot",
-    "OnOutcome",
+    "OfflineCounter",
     "Price",
     "PricingError",
     "PricingTable",
@@ -76,6 +75,7 @@ __all__ = [
     "TokenBucket",
     "TokenCounter",
     "UnknownEndpoint",
+    "encoding_for",
     "prompt_tokens",
     "shutdown_on_signals",
 ]

@@ -1,9 +1,10 @@
 """The dispatcher: every teacher call goes through `Dispatcher.submit`.
 
-Per call: journal lookup hook → wait for the (provider, base_url, model) limiter and the
-endpoint's circuit breaker, by priority → send with a per-request timeout → learn from the
-answer (rate-limit headers, AIMD, breaker, token correction, metrics, $) → retry with backoff
-or return the final `Outcome` after the on-outcome hook.
+Per call: wait for the (provider, base_url, model) limiter and the endpoint's circuit
+breaker, by priority → send with a per-request timeout → learn from the answer (rate-limit
+headers, AIMD, breaker, token correction, metrics, $) → retry with backoff or return the
+final `Outcome`. The journal is not the dispatcher's business: `pipeline._teacher.
+JournaledTeacher` wraps `submit`, since it also needs the item and stage of each call.
 
 Memory: a call that can go at once costs no future at all; a waiting call costs one heap
 entry and one future; nothing is allocated per input row that has not been submitted
@@ -39,8 +40,9 @@ from amr_async.scheduler._pricing import Price, PricingTable
 from amr_async.scheduler._retry import RetryBudget, RetryPolicy
 from amr_async.scheduler._tokens import (
     CorrectionFactor,
-    EstimatingCounter,
+    OfflineCounter,
     TokenCounter,
+    encoding_for,
     prompt_tokens,
 )
 from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
@@ -66,18 +68,6 @@ class Client(Protocol):
     async def send(self, request: ChatRequest) -> Outcome:
         """Send one request; classify every failure into the `Outcome` (never raise)."""
         ...
-
-
-class Lookup(Protocol):
-    """Answers a request without sending it (the journal), or returns None."""
-
-    async def __call__(self, request: ChatRequest) -> Outcome | None: ...
-
-
-class OnOutcome(Protocol):
-    """Sees every final outcome that was sent, before the caller does (the journal)."""
-
-    async def __call__(self, request: ChatRequest, outcome: Outcome, attempts: int) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,13 +112,31 @@ class _EndpointState:
 class _Lane:
     """The waiting line and limiter of one (provider, base_url, model)."""
 
-    __slots__ = ("correction", "ep", "limiter", "model", "price", "timer", "timer_at", "waiters")
+    __slots__ = (
+        "correction",
+        "counter",
+        "ep",
+        "limiter",
+        "model",
+        "price",
+        "timer",
+        "timer_at",
+        "waiters",
+    )
 
-    def __init__(self, ep: _EndpointState, model: str, limiter: Limiter, price: Price | None):
+    def __init__(
+        self,
+        ep: _EndpointState,
+        model: str,
+        limiter: Limiter,
+        price: Price | None,
+        counter: TokenCounter,
+    ):
         self.ep = ep
         self.model = model
         self.limiter = limiter
         self.price = price
+        self.counter = counter
         self.correction = CorrectionFactor()
         self.waiters: list[tuple[int, int, _Waiter]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -147,11 +155,10 @@ class Dispatcher:
         tuning: limiter defaults, burst, headroom, AIMD.
         breaker: circuit-breaker thresholds.
         pricing: the $ table; the shipped one when None.
-        counter: offline prompt-token counter; an estimate when None.
+        counter: offline prompt-token counter for every model; when None, each model gets
+            the Rust core's counter for its encoding (`encoding_for`).
         request_timeout_s: longest one attempt may take on the wire, enforced here on top of
             the client's own timeouts (`teacher.Timeouts`); None leaves it to the client.
-        lookup: journal hook asked before anything is sent.
-        on_outcome: journal hook told of each final sent outcome before the caller sees it.
         batch_prices: price answers at Batch API rates.
         rng: backoff jitter source (seed it for reproducible tests).
     """
@@ -166,8 +173,6 @@ class Dispatcher:
         pricing: PricingTable | None = None,
         counter: TokenCounter | None = None,
         request_timeout_s: float | None = None,
-        lookup: Lookup | None = None,
-        on_outcome: OnOutcome | None = None,
         batch_prices: bool = False,
         rng: random.Random | None = None,
     ) -> None:
@@ -176,10 +181,9 @@ class Dispatcher:
         self._retry = retry or RetryPolicy()
         self._tuning = tuning or LimiterTuning()
         self._pricing = pricing or PricingTable.load()
-        self._counter = counter or EstimatingCounter()
+        self._counter = counter
+        self._counters: dict[str, TokenCounter] = {}  # by encoding, shared between lanes
         self._request_timeout_s = request_timeout_s
-        self._lookup = lookup
-        self._on_outcome = on_outcome
         self._batch_prices = batch_prices
         self._rng = rng or random.Random()
         self._budget = RetryBudget(self._retry.budget_ratio, self._retry.budget_min)
@@ -197,7 +201,12 @@ class Dispatcher:
         self._idle: asyncio.Event | None = None
         self._closing: asyncio.Event | None = None
         self._closed = False
-        self._sending: set[asyncio.Task[Any]] = set()  # tasks inside `client.send`
+        # Tasks inside `client.send`, with the time their attempt times out (inf: never).
+        # One timeout applies to every attempt, so insertion order is deadline order and
+        # one shared timer (`_expire_sends`) serves them all: no timer per request.
+        self._sending: dict[asyncio.Task[Any], float] = {}
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._timed_out: set[asyncio.Task[Any]] = set()  # cancelled by `_expire_sends`
         self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled by `aclose`
 
     # -- public --------------------------------------------------------------------------
@@ -233,14 +242,8 @@ class Dispatcher:
         loop, metrics = self._bind()
         ep = self._endpoint(endpoint)
         metrics.submitted += 1
-        if self._lookup is not None:
-            hit = await self._lookup(request)
-            if hit is not None:
-                metrics.journal_hits += 1
-                metrics.finished += 1
-                return hit
         lane = self._lane(ep, request.model, loop.time())
-        counted = prompt_tokens(self._counter, request)
+        counted = prompt_tokens(lane.counter, request)
         deadline = loop.time() + (self._retry.deadline_s if deadline_s is None else deadline_s)
         seq = next(self._seq)  # FIFO within a priority; retries keep their place
         attempts = 0
@@ -274,8 +277,8 @@ class Dispatcher:
             await self._sleep(delay)
         metrics.final_by_kind[outcome.kind] += 1
         metrics.finished += 1
-        if attempts and self._on_outcome is not None:
-            await self._on_outcome(request, outcome, attempts)
+        if attempts:
+            metrics.final_by_attempts[attempts] += 1
         return outcome
 
     async def run_all(
@@ -360,13 +363,13 @@ class Dispatcher:
         return MetricsSnapshot(
             submitted=m.submitted,
             finished=m.finished,
-            journal_hits=m.journal_hits,
             sent=m.sent,
             ok=m.final_by_kind[OutcomeKind.OK],
             truncated=m.final_by_kind[OutcomeKind.TRUNCATED],
             final_by_kind=_by_kind(m.final_by_kind),
             attempts_by_kind=_by_kind(m.attempts_by_kind),
             retries_by_kind=_by_kind(m.retries_by_kind),
+            final_by_attempts=dict(sorted(m.final_by_attempts.items())),
             rate_limited=m.attempts_by_kind[OutcomeKind.RATE_LIMITED],
             retry_budget_denied=self._budget.denied,
             in_flight=self._in_flight,
@@ -419,9 +422,12 @@ class Dispatcher:
             except TimeoutError:
                 # Cancel the sends still out; each raises `Abandoned` to its caller.
                 self._abandoned.update(self._sending)
-                for task in self._sending:
+                for task in list(self._sending):
                     task.cancel()
                 await self._idle.wait()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     # -- internals -----------------------------------------------------------------------
 
@@ -460,8 +466,19 @@ class Dispatcher:
             limits = ep.endpoint.limits
             configured = limits.get(model) or limits.get("*") or Limits()
             limiter = Limiter(configured, ep.endpoint.client.provider, self._tuning, now)
-            lane = ep.lanes[model] = _Lane(ep, model, limiter, self._pricing.price(model))
+            lane = ep.lanes[model] = _Lane(
+                ep, model, limiter, self._pricing.price(model), self._counter_for(ep, model)
+            )
         return lane
+
+    def _counter_for(self, ep: _EndpointState, model: str) -> TokenCounter:
+        if self._counter is not None:
+            return self._counter
+        encoding = encoding_for(ep.endpoint.client.provider, model)
+        counter = self._counters.get(encoding)
+        if counter is None:
+            counter = self._counters[encoding] = OfflineCounter(encoding)
+        return counter
 
     async def _acquire(
         self, lane: _Lane, cost: Cost, priority: int, seq: int, deadline: float
@@ -577,32 +594,52 @@ class Dispatcher:
         metrics.requests.add(1, loop.time())
         task = asyncio.current_task()
         assert task is not None
-        self._sending.add(task)
-        send = ep.endpoint.client.send
+        timeout = self._request_timeout_s
+        if timeout is None:
+            self._sending[task] = math.inf
+        else:
+            self._sending[task] = deadline = loop.time() + timeout
+            if self._send_timer is None:
+                self._send_timer = loop.call_at(deadline, self._expire_sends)
         try:
-            if self._request_timeout_s is None:
-                outcome = await send(request)
-            else:
-                async with asyncio.timeout(self._request_timeout_s):
-                    outcome = await send(request)
-        except TimeoutError:
-            outcome = Outcome(
-                OutcomeKind.TIMEOUT, error=f"no answer within {self._request_timeout_s} s"
-            )
+            outcome = await ep.endpoint.client.send(request)
         except asyncio.CancelledError:
-            self._finish_attempt(lane, cost, None)
-            # Cancelled by `aclose` (and by no one else): report it as abandoned.
-            if task in self._abandoned and task.uncancel() == 0:
-                raise Abandoned("in flight when the shutdown grace period ended") from None
-            raise
+            # Cancelled by the shared timeout timer (and by no one else): a timeout.
+            if task in self._timed_out and task.uncancel() == 0:
+                outcome = Outcome(OutcomeKind.TIMEOUT, error=f"no answer within {timeout} s")
+            else:
+                self._finish_attempt(lane, cost, None)
+                # Cancelled by `aclose` (and by no one else): report it as abandoned.
+                if task in self._abandoned and task.uncancel() == 0:
+                    raise Abandoned("in flight when the shutdown grace period ended") from None
+                raise
         except BaseException:
             self._finish_attempt(lane, cost, None)
             raise
         finally:
-            self._sending.discard(task)
+            del self._sending[task]
+            self._timed_out.discard(task)
         self._finish_attempt(lane, cost, outcome)
         self._learn(lane, request, outcome, counted)
         return outcome
+
+    def _expire_sends(self) -> None:
+        """The shared timer: cancel the sends past their deadline, re-arm for the next."""
+        loop = self._loop
+        assert loop is not None
+        self._send_timer = None
+        now = loop.time()
+        expired = []
+        for task, deadline in self._sending.items():  # in deadline order
+            if deadline > now:
+                if deadline != math.inf:
+                    self._send_timer = loop.call_at(deadline, self._expire_sends)
+                break
+            if task not in self._timed_out:
+                expired.append(task)
+        for task in expired:
+            self._timed_out.add(task)
+            task.cancel()
 
     def _finish_attempt(self, lane: _Lane, cost: Cost, outcome: Outcome | None) -> None:
         loop = self._loop

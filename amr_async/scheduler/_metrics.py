@@ -58,14 +58,15 @@ class MetricsSnapshot:
 
     Attributes:
         submitted: calls to `submit`.
-        finished: submits that returned an outcome (journal hits included).
-        journal_hits: answered by the lookup hook without sending.
+        finished: submits that returned an outcome.
         sent: attempts that went out (first tries and retries).
         ok: final outcomes that are complete answers.
         truncated: final outcomes cut at max_tokens (kept, not re-bought).
         final_by_kind: every final outcome by kind.
         attempts_by_kind: every attempt's outcome by kind.
         retries_by_kind: retries, by the kind of the attempt that caused them.
+        final_by_attempts: final outcomes of calls that were sent, by how many attempts
+            they took (1 = no retry).
         rate_limited: 429 rate-limit answers.
         retry_budget_denied: retries refused by the global budget.
         in_flight: attempts on the wire now.
@@ -86,13 +87,13 @@ class MetricsSnapshot:
 
     submitted: int
     finished: int
-    journal_hits: int
     sent: int
     ok: int
     truncated: int
     final_by_kind: dict[str, int]
     attempts_by_kind: dict[str, int]
     retries_by_kind: dict[str, int]
+    final_by_attempts: dict[int, int]
     rate_limited: int
     retry_budget_denied: int
     in_flight: int
@@ -117,11 +118,11 @@ class Metrics:
     def __init__(self, now: float) -> None:
         self.submitted = 0
         self.finished = 0
-        self.journal_hits = 0
         self.sent = 0
         self.final_by_kind: Counter[OutcomeKind] = Counter()
         self.attempts_by_kind: Counter[OutcomeKind] = Counter()
         self.retries_by_kind: Counter[OutcomeKind] = Counter()
+        self.final_by_attempts: Counter[int] = Counter()
         self.tokens_in = 0
         self.tokens_out = 0
         self.cached_tokens_in = 0

@@ -1,26 +1,79 @@
-"""The HTTP round trip both clients share: session lifecycle, timing, transport errors."""
+"""What both clients share: the HTTP round trip (session lifecycle, timing, transport
+errors) and the reading of a reply into an `Outcome` (success, unreadable body, error body).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import orjson
+from yarl import URL
 
 from amr_async.teacher.base import ClientConfig, Secret, open_session
-from amr_async.teacher.classify import TRANSPORT_ERRORS, classify_exception, describe_exception
-from amr_async.teacher.types import ChatRequest, Outcome, Provider
+from amr_async.teacher.classify import (
+    TRANSPORT_ERRORS,
+    classify_exception,
+    classify_status,
+    describe_exception,
+    redact,
+)
+from amr_async.teacher.headers import parse_retry_after
+from amr_async.teacher.types import (
+    ChatRequest,
+    Outcome,
+    OutcomeKind,
+    Provider,
+    RateLimitInfo,
+    Usage,
+)
+
+# What reading a success body may raise when a field is missing or of the wrong type.
+_UNREADABLE = (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+@dataclass(slots=True, frozen=True)
+class Answer:
+    """The protocol-specific fields of a success body.
+
+    Attributes:
+        text: the answer's text.
+        finish_reason: as the provider wrote it.
+        truncated: cut at max_tokens (`finish_reason` says "length" or "max_tokens").
+        usage: reported tokens.
+    """
+
+    text: str
+    finish_reason: str | None
+    truncated: bool
+    usage: Usage
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorBody:
+    """The fields of an error body ("" where absent)."""
+
+    type: str = ""
+    code: str = ""
+    message: str = ""
 
 
 class WireClient:
     """Posts one JSON body per request and turns the reply into an `Outcome`.
 
-    Subclasses provide `_encode` (request to body bytes) and `_decode` (status, headers,
-    body to outcome). Safe to share between tasks of one event loop; not between loops.
+    Subclasses provide the protocol: `_encode` (request to body bytes), `_rate_limits`
+    (headers), `_answer` (decoded success body) and `_error_body` (decoded error body);
+    `_decode` here turns any reply into an `Outcome`. Safe to share between tasks of one
+    event loop; not between loops.
     """
 
     provider: Provider
     base_url: str
+    request_id_header: str  # the response header carrying the provider's request id
+    answer_name: str  # what a success body is called, for the malformed-response error
 
     def __init__(
         self,
@@ -32,7 +85,8 @@ class WireClient:
         config: ClientConfig | None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._url = self.base_url + path
+        # Parsed once: aiohttp would otherwise parse a str URL on every request.
+        self._url = URL(self.base_url + path)
         self._api_key = api_key
         self._config = config or ClientConfig()
         self._session = session
@@ -55,10 +109,76 @@ class WireClient:
     def _encode(self, request: ChatRequest) -> bytes:
         raise NotImplementedError
 
+    def _rate_limits(self, headers: Mapping[str, str]) -> RateLimitInfo:
+        raise NotImplementedError
+
+    def _answer(self, data: Any) -> Answer:
+        """Read a decoded success body; raises one of `_UNREADABLE` when it does not fit."""
+        raise NotImplementedError
+
+    def _error_body(self, data: Any) -> ErrorBody:
+        """Read a decoded error body (any JSON value); never raises."""
+        raise NotImplementedError
+
     def _decode(
         self, status: int, headers: Mapping[str, str], raw: bytes, latency_s: float
     ) -> Outcome:
-        raise NotImplementedError
+        """Turn one reply into an `Outcome`: success, truncated, malformed, or classified error."""
+        rate_limits = self._rate_limits(headers)
+        request_id = headers.get(self.request_id_header)
+        if status >= 400:
+            return self._error_outcome(status, headers, raw, latency_s, rate_limits, request_id)
+        try:
+            answer = self._answer(orjson.loads(raw))
+        except _UNREADABLE as exc:
+            return Outcome(
+                kind=OutcomeKind.MALFORMED_RESPONSE,
+                status=status,
+                rate_limits=rate_limits,
+                request_id=request_id,
+                error=f"unreadable {self.answer_name}: {type(exc).__name__}",
+                latency_s=latency_s,
+            )
+        return Outcome(
+            kind=OutcomeKind.TRUNCATED if answer.truncated else OutcomeKind.OK,
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            rate_limits=rate_limits,
+            status=status,
+            request_id=request_id,
+            latency_s=latency_s,
+        )
+
+    def _error_outcome(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        raw: bytes,
+        latency_s: float,
+        rate_limits: RateLimitInfo,
+        request_id: str | None,
+    ) -> Outcome:
+        try:
+            err = self._error_body(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            err = ErrorBody()
+        kind = classify_status(status, err.type, err.code, err.message)
+        message = redact(err.message, self._api_key.reveal())
+        # llama.cpp and vLLM put the HTTP status in `code`; the type says more.
+        code = "" if err.code.isdigit() else err.code
+        detail = code or err.type or "no error body"
+        return Outcome(
+            kind=kind,
+            status=status,
+            rate_limits=rate_limits,
+            retry_after_s=parse_retry_after(headers),
+            request_id=request_id,
+            error=f"HTTP {status} {detail}: {message[:200]}"
+            if message
+            else f"HTTP {status} {detail}",
+            latency_s=latency_s,
+        )
 
     async def send(self, request: ChatRequest) -> Outcome:
         """Send one request and classify whatever happens (never raises on a bad reply).

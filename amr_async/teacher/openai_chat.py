@@ -12,18 +12,10 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from amr_async.teacher._wire import WireClient
+from amr_async.teacher._wire import Answer, ErrorBody, WireClient
 from amr_async.teacher.base import ClientConfig, Secret, key_from
-from amr_async.teacher.classify import classify_status, redact
-from amr_async.teacher.headers import parse_openai_rate_limits, parse_retry_after
-from amr_async.teacher.types import (
-    ChatRequest,
-    Outcome,
-    OutcomeKind,
-    Provider,
-    RateLimitInfo,
-    Usage,
-)
+from amr_async.teacher.headers import parse_openai_rate_limits
+from amr_async.teacher.types import ChatRequest, Provider, RateLimitInfo, Usage
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -44,6 +36,8 @@ class OpenAIClient(WireClient):
     """
 
     provider = Provider.OPENAI
+    request_id_header = "x-request-id"
+    answer_name = "chat completion"
 
     def __init__(
         self,
@@ -84,91 +78,38 @@ class OpenAIClient(WireClient):
             body["stop"] = list(request.stop)
         return orjson.dumps(body)
 
-    def _decode(
-        self, status: int, headers: Mapping[str, str], raw: bytes, latency_s: float
-    ) -> Outcome:
-        rate_limits = parse_openai_rate_limits(headers)
-        request_id = headers.get("x-request-id")
-        if status >= 400:
-            return self._error_outcome(status, headers, raw, latency_s, rate_limits, request_id)
-        try:
-            data = orjson.loads(raw)
-            choice = data["choices"][0]
-            content = choice["message"].get("content") or ""
-            finish_reason = choice.get("finish_reason")
-            usage_raw = data.get("usage") or {}
-            details = usage_raw.get("prompt_tokens_details") or {}
-            usage = Usage(
+    def _rate_limits(self, headers: Mapping[str, str]) -> RateLimitInfo:
+        return parse_openai_rate_limits(headers)
+
+    def _answer(self, data: Any) -> Answer:
+        choice = data["choices"][0]
+        content = choice["message"].get("content") or ""
+        if not isinstance(content, str):
+            raise TypeError("message.content is not a string")
+        finish_reason = choice.get("finish_reason")
+        usage_raw = data.get("usage") or {}
+        details = usage_raw.get("prompt_tokens_details") or {}
+        return Answer(
+            text=content,
+            finish_reason=finish_reason,
+            truncated=finish_reason == "length",
+            usage=Usage(
                 input_tokens=int(usage_raw.get("prompt_tokens") or 0),
                 output_tokens=int(usage_raw.get("completion_tokens") or 0),
                 cached_input_tokens=int(details.get("cached_tokens") or 0),
-            )
-            if not isinstance(content, str):
-                raise TypeError("message.content is not a string")
-        except (
-            orjson.JSONDecodeError,
-            KeyError,
-            IndexError,
-            TypeError,
-            ValueError,
-            AttributeError,
-        ) as exc:
-            return Outcome(
-                kind=OutcomeKind.MALFORMED_RESPONSE,
-                status=status,
-                rate_limits=rate_limits,
-                request_id=request_id,
-                error=f"unreadable chat completion: {type(exc).__name__}",
-                latency_s=latency_s,
-            )
-        kind = OutcomeKind.TRUNCATED if finish_reason == "length" else OutcomeKind.OK
-        return Outcome(
-            kind=kind,
-            text=content,
-            finish_reason=finish_reason,
-            usage=usage,
-            rate_limits=rate_limits,
-            status=status,
-            request_id=request_id,
-            latency_s=latency_s,
+            ),
         )
 
-    def _error_outcome(
-        self,
-        status: int,
-        headers: Mapping[str, str],
-        raw: bytes,
-        latency_s: float,
-        rate_limits: RateLimitInfo,
-        request_id: str | None,
-    ) -> Outcome:
-        error_type = error_code = message = ""
-        try:
-            data = orjson.loads(raw)
-            # OpenAI and llama.cpp: {"error": {...}}; Ollama: {"error": "text"};
-            # vLLM and SGLang: {"object": "error", "message": ..., "type": ..., "code": ...}.
-            err = data.get("error", data) if isinstance(data, dict) else None
-            if isinstance(err, dict):
-                error_type = str(err.get("type") or "")
-                error_code = str(err.get("code") or "")
-                message = str(err.get("message") or "")
-            elif isinstance(err, str):
-                message = err
-        except orjson.JSONDecodeError:
-            pass
-        kind = classify_status(status, error_type, error_code, message)
-        message = redact(message, self._api_key.reveal())
-        # llama.cpp and vLLM put the HTTP status in `code`; the type says more.
-        code = "" if error_code.isdigit() else error_code
-        detail = code or error_type or "no error body"
-        return Outcome(
-            kind=kind,
-            status=status,
-            rate_limits=rate_limits,
-            retry_after_s=parse_retry_after(headers),
-            request_id=request_id,
-            error=f"HTTP {status} {detail}: {message[:200]}"
-            if message
-            else f"HTTP {status} {detail}",
-            latency_s=latency_s,
-        )
+    def _error_body(self, data: Any) -> ErrorBody:
+        # OpenAI and llama.cpp: {"error": {...}}; Ollama: {"error": "text"};
+        # vLLM and SGLang: {"object": "error", "message": ..., "type": ..., "code": ...}.
+        err = data.get("error", data) if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            return ErrorBody(
+                type=str(err.get("type") or ""),
+                code=str(err.get("code") or ""),
+                message=str(err.get("message") or ""),
+            )
+        if isinstance(err, str):
+            return ErrorBody(message=err)
+        return ErrorBody()
