@@ -18,6 +18,7 @@ from amr_async.moduledb import (
     StoreConfig,
     stub_of,
 )
+from amr_async.moduledb._index import USearchIndex
 from tests.moduledb_helpers import function_source, modules
 
 
@@ -259,3 +260,58 @@ def test_auto_index_switches_to_ann_past_threshold(
     assert len(store.index) == 3000
     assert store.search_vectors(vecs[2999:3000], k=1)[0][0][1] == 2999
     store.close()
+
+
+def test_ef_search_is_a_search_time_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ef_search"):
+        ModuleStore(tmp_path / "bad", embedder="synthetic", dim=32, config=StoreConfig(ef_search=0))
+    rng = np.random.default_rng(2)
+    vecs = rng.standard_normal((2000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(index="usearch")
+    )
+    _add_synthetic(store, vecs)
+    store.close()
+    # A candidate list as long as the DB makes the graph search visit every node: exact.
+    wide = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(ef_search=2000)
+    )
+    assert wide.index.kind == "usearch"
+    assert isinstance(wide.index, USearchIndex)
+    assert wide.index.ef == 2000
+    queries = vecs[:40] + 0.3 * rng.standard_normal((40, 32)).astype(np.float32)
+    truth = wide.search_vectors(queries, k=10, filters={"verdict": "unverified"})  # exact path
+    got = wide.search_vectors(queries, k=10)
+    assert [[i for _, i in row] for row in got] == [[i for _, i in row] for row in truth]
+    wide.close()
+
+
+@pytest.mark.parametrize("index", ["hnsw", "usearch"])
+def test_reopen_loads_the_saved_index_instead_of_rebuilding(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amr_async.moduledb import _index
+
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((1500, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    config = StoreConfig(index=index)  # type: ignore[arg-type]
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    _add_synthetic(store, vecs)
+    before = store.search_vectors(vecs[:20], k=5)
+    store.close()
+    assert (tmp_path / "db" / f"index.{index}").stat().st_size > 0
+
+    def no_rebuild(self: object, vectors: np.ndarray, start_id: int) -> None:  # type: ignore[type-arg]
+        raise AssertionError(f"reopen re-added {len(vectors)} vectors from id {start_id}")
+
+    monkeypatch.setattr(_index.HnswIndex, "add", no_rebuild)
+    monkeypatch.setattr(_index.USearchIndex, "add", no_rebuild)
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32)
+    assert len(again.index) == 1500
+    assert again.search_vectors(vecs[:20], k=5) == before
+    if index == "usearch":  # memory-mapped, not read into RAM
+        assert isinstance(again.index, USearchIndex)
+        assert again.index._viewed_from == tmp_path / "db" / "index.usearch"
+    again.close()
