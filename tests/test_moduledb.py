@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from amr_async.moduledb import (
@@ -186,6 +188,58 @@ async def test_export_import_round_trip_with_bad_lines(tmp_path: Path) -> None:
         again, _ = await db.import_jsonl(tmp_path / "in.jsonl")
         assert again.added == []
         assert {r.reason for r in again.rejected} == {"duplicate_ast"}
+
+
+class CountingHash(HashEmbedder):
+    """The hash embedder, counting the texts it embeds (optionally under another name)."""
+
+    def __init__(self, name: str = "hash") -> None:
+        super().__init__(384)
+        self.name = name
+        self.embedded = 0
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:  # type: ignore[type-arg]
+        self.embedded += len(texts)
+        return super().embed_sync(texts)
+
+
+async def test_import_uses_carried_vectors_of_the_same_embedder(tmp_path: Path) -> None:
+    async with await open_hash(tmp_path / "src") as db:
+        await db.add_many(modules(0, 20, verdict="pass"))
+        assert await db.export(tmp_path / "with.jsonl") == 20
+        assert await db.export(tmp_path / "without.jsonl", vectors=False) == 20
+        stored = db.store.view().rows_f32(np.arange(20, dtype=np.int64))
+    assert "vector" in orjson.loads((tmp_path / "with.jsonl").read_bytes().splitlines()[0])
+    assert "vector" not in orjson.loads((tmp_path / "without.jsonl").read_bytes().splitlines()[0])
+    same = CountingHash()
+    async with await ModuleDB.open(tmp_path / "a", same) as db:
+        result, errors = await db.import_jsonl(tmp_path / "with.jsonl")
+        assert (len(result.added), errors) == (20, [])
+        assert same.embedded == 0  # every vector came from the file
+        np.testing.assert_allclose(db.store.view().rows_f32(np.arange(20)), stored, atol=2e-3)
+        (hit,) = (await db.search([function_source(4)], k=1))[0]
+        assert hit.module.code == function_source(4)
+    other = CountingHash("hash-v2")  # another embedder: its vectors would not be comparable
+    async with await ModuleDB.open(tmp_path / "b", other) as db:
+        result, _ = await db.import_jsonl(tmp_path / "with.jsonl")
+        assert len(result.added) == 20
+        assert other.embedded == 20
+
+
+async def test_import_refuses_a_bad_vector_naming_the_line(tmp_path: Path) -> None:
+    async with await open_hash(tmp_path / "src") as db:
+        await db.add_many(modules(0, 3))
+        await db.export(tmp_path / "out.jsonl")
+    lines = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    lines[0]["vector"] = lines[0]["vector"][:-8]  # truncated
+    lines[1]["vector"] = "%%% not base64"
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    async with await open_hash(tmp_path / "dst") as db:
+        result, errors = await db.import_jsonl(tmp_path / "in.jsonl")
+    assert len(result.added) == 1
+    assert errors[0].startswith(f"{tmp_path / 'in.jsonl'}:1: field 'vector': ")
+    assert "768" in errors[0]
+    assert errors[1].startswith(f"{tmp_path / 'in.jsonl'}:2: field 'vector': not base64")
 
 
 async def test_wrong_dimension_and_embedder_refused(tmp_path: Path) -> None:
