@@ -108,6 +108,11 @@ class ExactIndex:
         return None
 
 
+def _threads(queries: F32, index: HnswIndex | USearchIndex) -> int:
+    # One query cannot use a second thread; handing it to a pool costs ~20 % more CPU.
+    return 1 if len(queries) == 1 else index.threads
+
+
 def _pad(ids: I64, k: int) -> I64:
     if ids.shape[1] >= k:
         return ids
@@ -173,7 +178,7 @@ class HnswIndex:
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
             self._index.set_ef(max(self.ef, kk))
-            labels, _ = self._index.knn_query(queries, k=kk, num_threads=self.threads)
+            labels, _ = self._index.knn_query(queries, k=kk, num_threads=_threads(queries, self))
         ids = np.asarray(labels, dtype=np.int64)
         ids[ids >= view.count] = -1
         return _pad(ids, k)
@@ -249,7 +254,7 @@ class USearchIndex:
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
             self._index.expansion_search = max(self.ef, kk)
-            found = self._index.search(queries, kk, threads=self.threads)
+            found = self._index.search(queries, kk, threads=_threads(queries, self))
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)
         for row, c in enumerate(counts):

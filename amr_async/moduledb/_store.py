@@ -509,7 +509,7 @@ def _rescore(
     """Exact scores of index candidates from the stored vectors, best k first."""
     out: list[list[tuple[float, int]]] = []
     for q, row in zip(queries, cand, strict=True):
-        ids = np.unique(row[row >= 0])
+        ids = row[row >= 0]  # an index returns each id at most once per query
         if len(ids) == 0:
             out.append([])
             continue
