@@ -122,6 +122,15 @@ def build(path: Path, vectors: np.ndarray, index: str, threads: int) -> dict[str
         store.add(mods, infos, vectors[s : s + m])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         elapsed += wall
+        if n >= 100_000 and (s // batch) % 10 == 9:  # long fills: a progress line per tenth
+            progress = {
+                "progress": index,
+                "filled": s + m,
+                "batch_per_s": round(m / wall, 1),
+                "batch_cpu_us": round(cpu / m * 1e6, 1),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(progress), file=sys.stderr, flush=True)
         if s >= tail_from:
             tail_wall += wall
             tail_cpu += cpu
