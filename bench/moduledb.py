@@ -326,7 +326,7 @@ def main() -> None:
         "--ef",
         default=None,
         help=f"ef_search values for the HNSW indexes, the default first "
-        f"(default {HNSW_EF_SEARCH},64,256,512; quick {HNSW_EF_SEARCH},64)",
+        f"(default {HNSW_EF_SEARCH},64,128,512; quick {HNSW_EF_SEARCH},64)",
     )
     parser.add_argument("--child", nargs=5, metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF"))
     args = parser.parse_args()
@@ -337,8 +337,10 @@ def main() -> None:
     efs = (
         [int(e) for e in args.ef.split(",")]
         if args.ef
-        else [HNSW_EF_SEARCH, 64] + ([] if args.quick else [256, 512])
+        else [HNSW_EF_SEARCH, *[e for e in (64, 128, 512) if e != HNSW_EF_SEARCH]]
     )
+    if args.quick and not args.ef:
+        efs = efs[:2]
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
