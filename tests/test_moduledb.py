@@ -20,7 +20,7 @@ from amr_async.moduledb import (
     StoreConfig,
     stub_of,
 )
-from amr_async.moduledb._index import USearchIndex
+from amr_async.moduledb._index import HNSW_EF_SEARCH, USearchIndex
 from tests.moduledb_helpers import function_source, modules
 
 
@@ -327,7 +327,8 @@ def test_ef_search_is_a_search_time_setting(tmp_path: Path) -> None:
     )
     _add_synthetic(store, vecs)
     store.close()
-    # A candidate list as long as the DB makes the graph search visit every node: exact.
+    # A candidate list as long as the DB: the graph search reaches (nearly) every node. Not
+    # quite all: usearch builds with two threads, and a node may end up hard to reach.
     wide = ModuleStore(
         tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(ef_search=2000)
     )
@@ -337,8 +338,13 @@ def test_ef_search_is_a_search_time_setting(tmp_path: Path) -> None:
     queries = vecs[:40] + 0.3 * rng.standard_normal((40, 32)).astype(np.float32)
     truth = wide.search_vectors(queries, k=10, filters={"verdict": "unverified"})  # exact path
     got = wide.search_vectors(queries, k=10)
-    assert [[i for _, i in row] for row in got] == [[i for _, i in row] for row in truth]
+    found = sum(len({i for _, i in g} & {i for _, i in t}) for g, t in zip(got, truth, strict=True))
+    assert found >= 0.98 * 400
     wide.close()
+    default = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32)  # not stored in the DB
+    assert isinstance(default.index, USearchIndex)
+    assert default.index.ef == HNSW_EF_SEARCH
+    default.close()
 
 
 @pytest.mark.parametrize("index", ["hnsw", "usearch"])
