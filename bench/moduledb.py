@@ -4,13 +4,17 @@ Vectors are SYNTHETIC (384-d, L2-normalised; rank-32 Gaussian plus noise by defa
 Gaussian with ``--iid``): index-only figures, no embedder in the loop. Each size × index builds
 a fresh DB through `ModuleStore.add` (metadata rows in SQLite, vector file, index), in batches
 of 10,000 with pre-computed metadata (no parsing).
-Then a fresh child process reopens it (``reopen_s``), runs single queries at k=10
-(``query_p50_ms``/``query_p99_ms``, the store's full path: index candidates, re-scoring from the
-vector file, no metadata fetch) and reports its resident memory growth per module
-(``rss_bytes_per_module``: RSS after reopen + queries minus RSS before opening). Recall is
-against an exact float32 scan of the original vectors.
+``insert_per_s`` is the sustained rate of the last tenth of the fill (adds into a DB already
+90 % full), ``build_per_s`` the whole fill. Then a fresh child process reopens it
+(``reopen_s``), runs single queries at k=10 (``query_p50_ms``/``query_p99_ms``, the store's
+full path: index candidates, re-scoring from the vector file, no metadata fetch) once per
+ef_search of the sweep (HNSW indexes; the default ef first, its figures are the top-level ones)
+and reports its resident memory growth per module (``rss_bytes_per_module``: RSS after reopen +
+queries minus RSS before opening; mapped files count only the pages touched, so
+``resident_max_bytes_per_module`` gives index + vector file per module too). Recall is against
+an exact float32 scan of the original vectors.
 
-    .venv/bin/python bench/moduledb.py            # 10k, 100k, 1M (takes many minutes)
+    .venv/bin/python bench/moduledb.py            # 10k, 100k, 1M x exact, hnsw, usearch, auto
     .venv/bin/python bench/moduledb.py --quick    # 10k only, under a minute
 
 Last stdout line: one JSON object.
@@ -37,6 +41,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 from amr_async.moduledb import Module, ModuleStore, StoreConfig
+from amr_async.moduledb._index import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    HnswIndex,
+    USearchIndex,
+)
 from amr_async.moduledb._source import FunctionInfo
 from amr_async.moduledb._store import AUTO_ANN, AUTO_EXACT_MAX
 
@@ -84,27 +95,55 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def build(path: Path, vectors: np.ndarray, index: str, threads: int) -> float:  # type: ignore[type-arg]
+def build(path: Path, vectors: np.ndarray, index: str, threads: int) -> dict[str, float]:  # type: ignore[type-arg]
+    """Fill a fresh DB through `ModuleStore.add` in batches; time every batch.
+
+    `insert_per_s` is the sustained rate of the last tenth of the batches: adds into a DB
+    already 90 % full (SQLite rows + vector file + index), the figure the goal at 1M means.
+    `build_per_s` is the whole fill from empty, index save included.
+    """
     store = ModuleStore(
         path,
         embedder="synthetic",
         dim=DIM,
         config=StoreConfig(index=index, threads=threads),  # type: ignore[arg-type]
     )
-    elapsed = 0.0
-    for s in range(0, len(vectors), BATCH):
-        n = min(BATCH, len(vectors) - s)
+    n = len(vectors)
+    batch = min(BATCH, max(1, n // 10))
+    tail_from = n - max(batch, n // 10)
+    elapsed = tail_wall = tail_cpu = 0.0
+    for s in range(0, n, batch):
+        m = min(batch, n - s)
         mods = [
-            Module(code=f"def f{i}():\n    return {i}\n", stage="bench") for i in range(s, s + n)
+            Module(code=f"def f{i}():\n    return {i}\n", stage="bench") for i in range(s, s + m)
         ]
-        infos = [FunctionInfo(f"f{i}", f"def f{i}():", "", f"{i:032x}", 6) for i in range(s, s + n)]
-        t0 = time.perf_counter()
-        store.add(mods, infos, vectors[s : s + n])
-        elapsed += time.perf_counter() - t0
+        infos = [FunctionInfo(f"f{i}", f"def f{i}():", "", f"{i:032x}", 6) for i in range(s, s + m)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        store.add(mods, infos, vectors[s : s + m])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        elapsed += wall
+        if n >= 100_000 and (s // batch) % 10 == 9:  # long fills: a progress line per tenth
+            progress = {
+                "progress": index,
+                "filled": s + m,
+                "batch_per_s": round(m / wall, 1),
+                "batch_cpu_us": round(cpu / m * 1e6, 1),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+            print(json.dumps(progress), file=sys.stderr, flush=True)
+        if s >= tail_from:
+            tail_wall += wall
+            tail_cpu += cpu
     t0 = time.perf_counter()
-    store.close()  # saves the index: part of the cost of inserting
-    elapsed += time.perf_counter() - t0
-    return len(vectors) / elapsed
+    store.close()  # saves the index: part of the cost of building
+    save = time.perf_counter() - t0
+    tail_n = n - tail_from
+    return {
+        "insert_per_s": tail_n / tail_wall,
+        "insert_cpu_us": tail_cpu / tail_n * 1e6,
+        "build_per_s": n / (elapsed + save),
+        "save_s": save,
+    }
 
 
 def rss_bytes() -> int:
@@ -115,8 +154,11 @@ def rss_bytes() -> int:
     return 0
 
 
-def child(path: str, index: str, queries_file: str, k: int, threads: int) -> None:
-    """Runs in a fresh process: reopen, query one at a time, report latency and memory."""
+def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: list[int]) -> None:
+    """Runs in a fresh process: reopen, query one at a time, report latency and memory.
+
+    For an HNSW index the queries run once per ef_search in `efs` (the default first).
+    """
     queries = np.load(queries_file)
     before = rss_bytes()
     t0 = time.perf_counter()
@@ -127,30 +169,53 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int) -> Non
         config=StoreConfig(index=index, threads=threads),  # type: ignore[arg-type]
     )
     reopen = time.perf_counter() - t0
-    store.search_vectors(queries[:1], k=k)  # first touch
-    lat: list[float] = []
-    found: list[list[int]] = []
-    for q in queries:
-        t0 = time.perf_counter()
-        (row,) = store.search_vectors(q[None, :], k=k)
-        lat.append((time.perf_counter() - t0) * 1000)
-        found.append([i for _, i in row])
+    graph = store.index if isinstance(store.index, HnswIndex | USearchIndex) else None
+    t0 = time.perf_counter()
+    store.search_vectors(queries[:1], k=k)  # first touch of the mapped files
+    first = time.perf_counter() - t0
+    sweep: list[dict[str, Any]] = []
+    for ef in efs if graph else [0]:
+        if graph:
+            graph.ef = ef
+        lat: list[float] = []
+        found: list[list[int]] = []
+        c0 = time.process_time()
+        for q in queries:
+            t0 = time.perf_counter()
+            (row,) = store.search_vectors(q[None, :], k=k)
+            lat.append((time.perf_counter() - t0) * 1000)
+            found.append([i for _, i in row])
+        cpu = (time.process_time() - c0) / len(queries) * 1000
+        lat.sort()
+        sweep.append(
+            {
+                "ef_search": ef if graph else None,
+                "query_p50_ms": statistics.median(lat),
+                "query_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                "query_cpu_ms": cpu,
+                "found": found,
+            }
+        )
     rss = rss_bytes() - before
     n = len(store)
     kind = store.index.kind
     store.close()
-    lat.sort()
     print(
         json.dumps(
             {
                 "reopen_s": reopen,
-                "query_p50_ms": statistics.median(lat),
-                "query_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                "first_query_s": first,
                 "rss_bytes_per_module": rss / n,
                 "index_kind": kind,
-                "found": found,
+                "sweep": sweep,
             }
         )
+    )
+
+
+def _recall(found: list[list[int]], truth: np.ndarray) -> float:  # type: ignore[type-arg]
+    return float(
+        np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
     )
 
 
@@ -163,9 +228,10 @@ def measure(
     truth: np.ndarray,  # type: ignore[type-arg]
     threads: int,
     exact_queries: int,
+    efs: list[int],
 ) -> dict[str, Any]:
     path = tmp / f"{index}-{size}"
-    insert = build(path, vectors[:size], index, threads)
+    built = build(path, vectors[:size], index, threads)
     qfile = queries_file
     if index == "exact" and size > 100_000 and len(truth) > exact_queries:
         # A full scan per query: fewer queries keep the run short; recall is 1 by design.
@@ -173,7 +239,16 @@ def measure(
         np.save(qfile, np.load(queries_file)[:exact_queries])
         truth = truth[:exact_queries]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(path), index, str(qfile), str(threads)],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(path),
+            index,
+            str(qfile),
+            str(threads),
+            ",".join(map(str, efs)),
+        ],
         check=False,
         capture_output=True,
         text=True,
@@ -181,25 +256,59 @@ def measure(
     if out.returncode != 0:
         raise RuntimeError(f"child for {index} at {size} failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    found = res.pop("found")
-    recall = float(
-        np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
-    )
-    disk = sum(p.stat().st_size for p in path.iterdir())
+    sweep = [
+        {
+            "ef_search": r["ef_search"],
+            "query_p50_ms": round(r["query_p50_ms"], 3),
+            "query_p99_ms": round(r["query_p99_ms"], 3),
+            "query_cpu_ms": round(r["query_cpu_ms"], 3),
+            "recall_at_10": round(_recall(r["found"], truth), 4),
+        }
+        for r in res["sweep"]
+    ]
+    main = sweep[0]  # the default ef_search (or the exact scan)
+    files = {p.name: p.stat().st_size for p in path.iterdir()}
+    index_file = sum(v for name, v in files.items() if name.startswith("index."))
+    vector_file = sum(v for name, v in files.items() if name.startswith("vectors."))
     shutil.rmtree(path)
     return {
         "index": index,
         "size": size,
-        "insert_per_s": round(insert, 1),
-        "query_p50_ms": round(res["query_p50_ms"], 3),
-        "query_p99_ms": round(res["query_p99_ms"], 3),
-        "recall_at_10": round(recall, 4),
+        "insert_per_s": round(built["insert_per_s"], 1),
+        "insert_cpu_us": round(built["insert_cpu_us"], 1),
+        "build_per_s": round(built["build_per_s"], 1),
+        "query_p50_ms": main["query_p50_ms"],
+        "query_p99_ms": main["query_p99_ms"],
+        "query_cpu_ms": main["query_cpu_ms"],
+        "recall_at_10": main["recall_at_10"],
+        "ef_search": main["ef_search"],
         "rss_bytes_per_module": round(res["rss_bytes_per_module"], 1),
+        # Index + vector file per module: the resident size once every page has been touched.
+        "resident_max_bytes_per_module": round((index_file + vector_file) / size, 1),
+        "disk_bytes_per_module": round(sum(files.values()) / size, 1),
         "reopen_s": round(res["reopen_s"], 4),
-        "disk_bytes_per_module": round(disk / size, 1),
+        "first_query_s": round(res["first_query_s"], 4),
+        "save_s": round(built["save_s"], 3),
         "index_kind": res["index_kind"],
         "queries": len(truth),
+        "ef_sweep": sweep,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def fastest_meeting(results: list[dict[str, Any]], recall: float) -> dict[str, Any]:
+    """Per size: the index and ef_search with the lowest p50 among those reaching `recall`."""
+    best: dict[str, Any] = {}
+    for r in results:
+        if r["index"] == "auto":
+            continue
+        for point in r["ef_sweep"]:
+            if point["recall_at_10"] < recall:
+                continue
+            cur = best.get(str(r["size"]))
+            if cur is None or point["query_p50_ms"] < cur["query_p50_ms"]:
+                best[str(r["size"])] = {"index": r["index"], **point}
+    return best
 
 
 def main() -> None:
@@ -213,12 +322,25 @@ def main() -> None:
         "--exact-queries", type=int, default=30, help="queries for exact scans above 100k"
     )
     parser.add_argument("--iid", action="store_true", help="i.i.d. Gaussian vectors (no structure)")
-    parser.add_argument("--child", nargs=4, metavar=("PATH", "INDEX", "QUERIES", "THREADS"))
+    parser.add_argument(
+        "--ef",
+        default=None,
+        help=f"ef_search values for the HNSW indexes, the default first "
+        f"(default {HNSW_EF_SEARCH},64,128,512; quick {HNSW_EF_SEARCH},64)",
+    )
+    parser.add_argument("--child", nargs=5, metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF"))
     args = parser.parse_args()
     if args.child:
-        path, index, qfile, threads = args.child
-        child(path, index, qfile, 10, int(threads))
+        path, index, qfile, threads, efs = args.child
+        child(path, index, qfile, 10, int(threads), [int(e) for e in efs.split(",")])
         return
+    efs = (
+        [int(e) for e in args.ef.split(",")]
+        if args.ef
+        else [HNSW_EF_SEARCH, *[e for e in (64, 128, 512) if e != HNSW_EF_SEARCH]]
+    )
+    if args.quick and not args.ef:
+        efs = efs[:2]
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -244,12 +366,24 @@ def main() -> None:
                     res = {**done[resolved], "index": "auto", "auto_resolves_to": resolved}
                 else:
                     res = measure(
-                        tmp, size, index, vectors, qfile, truth, args.threads, args.exact_queries
+                        tmp,
+                        size,
+                        index,
+                        vectors,
+                        qfile,
+                        truth,
+                        args.threads,
+                        args.exact_queries,
+                        efs,
                     )
                     done[index] = res
                 results.append(res)
                 print(json.dumps(res), file=sys.stderr, flush=True)
-    best = next((r for r in results if r["index"] == "auto" and r["size"] == 1_000_000), None)
+    # The default configuration at 1M is `auto`, which resolves to AUTO_ANN there.
+    at_1m = [r for r in results if r["size"] == 1_000_000]
+    best = next((r for r in at_1m if r["index"] == "auto"), None) or next(
+        (r for r in at_1m if r["index"] == AUTO_ANN), None
+    )
     summary = {
         "benchmark": "moduledb",
         "vectors": (
@@ -263,8 +397,12 @@ def main() -> None:
         "k": 10,
         "queries": args.queries,
         "vector_dtype": "f16",
+        "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH},
+        "insert_per_s_means": "sustained ModuleStore.add (SQLite + vector file + index) over the "
+        "last tenth of the fill, into a DB already 90% full; no parsing, no embedding",
         "auto": {"exact_below": AUTO_EXACT_MAX, "ann": AUTO_ANN},
         "results": results,
+        "fastest_at_recall_0_95": fastest_meeting(results, 0.95),
         "best_1m": best,
     }
     if best is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from amr_async.moduledb import (
@@ -18,6 +20,7 @@ from amr_async.moduledb import (
     StoreConfig,
     stub_of,
 )
+from amr_async.moduledb._index import HNSW_EF_SEARCH, USearchIndex
 from tests.moduledb_helpers import function_source, modules
 
 
@@ -187,6 +190,58 @@ async def test_export_import_round_trip_with_bad_lines(tmp_path: Path) -> None:
         assert {r.reason for r in again.rejected} == {"duplicate_ast"}
 
 
+class CountingHash(HashEmbedder):
+    """The hash embedder, counting the texts it embeds (optionally under another name)."""
+
+    def __init__(self, name: str = "hash") -> None:
+        super().__init__(384)
+        self.name = name
+        self.embedded = 0
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:  # type: ignore[type-arg]
+        self.embedded += len(texts)
+        return super().embed_sync(texts)
+
+
+async def test_import_uses_carried_vectors_of_the_same_embedder(tmp_path: Path) -> None:
+    async with await open_hash(tmp_path / "src") as db:
+        await db.add_many(modules(0, 20, verdict="pass"))
+        assert await db.export(tmp_path / "with.jsonl") == 20
+        assert await db.export(tmp_path / "without.jsonl", vectors=False) == 20
+        stored = db.store.view().rows_f32(np.arange(20, dtype=np.int64))
+    assert "vector" in orjson.loads((tmp_path / "with.jsonl").read_bytes().splitlines()[0])
+    assert "vector" not in orjson.loads((tmp_path / "without.jsonl").read_bytes().splitlines()[0])
+    same = CountingHash()
+    async with await ModuleDB.open(tmp_path / "a", same) as db:
+        result, errors = await db.import_jsonl(tmp_path / "with.jsonl")
+        assert (len(result.added), errors) == (20, [])
+        assert same.embedded == 0  # every vector came from the file
+        np.testing.assert_allclose(db.store.view().rows_f32(np.arange(20)), stored, atol=2e-3)
+        (hit,) = (await db.search([function_source(4)], k=1))[0]
+        assert hit.module.code == function_source(4)
+    other = CountingHash("hash-v2")  # another embedder: its vectors would not be comparable
+    async with await ModuleDB.open(tmp_path / "b", other) as db:
+        result, _ = await db.import_jsonl(tmp_path / "with.jsonl")
+        assert len(result.added) == 20
+        assert other.embedded == 20
+
+
+async def test_import_refuses_a_bad_vector_naming_the_line(tmp_path: Path) -> None:
+    async with await open_hash(tmp_path / "src") as db:
+        await db.add_many(modules(0, 3))
+        await db.export(tmp_path / "out.jsonl")
+    lines = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    lines[0]["vector"] = lines[0]["vector"][:-8]  # truncated
+    lines[1]["vector"] = "%%% not base64"
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    async with await open_hash(tmp_path / "dst") as db:
+        result, errors = await db.import_jsonl(tmp_path / "in.jsonl")
+    assert len(result.added) == 1
+    assert errors[0].startswith(f"{tmp_path / 'in.jsonl'}:1: field 'vector': ")
+    assert "768" in errors[0]
+    assert errors[1].startswith(f"{tmp_path / 'in.jsonl'}:2: field 'vector': not base64")
+
+
 async def test_wrong_dimension_and_embedder_refused(tmp_path: Path) -> None:
     async with await open_hash(tmp_path / "db") as db:
         await db.add_many(modules(0, 3))
@@ -259,3 +314,64 @@ def test_auto_index_switches_to_ann_past_threshold(
     assert len(store.index) == 3000
     assert store.search_vectors(vecs[2999:3000], k=1)[0][0][1] == 2999
     store.close()
+
+
+def test_ef_search_is_a_search_time_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ef_search"):
+        ModuleStore(tmp_path / "bad", embedder="synthetic", dim=32, config=StoreConfig(ef_search=0))
+    rng = np.random.default_rng(2)
+    vecs = rng.standard_normal((2000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(index="usearch")
+    )
+    _add_synthetic(store, vecs)
+    store.close()
+    # A candidate list as long as the DB: the graph search reaches (nearly) every node. Not
+    # quite all: usearch builds with two threads, and a node may end up hard to reach.
+    wide = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(ef_search=2000)
+    )
+    assert wide.index.kind == "usearch"
+    assert isinstance(wide.index, USearchIndex)
+    assert wide.index.ef == 2000
+    queries = vecs[:40] + 0.3 * rng.standard_normal((40, 32)).astype(np.float32)
+    truth = wide.search_vectors(queries, k=10, filters={"verdict": "unverified"})  # exact path
+    got = wide.search_vectors(queries, k=10)
+    found = sum(len({i for _, i in g} & {i for _, i in t}) for g, t in zip(got, truth, strict=True))
+    assert found >= 0.98 * 400
+    wide.close()
+    default = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32)  # not stored in the DB
+    assert isinstance(default.index, USearchIndex)
+    assert default.index.ef == HNSW_EF_SEARCH
+    default.close()
+
+
+@pytest.mark.parametrize("index", ["hnsw", "usearch"])
+def test_reopen_loads_the_saved_index_instead_of_rebuilding(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amr_async.moduledb import _index
+
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((1500, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    config = StoreConfig(index=index)  # type: ignore[arg-type]
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    _add_synthetic(store, vecs)
+    before = store.search_vectors(vecs[:20], k=5)
+    store.close()
+    assert (tmp_path / "db" / f"index.{index}").stat().st_size > 0
+
+    def no_rebuild(self: object, vectors: np.ndarray, start_id: int) -> None:  # type: ignore[type-arg]
+        raise AssertionError(f"reopen re-added {len(vectors)} vectors from id {start_id}")
+
+    monkeypatch.setattr(_index.HnswIndex, "add", no_rebuild)
+    monkeypatch.setattr(_index.USearchIndex, "add", no_rebuild)
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32)
+    assert len(again.index) == 1500
+    assert again.search_vectors(vecs[:20], k=5) == before
+    if index == "usearch":  # memory-mapped, not read into RAM
+        assert isinstance(again.index, USearchIndex)
+        assert again.index._viewed_from == tmp_path / "db" / "index.usearch"
+    again.close()

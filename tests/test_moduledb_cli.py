@@ -52,6 +52,20 @@ def test_seed_search_export_import_stats(
 
     code, out, _ = run(capsys, "db", "--db", db, "export", str(tmp_path / "m.jsonl"))
     assert orjson.loads(out)["exported"] == 3
+    assert all(
+        "vector" in orjson.loads(x) for x in (tmp_path / "m.jsonl").read_bytes().splitlines()
+    )
+    code, out, _ = run(
+        capsys, "db", "--db", db, "export", "--no-vectors", str(tmp_path / "bare.jsonl")
+    )
+    assert orjson.loads(out) == {
+        "exported": 3,
+        "file": str(tmp_path / "bare.jsonl"),
+        "vectors": False,
+    }
+    assert all(
+        "vector" not in orjson.loads(x) for x in (tmp_path / "bare.jsonl").read_bytes().splitlines()
+    )
     code, out, _ = run(
         capsys, "db", "--db", str(tmp_path / "db2"), "import", str(tmp_path / "m.jsonl")
     )

@@ -7,7 +7,7 @@ across indexes. ids are row numbers of the vector file (= module ids).
 - `ExactIndex` keeps nothing of its own: the Rust `topk` kernel scans the memory-mapped vector
   file in place. Reopen is free, results are
   exact, insert is a file append; latency grows linearly with size.
-- `HnswIndex` (hnswlib, M=16, ef_construction=100, ef=64 by default): fast queries, slow inserts,
+- `HnswIndex` (hnswlib, M=16, ef_construction=40, ef=256 by default): fast queries, slow inserts,
   whole index in RAM (~1.7 KB per 384-d vector), fixed capacity grown by copying, and not safe
   for a query concurrent with an insert (the store holds a lock around it).
 - `USearchIndex` (usearch HNSW with f16 or i8 vectors inside): smaller, and saved files can be
@@ -31,6 +31,16 @@ from amr_async.moduledb._vectors import F32, VectorView
 
 IndexKind = Literal["exact", "hnsw", "usearch"]
 I64 = npt.NDArray[np.int64]
+
+# Graph parameters of both HNSW indexes (bench/moduledb.py measured them on 384-d synthetic
+# rank-32 vectors, see the README): M=16 links per node; ef_construction=40 costs ~0.6x the CPU
+# per insert of 100 for ~1.5 points of recall, and insert rate is a goal at 1M. ef_search=256:
+# usearch recall@10 at 100k was 0.82 / 0.93 / 0.98 / 0.999 at ef 64 / 128 / 256 / 512, for
+# 1.9 / 3.0 / 4.0 / 7.0 ms CPU per query under load; 256 is the first above 0.95. A search-time
+# setting: `StoreConfig.ef_search` changes it per open.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 256
 
 
 def exact_topk(
@@ -100,6 +110,11 @@ class ExactIndex:
         return None
 
 
+def _threads(queries: F32, index: HnswIndex | USearchIndex) -> int:
+    # One query cannot use a second thread; handing it to a pool costs ~20 % more CPU.
+    return 1 if len(queries) == 1 else index.threads
+
+
 def _pad(ids: I64, k: int) -> I64:
     if ids.shape[1] >= k:
         return ids
@@ -113,7 +128,13 @@ class HnswIndex:
     kind: IndexKind = "hnsw"
 
     def __init__(
-        self, dim: int, *, m: int = 16, ef_construction: int = 100, ef: int = 64, threads: int = 2
+        self,
+        dim: int,
+        *,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef: int = HNSW_EF_SEARCH,
+        threads: int = 2,
     ) -> None:
         import hnswlib
 
@@ -159,7 +180,7 @@ class HnswIndex:
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
             self._index.set_ef(max(self.ef, kk))
-            labels, _ = self._index.knn_query(queries, k=kk, num_threads=self.threads)
+            labels, _ = self._index.knn_query(queries, k=kk, num_threads=_threads(queries, self))
         ids = np.asarray(labels, dtype=np.int64)
         ids[ids >= view.count] = -1
         return _pad(ids, k)
@@ -179,9 +200,9 @@ class USearchIndex:
         dim: int,
         *,
         dtype: str = "i8",
-        m: int = 16,
-        ef_construction: int = 100,
-        ef: int = 64,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef: int = HNSW_EF_SEARCH,
         threads: int = 2,
     ) -> None:
         from usearch.index import Index
@@ -234,7 +255,8 @@ class USearchIndex:
             kk = min(k + max(0, size - view.count), size)
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
-            found = self._index.search(queries, kk, threads=self.threads)
+            self._index.expansion_search = max(self.ef, kk)
+            found = self._index.search(queries, kk, threads=_threads(queries, self))
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)
         for row, c in enumerate(counts):

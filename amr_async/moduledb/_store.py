@@ -39,6 +39,7 @@ from amr_async.moduledb._errors import (
     ModuleDBError,
 )
 from amr_async.moduledb._index import (
+    HNSW_EF_SEARCH,
     ExactIndex,
     HnswIndex,
     IndexKind,
@@ -55,6 +56,11 @@ IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
 # With `index="auto"` the DB scans exactly below this many modules and uses the ANN index above
 # it: measured in bench/moduledb.py (see the README's decision). Exact wins on recall, insert
 # speed and memory; ANN wins on latency once a scan costs more than about a millisecond.
+# Measured (CPU time, 2 cores under load 11-17): at 10k the exact scan costs 2.3-2.7 ms per
+# query vs usearch (ef 256) 1.6-2.1 ms, but 11.5 vs 262-344 µs per insert and 768 vs 1,300
+# B/module; at 100k exact costs 21.9 ms per query vs 4.0 ms. Exact therefore up to ~2x the
+# ANN query cost (~20k), usearch above: hnswlib matched its recall/CPU at 100k (0.987 at 3.1 ms
+# vs 0.981 at 4.0 ms) but needs 2,452 B/module and reads its whole file on reopen.
 AUTO_EXACT_MAX = 20_000
 AUTO_ANN: IndexKind = "usearch"
 
@@ -111,12 +117,16 @@ class StoreConfig:
         durable: fsync vector rows and use SQLite ``synchronous=FULL`` (survives power loss,
             not only a killed process); slower inserts.
         threads: Threads the ANN libraries may use.
+        ef_search: Candidate-list size of an HNSW search (higher: better recall, slower);
+            None keeps the index default (`HNSW_EF_SEARCH`). A search-time setting: it may
+            differ between opens of the same DB.
     """
 
     vector_dtype: VectorDType = "f16"
     index: IndexChoice = "auto"
     durable: bool = False
     threads: int = 2
+    ef_search: int | None = None
 
 
 class ModuleStore:
@@ -147,9 +157,11 @@ class ModuleStore:
             DimensionMismatch: The DB holds vectors of another dimension.
             CorruptDatabase: The files disagree beyond crash recovery.
         """
+        config = config or StoreConfig()
+        if config.ef_search is not None and config.ef_search < 1:
+            raise ValueError(f"StoreConfig.ef_search must be ≥ 1, got {config.ef_search}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        config = config or StoreConfig()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -186,6 +198,7 @@ class ModuleStore:
         self.dim = dim
         self.durable = config.durable
         self.threads = config.threads
+        self.ef_search = HNSW_EF_SEARCH if config.ef_search is None else config.ef_search
         self.vector_dtype: VectorDType = meta["vector_dtype"]
         self.index_choice: IndexChoice = meta["index"]
         self.vectors = VectorFile(
@@ -215,9 +228,9 @@ class ModuleStore:
 
     def _new_index(self, kind: IndexKind) -> VectorIndex:
         if kind == "hnsw":
-            return HnswIndex(self.dim, threads=self.threads)
+            return HnswIndex(self.dim, ef=self.ef_search, threads=self.threads)
         if kind == "usearch":
-            return USearchIndex(self.dim, threads=self.threads)
+            return USearchIndex(self.dim, ef=self.ef_search, threads=self.threads)
         return ExactIndex()
 
     def _open_index(self, count: int) -> VectorIndex:
@@ -228,9 +241,9 @@ class ModuleStore:
             return ExactIndex(count)  # the vector file is the index: nothing to load
         if path.exists():
             if kind == "hnsw":
-                index = HnswIndex.load(path, self.dim, threads=self.threads)
+                index = HnswIndex.load(path, self.dim, ef=self.ef_search, threads=self.threads)
             else:
-                index = USearchIndex.load(path, self.dim, threads=self.threads)
+                index = USearchIndex.load(path, self.dim, ef=self.ef_search, threads=self.threads)
             if len(index) > count:  # saved ahead of metadata: cannot trust it, rebuild
                 index = self._new_index(kind)
         else:
@@ -501,7 +514,7 @@ def _rescore(
     """Exact scores of index candidates from the stored vectors, best k first."""
     out: list[list[tuple[float, int]]] = []
     for q, row in zip(queries, cand, strict=True):
-        ids = np.unique(row[row >= 0])
+        ids = row[row >= 0]  # an index returns each id at most once per query
         if len(ids) == 0:
             out.append([])
             continue

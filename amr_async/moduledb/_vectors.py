@@ -192,12 +192,20 @@ class VectorFile:
             rows = self.file_rows()
             if rows < count:
                 raise CorruptDatabase(f"{self.path}: {rows} rows, metadata expects {count}")
-            self._mapped = np.memmap(
-                self.path, dtype=self._np_dtype, mode="r", offset=_HEADER, shape=(rows, self.dim)
+            # Plain ndarray views of the maps (they keep the maps alive): indexing a
+            # `numpy.memmap` subclass costs ~0.25 ms more per search.
+            self._mapped = np.asarray(
+                np.memmap(
+                    self.path,
+                    dtype=self._np_dtype,
+                    mode="r",
+                    offset=_HEADER,
+                    shape=(rows, self.dim),
+                )
             )
             if self.dtype == "int8":
-                self._mapped_scales = np.memmap(
-                    self.scales_path, dtype=np.float32, mode="r", shape=(rows,)
+                self._mapped_scales = np.asarray(
+                    np.memmap(self.scales_path, dtype=np.float32, mode="r", shape=(rows,))
                 )
             self._mapped_rows = rows
         if count == 0 or self._mapped is None:

@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.set_defaults(func=_run, action=_import)
     exp = dbsub.add_parser("export", help="write every module as JSONL")
     exp.add_argument("file", type=Path)
+    exp.add_argument(
+        "--no-vectors",
+        action="store_true",
+        help="leave the embeddings out (an import then embeds the code again)",
+    )
     exp.set_defaults(func=_run, action=_export)
     seed = dbsub.add_parser(
         "seed",
@@ -153,8 +158,8 @@ async def _import(db: ModuleDB, args: argparse.Namespace) -> int:
 
 
 async def _export(db: ModuleDB, args: argparse.Namespace) -> int:
-    n = await db.export(args.file)
-    _dump({"exported": n, "file": str(args.file)})
+    n = await db.export(args.file, vectors=not args.no_vectors)
+    _dump({"exported": n, "file": str(args.file), "vectors": not args.no_vectors})
     return 0
 
 
