@@ -81,13 +81,12 @@ def encoding_for(provider: Provider, model: str) -> str:
 class OfflineCounter:
     """Token counts from the Rust core (`amr_async.core.count_tokens`), with a small cache.
 
-    Texts of at least `exact_min_chars` characters are counted exactly; those that recur
-    (a stage's system prompt goes with every request) once, through an LRU of `cache_size`
-    texts; a request's uncached long texts go to Rust in one batch. Shorter texts are
-    estimated like `EstimatingCounter`: measured on 2 cores, one call into Rust costs
-    ~60-80 us of process CPU per request whatever the length (the core hands every batch
-    to its thread pool), several times what counting a short text exactly is worth; their
-    error is a few tokens, which the correction factor absorbs. Not thread-safe; one loop.
+    Every text of at least `exact_min_chars` characters (default: all) is counted exactly;
+    texts that recur (a stage's system prompt goes with every request) once, through an LRU
+    of `cache_size` texts; a request's uncached texts go to Rust in one batch. One call
+    costs ~2 us of CPU for a short text (the core counts small batches on the calling
+    thread; a pool hand-off cost 10-80 us on a busy machine). Shorter texts than
+    `exact_min_chars` are estimated like `EstimatingCounter`. Not thread-safe; one loop.
 
     Args:
         encoding: one of `amr_async.core.ENCODINGS`.
@@ -106,7 +105,7 @@ class OfflineCounter:
         encoding: str,
         *,
         cache_size: int = 256,
-        exact_min_chars: int = 1000,
+        exact_min_chars: int = 0,
         chars_per_token: float = 4.0,
     ) -> None:
         if encoding not in ENCODINGS:
