@@ -90,6 +90,7 @@ class Sample:
         stages: stages completed in this attempt, by name, in pipeline order.
         spent_usd: $ of the run so far (earlier attempts included).
         metrics: the dispatcher's counters.
+        journal_hits: teacher calls answered from the journal in this attempt.
     """
 
     elapsed_s: float
@@ -102,6 +103,7 @@ class Sample:
     stages: Mapping[str, int] = field(default_factory=dict)
     spent_usd: float = 0.0
     metrics: MetricsSnapshot | None = None
+    journal_hits: int = 0
 
     @property
     def processed(self) -> int:
@@ -219,7 +221,7 @@ def summary_table(s: Sample) -> Table:
     if m is not None:
         rows += [
             ("teacher calls sent (retries included)", f"{m.sent:,}"),
-            ("answered from the journal", f"{m.journal_hits:,}"),
+            ("answered from the journal", f"{s.journal_hits:,}"),
             ("retries", _retries(m)),
             ("tokens in / out", f"{m.tokens_in:,} / {m.tokens_out:,}"),
         ]
@@ -295,6 +297,7 @@ class Progress:
                 stages={name: counts.get(name, 0) for name in order},
                 spent_usd=runner.teacher.totals.cost_usd,
                 metrics=dispatcher.metrics(),
+                journal_hits=runner.teacher.journal_hits,
             )
 
         return cls(sample, mode=mode[0], interval_s=mode[1], stream=stream)

@@ -27,8 +27,8 @@ from tests.test_pipeline_cli import _cli
 
 def _metrics(**kw: object) -> MetricsSnapshot:
     base: dict[str, object] = {
-        "submitted": 30, "finished": 28, "journal_hits": 0, "sent": 33, "ok": 28,
-        "truncated": 0, "final_by_kind": {}, "attempts_by_kind": {},
+        "submitted": 30, "finished": 28, "sent": 33, "ok": 28, "truncated": 0,
+        "final_by_kind": {}, "final_by_attempts": {1: 27, 2: 1}, "attempts_by_kind": {},
         "retries_by_kind": {"rate_limited": 3, "timeout": 1}, "rate_limited": 3,
         "retry_budget_denied": 0, "in_flight": 5, "waiting": 2, "achieved_rpm": 1200.0,
         "achieved_tpm": 250_000.0, "limit_rpm": 5000.0, "limit_tpm": 0.0, "tokens_in": 9000,
@@ -40,7 +40,7 @@ def _metrics(**kw: object) -> MetricsSnapshot:
 
 SAMPLE = Sample(
     elapsed_s=20.0, total=110, done=8, already_done=10, failed=2, rejected=0, in_progress=4,
-    stages={"direct": 14, "decompose": 12}, spent_usd=1.5, metrics=_metrics(),
+    stages={"direct": 14, "decompose": 12}, spent_usd=1.5, metrics=_metrics(), journal_hits=7,
 )  # fmt: skip
 
 
@@ -80,6 +80,8 @@ def test_panel_and_summary_render() -> None:
     assert "teacher calls sent (retries included)" in summary
     assert "33" in summary
     assert "stage decompose" in summary
+    hits = next(r for r in summary.splitlines() if "answered from the journal" in r)
+    assert hits.strip("│ ").endswith("7")
 
 
 def test_modes() -> None:

@@ -65,6 +65,7 @@ class JournaledTeacher:
         self._price = price or (lambda model, usage: None)
         self._totals = run.totals if run is not None else CostTotals()
         self.unpriced_models: set[str] = set()
+        self.journal_hits = 0  # calls answered from the journal, not sent
 
     @property
     def totals(self) -> CostTotals:
@@ -89,6 +90,7 @@ class JournaledTeacher:
             key = request_key(self.provider, request)
             hit = await run.lookup_call(key)
             if hit is not None:
+                self.journal_hits += 1
                 return hit.to_outcome()
         reason = self.budget.exceeded(self._totals)
         if reason is not None:
