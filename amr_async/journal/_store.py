@@ -26,30 +26,40 @@ from amr_async.journal._errors import JournalClosedError, JournalError
 from amr_async.journal._lock import WriterLock
 from amr_async.journal._output import OutputSink, scan_ids, storage_error
 from amr_async.journal._schema import migrate
-from amr_async.journal._writer import Emit, GroupCommitWriter, open_connection, sqlite_storage_error
+from amr_async.journal._writer import (
+    BulkInsert,
+    Emit,
+    GroupCommitWriter,
+    open_connection,
+    sqlite_storage_error,
+)
 from amr_async.teacher.types import Outcome, OutcomeKind, Usage
 
 _CALL_COLUMNS = (
     "kind, text, finish_reason, input_tokens, output_tokens, cached_input_tokens, "
     "cache_creation_tokens, cost_usd, request_id, run_id, source, provider, model"
 )
-_INSERT_CALL = (
+# The hot statements: many rows per statement (see `BulkInsert`), each on its own table.
+_INSERT_CALL = BulkInsert(
     "INSERT OR IGNORE INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
     "finish_reason, input_tokens, output_tokens, cached_input_tokens, cache_creation_tokens, "
-    "cost_usd, request_id, latency_s, source, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "cost_usd, request_id, latency_s, source, created_at) VALUES",
+    18,
 )
-_UPSERT_ITEM = (
+# `emitted` comes last: for a row carrying its output line the writer sets it (`Emit`).
+_UPSERT_ITEM = BulkInsert(
     "INSERT INTO items (run_id, item_id, line_no, state, stage, verdict, reason, record, "
-    "emitted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
-    "ON CONFLICT (run_id, item_id) DO UPDATE SET state = excluded.state, "
+    "updated_at, emitted) VALUES",
+    10,
+    " ON CONFLICT (run_id, item_id) DO UPDATE SET state = excluded.state, "
     "stage = coalesce(excluded.stage, items.stage), verdict = excluded.verdict, "
-    "reason = excluded.reason, record = excluded.record, emitted = 0, "
-    "updated_at = excluded.updated_at"
+    "reason = excluded.reason, record = excluded.record, emitted = excluded.emitted, "
+    "updated_at = excluded.updated_at",
 )
-_INSERT_STAGE = (
+_INSERT_STAGE = BulkInsert(
     "INSERT OR REPLACE INTO item_stages (run_id, item_id, stage, output, provenance, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "created_at) VALUES",
+    6,
 )
 
 
@@ -121,7 +131,7 @@ class Journal:
         *,
         max_rows: int = 2000,
         max_delay_s: float = 0.01,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
     ) -> None:
         self.path = Path(path)
         self._lock = WriterLock(self.path)
@@ -554,7 +564,7 @@ class RunJournal:
         )  # fmt: skip
         self._writer.submit(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "active", stage, None, None, None, now),
+            (self.run_id, item_id, line_no, "active", stage, None, None, None, now, 0),
         )
 
     def finish_item(
@@ -585,7 +595,7 @@ class RunJournal:
         line = orjson.dumps(dict(record))
         return self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time()),
+            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time(), 0),
             Emit(self.run_id, item_id, line),
         )
 
@@ -595,7 +605,18 @@ class RunJournal:
         """Journal that an item could not be finished and why (a resume tries it again)."""
         await self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "failed", stage, "failed", reason, None, time.time()),
+            (
+                self.run_id,
+                item_id,
+                line_no,
+                "failed",
+                stage,
+                "failed",
+                reason,
+                None,
+                time.time(),
+                0,
+            ),
         )
 
     # -------------------------------------------------------------------- end
