@@ -25,7 +25,7 @@ from amr_async.journal._cost import CostTotals
 from amr_async.journal._errors import JournalClosedError, JournalError
 from amr_async.journal._lock import WriterLock
 from amr_async.journal._output import OutputSink, scan_ids, storage_error
-from amr_async.journal._schema import migrate
+from amr_async.journal._schema import CALLS_BY_KEY, migrate
 from amr_async.journal._writer import (
     BulkInsert,
     Emit,
@@ -41,7 +41,7 @@ _CALL_COLUMNS = (
 )
 # The hot statements: many rows per statement (see `BulkInsert`), each on its own table.
 _INSERT_CALL = BulkInsert(
-    "INSERT OR IGNORE INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
+    "INSERT INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
     "finish_reason, input_tokens, output_tokens, cached_input_tokens, cache_creation_tokens, "
     "cost_usd, request_id, latency_s, source, created_at) VALUES",
     18,
@@ -332,9 +332,13 @@ class RunJournal:
         ).fetchone()
         self.totals = CostTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
         self.calls_answered_from_journal = 0
-        # A fresh run without the cache cannot hit: skip the read entirely.
+        # A fresh run without the cache cannot hit: skip the read entirely, and leave the
+        # key index unbuilt (see schema v3); a run that can hit builds it now.
         has_any = reader.execute("SELECT 1 FROM calls LIMIT 1").fetchone() is not None
         self._lookups = self.totals.calls > 0 or (cache and has_any)
+        if self._lookups:
+            self._writer.submit(CALLS_BY_KEY)
+            self._writer.flush_sync()
 
     # ----------------------------------------------------------------- output
 
@@ -398,6 +402,11 @@ class RunJournal:
 
     # ------------------------------------------------------------------ calls
 
+    @property
+    def may_hit(self) -> bool:
+        """Whether `lookup_call` can find anything (False for a fresh run without cache)."""
+        return self._lookups
+
     async def lookup_call(self, key: bytes) -> JournaledCall | None:
         """The journaled answer for `key` in this run (or, with the cache, any run)."""
         if not self._lookups:
@@ -424,8 +433,8 @@ class RunJournal:
     def _lookup_sync(self, key: bytes) -> JournaledCall | None:
         conn = self.journal.reader()
         row = conn.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls WHERE run_id = ? AND key = ?",
-            (self.run_id, key),
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE key = ? AND run_id = ? LIMIT 1",
+            (key, self.run_id),
         ).fetchone()
         if row is None and self.cache:
             row = conn.execute(
@@ -447,7 +456,7 @@ class RunJournal:
             model=row[12],
         )
 
-    async def record_call(
+    def record_call(
         self,
         key: bytes,
         outcome: Outcome,
@@ -457,19 +466,25 @@ class RunJournal:
         cost_usd: float,
         item_id: str | None = None,
         stage: str | None = None,
-    ) -> None:
-        """Journal a paid answer durably; return only once it is committed.
+    ) -> asyncio.Future[None]:
+        """Journal a paid answer durably. Await the result before using the answer.
+
+        A plain function returning the commit's future rather than a coroutine: it runs
+        once per teacher call, and a coroutine per call is measurable at zero latency.
+
+        Returns:
+            A future resolved once the answer is committed; it fails with
+            `JournalStorageError` if the commit failed (the caller must then not use the
+            answer as if it were journaled).
 
         Raises:
             ValueError: `outcome` is not a paid answer (ok or truncated).
-            JournalStorageError: the commit failed; the caller must not use the answer
-                as if it were journaled.
         """
         if not outcome.kind.is_success:
             raise ValueError(f"only paid answers are journaled, not {outcome.kind}")
         usage = outcome.usage
         self.totals.add(usage.input_tokens, usage.output_tokens, cost_usd)
-        await self._writer.submit_async(
+        return self._writer.submit_async(
             _INSERT_CALL,
             (
                 self.run_id, key, item_id, stage, provider, model, str(outcome.kind),
@@ -592,7 +607,7 @@ class RunJournal:
         """
         if record.get("id") != item_id:
             raise ValueError("the output record's 'id' must be the item id")
-        line = orjson.dumps(dict(record))
+        line = orjson.dumps(record if type(record) is dict else dict(record))
         return self._writer.submit_async(
             _UPSERT_ITEM,
             (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time(), 0),

@@ -387,19 +387,26 @@ class GroupCommitWriter:
     def _settle(
         batch: list[_Row], error: JournalError | None, emit_error: JournalError | None
     ) -> None:
-        """Wake the batch's waiters: `error` for plain rows, `emit_error` for rows with a line."""
+        """Wake the batch's waiters: `error` for plain rows, `emit_error` for rows with a line.
+
+        One callback per loop: (futures to resolve, futures to fail).
+        """
         by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], JournalError | None]]
+            asyncio.AbstractEventLoop, tuple[list[asyncio.Future[None]], list[asyncio.Future[None]]]
         ] = {}
         for row in batch:
-            if row.future is not None:
-                outcome = error if row.emit is None else emit_error
-                by_loop.setdefault(row.future.get_loop(), []).append((row.future, outcome))
+            future = row.future
+            if future is not None:
+                loop = future.get_loop()
+                if (lists := by_loop.get(loop)) is None:
+                    lists = by_loop[loop] = ([], [])
+                failed = (error if row.emit is None else emit_error) is not None
+                lists[failed].append(future)
             if row.event is not None:
                 row.event.set()
-        for loop, waiters in by_loop.items():
+        for loop, (ready, failed_futures) in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, waiters)
+                loop.call_soon_threadsafe(_resolve, ready, failed_futures, error or emit_error)
 
 
 def _execute_bulk(
@@ -429,11 +436,16 @@ def _execute_plain(conn: sqlite3.Connection, rows: list[tuple[str, Sequence[obje
         i = j
 
 
-def _resolve(waiters: list[tuple[asyncio.Future[None], JournalError | None]]) -> None:
-    for future, error in waiters:
-        if future.done():  # cancelled by its caller; the row is committed regardless
-            continue
-        if error is None:
+def _resolve(
+    ready: list[asyncio.Future[None]],
+    failed: list[asyncio.Future[None]],
+    error: JournalError | None,
+) -> None:
+    # A future already done was cancelled by its caller; its row is committed regardless.
+    for future in ready:
+        if not future.done():
             future.set_result(None)
-        else:
+    for future in failed:
+        if not future.done():
+            assert error is not None
             future.set_exception(error)
