@@ -610,7 +610,7 @@ class RunJournal:
         line = orjson.dumps(record if type(record) is dict else dict(record))
         return self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time(), 0),
+            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time(), 1),
             Emit(self.run_id, item_id, line),
         )
 

@@ -90,8 +90,9 @@ def _bulk_sql(head: str, width: int, tail: str, rows: int) -> str:
 class Emit:
     """An output line to append with its row.
 
-    When the row has SQL, its last parameter is its `emitted` flag: the writer sets it to
-    1 if the line was appended, 0 if not (no output file, or the append failed).
+    When the row has SQL, its last parameter is its `emitted` flag, given as 1: the
+    writer turns it into 0 when the line was not appended (no output file, or the append
+    failed), so the common case costs no new tuple.
     """
 
     run_id: str
@@ -355,7 +356,8 @@ class GroupCommitWriter:
                     if done:
                         emitted.append((emit.run_id, emit.item_id))
                     continue
-                params = (*params[:-1], 1 if done else 0)
+                if not done:
+                    params = (*params[:-1], 0)
             if sql is None:
                 continue
             rows += 1
