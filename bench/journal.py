@@ -3,8 +3,9 @@
 Usage: python bench/journal.py [--quick]
 
 - `writes_per_s`: journaled teacher answers per second. Many tasks each await
-  `RunJournal.record_call` (the call is committed, synchronous=FULL, before the await
-  returns), so this is the rate at which answers can be made durable with group commit.
+  `RunJournal.record_call` (the call is committed before the await returns; WAL with
+  `synchronous=NORMAL` by default, `--synchronous FULL` adds an fsync per commit), so this
+  is the rate at which answers can be made durable with group commit.
 - `journal_overhead`: throughput of the direct-strategy runner with the journal divided by
   its throughput without one (plain output file), against a zero-latency emulator in its
   own process, same input, runs alternated. Values near 1 mean the journal costs little.
@@ -40,7 +41,9 @@ from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, 
 MODEL = "gpt-4o-mini"
 
 
-async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float, float]:
+async def _writes(
+    path: Path, calls: int, tasks: int, synchronous: str
+) -> tuple[float, float, float]:
     """Journaled calls per second, mean rows per commit, process CPU µs per call."""
     keys = [
         request_key(
@@ -50,7 +53,7 @@ async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float, flo
         for i in range(calls)
     ]
     answer = Outcome(OutcomeKind.OK, text="x" * 600, finish_reason="stop", usage=Usage(120, 150))
-    with Journal.open(path) as journal:
+    with Journal.open(path, synchronous=synchronous) as journal:
         run = journal.start_run(config={"bench": "writes"})
         batches0, rows0 = journal.writer.batches, journal.writer.rows_committed
         it = iter(range(calls))
@@ -78,14 +81,14 @@ async def _writes(path: Path, calls: int, tasks: int) -> tuple[float, float, flo
 
 
 async def _engine(
-    base_url: str, src: Path, work: Path, *, journaled: bool, conc: int
+    base_url: str, src: Path, work: Path, *, journaled: bool, conc: int, synchronous: str
 ) -> tuple[float, float]:
     """Items per second of the direct strategy over `src`, and process CPU ms per item."""
     client = OpenAIClient(base_url=base_url, api_key="")
     dispatcher = Dispatcher([Endpoint(client)])
     strategy = DirectStrategy(model=MODEL)
     settings = RunSettings(concurrency=conc)
-    journal = Journal.open(work / "j.db") if journaled else None
+    journal = Journal.open(work / "j.db", synchronous=synchronous) if journaled else None
     try:
         run = journal.start_run(config={}, output_path=work / "out.jsonl") if journal else None
         teacher = JournaledTeacher(dispatcher.submit, provider=Provider.OPENAI, run=run)
@@ -130,6 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", type=int, default=64, help="runner items in flight")
+    parser.add_argument(
+        "--synchronous",
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="journal durability: NORMAL survives a crash or kill -9, FULL also power loss",
+    )
     args = parser.parse_args()
     calls, items, reps = (10_000, 1_000, 3) if args.quick else (50_000, 4_000, 5)
     tasks, conc = 512, args.concurrency
@@ -145,7 +154,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                rate, per, cpu_us = runner.run(_writes(Path(tmp) / f"w{rep}.db", calls, tasks))
+                rate, per, cpu_us = runner.run(
+                    _writes(Path(tmp) / f"w{rep}.db", calls, tasks, args.synchronous)
+                )
             write_rates.append(rate)
             rows_per_commit.append(per)
             cpu_per_write.append(cpu_us)
@@ -166,7 +177,14 @@ def main() -> None:
                     work.mkdir()
                     with asyncio.Runner(loop_factory=loop_factory) as runner:
                         rate, cpu_ms = runner.run(
-                            _engine(base_url, src, work, journaled=journaled, conc=conc)
+                            _engine(
+                                base_url,
+                                src,
+                                work,
+                                journaled=journaled,
+                                conc=conc,
+                                synchronous=args.synchronous,
+                            )
                         )
                     (with_j if journaled else without_j).append(rate)
                     (cpu_with if journaled else cpu_without).append(cpu_ms)
@@ -183,6 +201,7 @@ def main() -> None:
                 "quick": args.quick,
                 "cores": os.cpu_count(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
+                "synchronous": args.synchronous,
                 "calls": calls,
                 "writer_tasks": tasks,
                 "writes_per_s": round(statistics.median(write_rates)),

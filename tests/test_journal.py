@@ -93,6 +93,60 @@ def test_old_journal_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "items_unemitted" in names
+    assert "calls_by_key" not in names  # v3: built on demand (see the next test)
+
+
+def _indexes(path: Path) -> set[str]:
+    conn = _raw(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+
+
+async def test_key_index_is_built_only_when_a_run_can_hit(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    key = request_key("openai", _req())
+    with Journal.open(path) as journal:
+        run = journal.start_run(config={}, run_id="r1")
+        await run.record_call(key, _ok("A"), provider="openai", model="m", cost_usd=1.0)
+        # A fresh run never looks a key up: its writes keep no index of random keys.
+        assert "calls_by_key" not in _indexes(path)
+    with Journal.open(path) as journal:
+        resumed = journal.start_run(config={}, run_id="r1", resume=True)
+        assert "calls_by_key" in _indexes(path)
+        plan = " ".join(
+            str(r[-1])
+            for r in _raw(path).execute(
+                "EXPLAIN QUERY PLAN SELECT text FROM calls WHERE key = ? AND run_id = ? LIMIT 1",
+                (key, "r1"),
+            )
+        )
+        assert "calls_by_key" in plan
+        hit = await resumed.lookup_call(key)
+        assert hit is not None
+        assert hit.text == "A"
+
+
+async def test_identical_requests_in_flight_are_both_journaled(tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "j.db"
+    key = request_key("openai", _req())
+    with Journal.open(path) as journal:
+        run = journal.start_run(config={}, run_id="r1")
+        # Two items asked the same thing at once: both answers were paid for.
+        await asyncio.gather(
+            run.record_call(key, _ok("A"), provider="openai", model="m", cost_usd=1.0),
+            run.record_call(key, _ok("B"), provider="openai", model="m", cost_usd=1.0),
+        )
+        assert run.totals.cost_usd == 2.0
+    with Journal.open(path) as journal:
+        resumed = journal.start_run(config={}, run_id="r1", resume=True)
+        assert resumed.totals == CostTotals(2, 20, 40, 2.0)
+        hit = await resumed.lookup_call(key)
+        assert hit is not None
+        assert hit.text in ("A", "B")
 
 
 def test_newer_journal_is_refused(tmp_path: Path) -> None:
@@ -152,6 +206,94 @@ async def test_group_commit_batches_concurrent_writers(tmp_path: Path) -> None:
         batches = journal.writer.batches - batches_before
         assert 1 <= batches < 500  # many rows share a commit
         assert _raw(journal.path).execute("SELECT count(*) FROM calls").fetchone()[0] == 500
+
+
+async def test_batch_waits_out_its_window_unless_flushed(tmp_path: Path) -> None:
+    import asyncio
+
+    # A window far longer than the test: rows commit only because flush() closes it,
+    # all in one transaction (the thread is woken per batch, not per row).
+    with Journal.open(tmp_path / "j.db", max_delay_s=600.0) as journal:
+        run = journal.start_run(config={})
+        before = journal.writer.batches
+        waiters = [
+            asyncio.ensure_future(
+                run.record_call(
+                    request_key("openai", _req(f"q{i}")), _ok(), provider="openai", model="m",
+                    cost_usd=0.0,
+                )
+            )
+            for i in range(300)
+        ]  # fmt: skip
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        await journal.writer.flush()
+        await asyncio.gather(*waiters)
+        assert journal.writer.batches - before == 1
+        # 300 rows went out as multi-row statements (256 + 32 + 8 + 4) in that one commit.
+        assert _raw(journal.path).execute("SELECT count(*) FROM calls").fetchone()[0] == 300
+
+
+async def test_full_batch_commits_without_waiting_for_its_window(tmp_path: Path) -> None:
+    import asyncio
+
+    with Journal.open(tmp_path / "j.db", max_rows=10, max_delay_s=600.0) as journal:
+        run = journal.start_run(config={})
+        before = journal.writer.batches
+        calls = [
+            run.record_call(
+                request_key("openai", _req(f"q{i}")), _ok(), provider="openai", model="m",
+                cost_usd=0.0,
+            )
+            for i in range(30)
+        ]  # fmt: skip
+        await asyncio.gather(*calls)  # would hang for the window if size did not close it
+        assert journal.writer.batches - before == 3
+
+
+async def test_rows_of_one_item_keep_their_order_within_a_batch(tmp_path: Path) -> None:
+    import asyncio
+
+    with Journal.open(tmp_path / "j.db", max_delay_s=600.0) as journal:
+        run = journal.start_run(config={}, run_id="r")
+        for i in range(600):  # > one multi-row statement
+            run.record_stage(f"i{i}", i, "direct", {"n": i}, {})
+        done = [run.finish_item(f"i{i}", i, {"id": f"i{i}"}, stage="direct") for i in range(600)]
+        await journal.writer.flush()
+        await asyncio.gather(*done)
+        assert run.item_counts() == {"done": 600}
+
+
+async def test_output_write_failure_keeps_the_batch_and_reemits_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amr_async.journal import JournalDiskFullError
+    from amr_async.journal._output import OutputSink
+
+    path, out = tmp_path / "j.db", tmp_path / "out.jsonl"
+    key = request_key("openai", _req())
+
+    def full(self: OutputSink, lines: object) -> int:
+        raise JournalDiskFullError("no space left writing output (test)")
+
+    with Journal.open(path) as journal:
+        run = journal.start_run(config={}, output_path=out, run_id="r")
+        await run.finish_item("a", 1, {"id": "a"})
+        monkeypatch.setattr(OutputSink, "append", full)
+        call = run.record_call(key, _ok(), provider="openai", model="m", cost_usd=1.0)
+        finished = run.finish_item("b", 2, {"id": "b"})
+        await call  # the paid answer is committed despite the output failing
+        with pytest.raises(JournalDiskFullError):
+            await finished
+        with pytest.raises(JournalDiskFullError):
+            await run.finish_item("c", 3, {"id": "c"})  # nothing is written past the failure
+        monkeypatch.undo()
+    assert [r["id"] for r in _lines(out)] == ["a"]
+    with Journal.open(path) as journal:
+        run = journal.start_run(config={}, output_path=out, run_id="r", resume=True)
+        assert run.totals.calls == 1
+        assert run.item_counts() == {"done": 2}
+    assert [r["id"] for r in _lines(out)] == ["a", "b"]
 
 
 async def test_failures_are_not_journaled_as_answers(tmp_path: Path) -> None:
@@ -358,11 +500,13 @@ def test_read_runs_reports_totals_without_the_lock(tmp_path: Path) -> None:
 
     with Journal.open(tmp_path / "j.db") as journal:
         run = journal.start_run(config={"model": "m"}, run_id="r1")
-        asyncio.run(
-            run.record_call(
+
+        async def record() -> None:
+            await run.record_call(
                 request_key("openai", _req()), _ok(), provider="openai", model="m", cost_usd=0.2
             )
-        )
+
+        asyncio.run(record())
         (summary,) = read_runs(tmp_path / "j.db")  # while the writer holds the journal
     assert summary.info.run_id == "r1"
     assert summary.info.config == {"model": "m"}

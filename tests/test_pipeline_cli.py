@@ -306,6 +306,48 @@ async def test_fake_key_never_reaches_journal_logs_or_outputs(
         assert FAKE_KEY[::-1].encode() not in data, path
 
 
+async def test_cache_answers_a_new_run_without_sending_anything(
+    tmp_path: Path, start_emulator: StartEmulator
+) -> None:
+    emu = await start_emulator()
+    n = 30
+    _write_input(tmp_path / "in.jsonl", n)
+    journal = str(tmp_path / "j.db")
+    rc, _, err = await _cli(_run_args(tmp_path, emu, "--run-id", "first", "--concurrency", "4"))
+    assert rc == ExitCode.OK, err
+    first = _records(tmp_path / "out.jsonl")
+    assert sum(_counts(emu).values()) == n
+
+    def new_run(run_id: str, output: str, *extra: str) -> list[str]:
+        return [
+            *("run", "--journal", journal, "--run-id", run_id),
+            *("--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / output)),
+            *("--base-url", emu.openai_base_url),
+            *("--model", MODEL, "--concurrency", "4", *extra),
+        ]  # fmt: skip
+
+    # A new run (new id, new output) over the same input with the cross-run cache.
+    before = emu.emulator.counters.snapshot()["requests"]
+    rc, _, err = await _cli(new_run("second", "out2.jsonl", "--cache"))
+    assert rc == ExitCode.OK, err
+    assert emu.emulator.counters.snapshot()["requests"] == before  # not one request sent
+    second = _records(tmp_path / "out2.jsonl")
+    key = lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS)  # noqa: E731
+    assert sorted(map(key, second)) == sorted(map(key, first))
+    rc, out, _ = await _cli(["runs", "--journal", journal, "--json"])
+    assert rc == 0
+    runs = {r["run_id"]: r for r in map(orjson.loads, out.splitlines())}
+    assert runs["second"]["status"] == "finished"
+    assert runs["second"]["totals"]["calls"] == n  # each answered from the cache...
+    assert runs["second"]["totals"]["cost_usd"] == 0  # ...at no cost
+    assert runs["first"]["totals"]["cost_usd"] > 0
+
+    # Without --cache a third run buys every answer again.
+    rc, _, err = await _cli(new_run("third", "out3.jsonl"))
+    assert rc == ExitCode.OK, err
+    assert sum(_counts(emu).values()) == 2 * n
+
+
 async def test_second_run_on_same_journal_is_refused(
     tmp_path: Path, start_emulator: StartEmulator
 ) -> None:

@@ -1,23 +1,26 @@
 """The output JSONL file, written so that the journal always knows which lines are whole.
 
-The order that makes output exactly-once (the journal is the truth):
+The order that makes output exactly-once (the journal is the truth). For each group of
+journal rows the writer thread:
 
-1. An item's final record is committed to the journal (`items.state = 'done'`,
-   `items.record`, `emitted = 0`).
-2. Its line is appended to the output file (no fsync of its own: see below).
-3. `items.emitted = 1` and `runs.output_offset` (the file's new length) are committed,
-   together with the next group of journal rows.
+1. appends the lines of the group's finished items to the output file (no fsync: see
+   below);
+2. commits, in one transaction, the group's rows: each finished item's record with
+   `items.state = 'done'` and `emitted = 1`, and `runs.output_offset` = the file's new
+   length.
 
-A crash between any two steps is repaired on resume by `reconcile`:
+A crash between or inside the steps is repaired on resume by `RunJournal.attach_output`:
 
-- file longer than the committed offset (crash between 2 and 3, or a partial line from a
-  crash inside 2): truncate to the offset; the items whose lines were cut are still
-  `emitted = 0` and are appended again;
+- file longer than the committed offset (crash between 1 and 2, or a partial line from a
+  crash inside 1): truncate to the offset. The cut lines belong to items whose records
+  were not committed either, so those items run again (their teacher answers are already
+  journaled: nothing is bought twice) and are appended once then;
 - file shorter than the offset (the file lost its tail, e.g. a power cut on a system that
   lost the page cache, or someone edited it): scan it, keep its whole lines, cut any partial
   last line, mark exactly the items whose ids appear as emitted and every other finished
   item as not emitted, so they are appended again;
-- equal: nothing to do.
+- equal: nothing to do; finished items still marked `emitted = 0` (a run that had no
+  output file, or an output write that failed) are appended.
 
 Because the shorter-file case is repaired by scanning, the output needs no fsync per
 group (8 ms each on the development machine): after a power cut that lost its tail the
@@ -28,6 +31,7 @@ Every line is one JSON object with an `"id"` field; the scan relies on that.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -66,7 +70,7 @@ class OutputSink:
     def append(self, lines: Sequence[bytes]) -> int:
         """Write `lines` (each without its newline) at the end of what was written.
 
-        On failure the file is cut back to the committed offset, so no partial line stays.
+        On failure the file is cut back to where it was, so no partial line stays.
 
         Args:
             lines: JSON records.
@@ -77,7 +81,9 @@ class OutputSink:
         Raises:
             JournalStorageError: the write failed (JournalDiskFullError when out of space).
         """
-        data = b"".join(line + b"\n" for line in lines)
+        if not lines:
+            return self.offset
+        data = b"\n".join(lines) + b"\n"
         try:
             fd = self._open()
             view = memoryview(data)
@@ -95,6 +101,17 @@ class OutputSink:
             raise storage_error(exc, f"output {self.path}") from None
         self.offset = pos
         return pos
+
+    def cut(self, offset: int) -> None:
+        """Take back what was appended after `offset` (its rows were not committed).
+
+        Best effort: if the truncation fails, resume cuts the file to the committed
+        offset anyway.
+        """
+        self.offset = offset
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, offset)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -10,7 +10,8 @@ against WITHOUT ROWID for rows this large) with unique indexes for the natural k
 
 Tables:
     runs        one row per run: id, config (secret-free JSON), times, status, output offset
-    calls       one row per journaled teacher answer, unique by (request key, run_id)
+    calls       one row per journaled teacher answer, by request key and run_id
+                (indexed on demand, see v3)
     items       one row per input item: state, last completed stage, verdict, final record
     item_stages one row per completed stage of an item: its output and provenance
 """
@@ -88,7 +89,20 @@ _V2 = """
 CREATE INDEX items_unemitted ON items (run_id, item_id) WHERE state = 'done' AND emitted = 0;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: the key index is no longer kept up to date by every write. A fresh run never looks
+# a key up, and keeping an index of random 32-byte keys costs about one page write per
+# journaled call (a third of the writer's CPU at 20k calls, more as the journal grows).
+# `RunJournal` creates it (`CALLS_BY_KEY`, one sort over the table) when a run first needs
+# lookups: a resumed run with journaled calls, or the cross-run cache. It is no longer
+# UNIQUE: two identical requests in flight at once are both paid and both journaled.
+_V3 = """
+DROP INDEX calls_by_key;
+"""
+
+# Serves this run's lookup (key, run_id) and the cross-run cache (key).
+CALLS_BY_KEY = "CREATE INDEX IF NOT EXISTS calls_by_key ON calls (key, run_id)"
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -25,31 +25,41 @@ from amr_async.journal._cost import CostTotals
 from amr_async.journal._errors import JournalClosedError, JournalError
 from amr_async.journal._lock import WriterLock
 from amr_async.journal._output import OutputSink, scan_ids, storage_error
-from amr_async.journal._schema import migrate
-from amr_async.journal._writer import Emit, GroupCommitWriter, open_connection, sqlite_storage_error
+from amr_async.journal._schema import CALLS_BY_KEY, migrate
+from amr_async.journal._writer import (
+    BulkInsert,
+    Emit,
+    GroupCommitWriter,
+    open_connection,
+    sqlite_storage_error,
+)
 from amr_async.teacher.types import Outcome, OutcomeKind, Usage
 
 _CALL_COLUMNS = (
     "kind, text, finish_reason, input_tokens, output_tokens, cached_input_tokens, "
     "cache_creation_tokens, cost_usd, request_id, run_id, source, provider, model"
 )
-_INSERT_CALL = (
-    "INSERT OR IGNORE INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
+# The hot statements: many rows per statement (see `BulkInsert`), each on its own table.
+_INSERT_CALL = BulkInsert(
+    "INSERT INTO calls (run_id, key, item_id, stage, provider, model, kind, text, "
     "finish_reason, input_tokens, output_tokens, cached_input_tokens, cache_creation_tokens, "
-    "cost_usd, request_id, latency_s, source, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "cost_usd, request_id, latency_s, source, created_at) VALUES",
+    18,
 )
-_UPSERT_ITEM = (
+# `emitted` comes last: for a row carrying its output line the writer sets it (`Emit`).
+_UPSERT_ITEM = BulkInsert(
     "INSERT INTO items (run_id, item_id, line_no, state, stage, verdict, reason, record, "
-    "emitted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
-    "ON CONFLICT (run_id, item_id) DO UPDATE SET state = excluded.state, "
+    "updated_at, emitted) VALUES",
+    10,
+    " ON CONFLICT (run_id, item_id) DO UPDATE SET state = excluded.state, "
     "stage = coalesce(excluded.stage, items.stage), verdict = excluded.verdict, "
-    "reason = excluded.reason, record = excluded.record, emitted = 0, "
-    "updated_at = excluded.updated_at"
+    "reason = excluded.reason, record = excluded.record, emitted = excluded.emitted, "
+    "updated_at = excluded.updated_at",
 )
-_INSERT_STAGE = (
+_INSERT_STAGE = BulkInsert(
     "INSERT OR REPLACE INTO item_stages (run_id, item_id, stage, output, provenance, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "created_at) VALUES",
+    6,
 )
 
 
@@ -121,7 +131,7 @@ class Journal:
         *,
         max_rows: int = 2000,
         max_delay_s: float = 0.01,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
     ) -> None:
         self.path = Path(path)
         self._lock = WriterLock(self.path)
@@ -322,9 +332,13 @@ class RunJournal:
         ).fetchone()
         self.totals = CostTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
         self.calls_answered_from_journal = 0
-        # A fresh run without the cache cannot hit: skip the read entirely.
+        # A fresh run without the cache cannot hit: skip the read entirely, and leave the
+        # key index unbuilt (see schema v3); a run that can hit builds it now.
         has_any = reader.execute("SELECT 1 FROM calls LIMIT 1").fetchone() is not None
         self._lookups = self.totals.calls > 0 or (cache and has_any)
+        if self._lookups:
+            self._writer.submit(CALLS_BY_KEY)
+            self._writer.flush_sync()
 
     # ----------------------------------------------------------------- output
 
@@ -388,6 +402,11 @@ class RunJournal:
 
     # ------------------------------------------------------------------ calls
 
+    @property
+    def may_hit(self) -> bool:
+        """Whether `lookup_call` can find anything (False for a fresh run without cache)."""
+        return self._lookups
+
     async def lookup_call(self, key: bytes) -> JournaledCall | None:
         """The journaled answer for `key` in this run (or, with the cache, any run)."""
         if not self._lookups:
@@ -414,8 +433,8 @@ class RunJournal:
     def _lookup_sync(self, key: bytes) -> JournaledCall | None:
         conn = self.journal.reader()
         row = conn.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls WHERE run_id = ? AND key = ?",
-            (self.run_id, key),
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE key = ? AND run_id = ? LIMIT 1",
+            (key, self.run_id),
         ).fetchone()
         if row is None and self.cache:
             row = conn.execute(
@@ -437,7 +456,7 @@ class RunJournal:
             model=row[12],
         )
 
-    async def record_call(
+    def record_call(
         self,
         key: bytes,
         outcome: Outcome,
@@ -447,19 +466,25 @@ class RunJournal:
         cost_usd: float,
         item_id: str | None = None,
         stage: str | None = None,
-    ) -> None:
-        """Journal a paid answer durably; return only once it is committed.
+    ) -> asyncio.Future[None]:
+        """Journal a paid answer durably. Await the result before using the answer.
+
+        A plain function returning the commit's future rather than a coroutine: it runs
+        once per teacher call, and a coroutine per call is measurable at zero latency.
+
+        Returns:
+            A future resolved once the answer is committed; it fails with
+            `JournalStorageError` if the commit failed (the caller must then not use the
+            answer as if it were journaled).
 
         Raises:
             ValueError: `outcome` is not a paid answer (ok or truncated).
-            JournalStorageError: the commit failed; the caller must not use the answer
-                as if it were journaled.
         """
         if not outcome.kind.is_success:
             raise ValueError(f"only paid answers are journaled, not {outcome.kind}")
         usage = outcome.usage
         self.totals.add(usage.input_tokens, usage.output_tokens, cost_usd)
-        await self._writer.submit_async(
+        return self._writer.submit_async(
             _INSERT_CALL,
             (
                 self.run_id, key, item_id, stage, provider, model, str(outcome.kind),
@@ -554,7 +579,7 @@ class RunJournal:
         )  # fmt: skip
         self._writer.submit(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "active", stage, None, None, None, now),
+            (self.run_id, item_id, line_no, "active", stage, None, None, None, now, 0),
         )
 
     def finish_item(
@@ -582,10 +607,10 @@ class RunJournal:
         """
         if record.get("id") != item_id:
             raise ValueError("the output record's 'id' must be the item id")
-        line = orjson.dumps(dict(record))
+        line = orjson.dumps(record if type(record) is dict else dict(record))
         return self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time()),
+            (self.run_id, item_id, line_no, "done", stage, verdict, None, line, time.time(), 1),
             Emit(self.run_id, item_id, line),
         )
 
@@ -615,7 +640,18 @@ class RunJournal:
         """Journal that an item could not be finished and why (a resume tries it again)."""
         await self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "failed", stage, "failed", reason, None, time.time()),
+            (
+                self.run_id,
+                item_id,
+                line_no,
+                "failed",
+                stage,
+                "failed",
+                reason,
+                None,
+                time.time(),
+                0,
+            ),
         )
 
     # -------------------------------------------------------------------- end

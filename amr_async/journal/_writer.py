@@ -1,18 +1,28 @@
 """The journal's single writer thread with group commit.
 
-Every write goes through one queue to one thread that owns the only writing connection.
-The thread takes the first waiting row, then every row queued behind it (up to
-`max_rows`), and commits them in one transaction: one fsync pays for the whole group.
+Every write goes to one thread that owns the only writing connection. Producers append
+rows to a shared list; the thread takes the whole list and commits it in one transaction,
+so one commit (and, with `synchronous=FULL`, one fsync) pays for the whole group.
 
-A batch closes at `max_rows`, or `max_delay_s` (10 ms by default) after its first row,
-or at once for a `flush()`. The window trades a few milliseconds of latency per journaled
-answer (teacher calls take seconds) for fewer, larger commits: on the development machine
-it cut the journal's CPU per item by roughly a sixth against committing whenever the queue
-was momentarily empty, since every commit costs page writes and an fsync whatever its size.
+A batch closes `max_delay_s` (10 ms by default) after its first row, at once when it
+reaches `max_rows`, for a `flush()` or on `close()`. The window trades a few milliseconds
+of latency per journaled answer (teacher calls take seconds) for fewer, larger commits.
 
-Rows may carry an output line (`emit`): once their transaction is committed the lines
-are appended to the output file, and the new offset is committed with the next
-transaction (or when the queue goes idle), see `_output`.
+Costs that matter on the hot path, measured (see `bench/journal.py`):
+
+- The thread is woken once per batch, not once per row: only the row that finds the list
+  empty (or fills it, or flushes) notifies it. A wake-up per row cost two GIL hand-offs
+  per row between the event loop and this thread.
+- Rows of a `BulkInsert` statement are written many per statement
+  (`INSERT ... VALUES (...), (...)`): the sqlite3 module releases the GIL around every
+  `sqlite3_step`, so `executemany` gave the GIL away once per row and waited to get it
+  back from a busy event loop (up to the 5 ms switch interval) each time.
+- Waiting callers are settled with one `call_soon_threadsafe` per batch (per loop).
+
+Rows may carry an output line (`Emit`): the batch's lines are appended to the output
+file *before* its transaction, and the same transaction commits the records, their
+`emitted` flag and the file's new length, so no second transaction per batch is needed
+(the order and its crash cases are in `_output`).
 
 After a storage error the writer fails every later row at once with the same error, so no
 awaiting caller hangs and nothing is written past the failure.
@@ -22,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
+import functools
 import sqlite3
 import threading
 import time
@@ -42,42 +52,83 @@ from amr_async.journal._output import OutputSink
 _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 
+# Rows per multi-row statement: chunks are powers of two up to this, so a batch needs at
+# most ~9 statements per table and the statement cache holds them all.
+_MAX_BULK_ROWS = 256
+
+
+@dataclass(slots=True, frozen=True)
+class BulkInsert:
+    """An INSERT the writer may carry out for many rows in one statement.
+
+    The bulk statements of one batch are grouped by statement, so each must write a
+    table no other bulk statement writes (their relative order then does not matter);
+    a plain SQL row between them is a barrier that keeps the order around it.
+
+    Attributes:
+        head: the statement up to and including `VALUES`.
+        width: parameters per row.
+        tail: what follows the rows (e.g. an `ON CONFLICT` clause).
+    """
+
+    head: str
+    width: int
+    tail: str = ""
+
+    def sql(self, rows: int) -> str:
+        """The statement for `rows` rows."""
+        return _bulk_sql(self.head, self.width, self.tail, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _bulk_sql(head: str, width: int, tail: str, rows: int) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return f"{head} {', '.join([one] * rows)}{tail}"
+
 
 @dataclass(slots=True)
 class Emit:
-    """An output line to append once its row is committed."""
+    """An output line to append with its row.
+
+    When the row has SQL, its last parameter is its `emitted` flag, given as 1: the
+    writer turns it into 0 when the line was not appended (no output file, or the append
+    failed), so the common case costs no new tuple.
+    """
 
     run_id: str
     item_id: str
     line: bytes
 
 
+Statement = str | BulkInsert
+
+
 @dataclass(slots=True)
 class _Row:
-    sql: str | None
+    sql: Statement | None
     params: Sequence[object]
     emit: Emit | None
     future: asyncio.Future[None] | None
     event: threading.Event | None = None
 
 
-_STOP = object()
-
-
-def open_connection(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+def open_connection(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """A connection in autocommit mode with the journal's pragmas (WAL, busy timeout).
 
     Args:
         path: the journal file.
-        synchronous: `FULL` (default) makes each commit durable against power loss;
-            `NORMAL` only against process crashes (WAL).
+        synchronous: `NORMAL` (default) makes each commit durable against the process
+            crashing or being killed (the commit is in the WAL file, which the OS writes
+            back); `FULL` also against power loss or an OS crash, at one fsync per commit.
 
     Returns:
         The connection; the caller closes it.
     """
+    if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -112,7 +163,7 @@ class GroupCommitWriter:
         *,
         max_rows: int = 2000,
         max_delay_s: float = 0.01,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
         sink_for: Callable[[str], OutputSink | None] | None = None,
     ) -> None:
         if max_rows < 1:
@@ -122,12 +173,16 @@ class GroupCommitWriter:
         self._max_delay_s = max_delay_s
         self._synchronous = synchronous
         self._sink_for = sink_for or (lambda run_id: None)
-        self._queue: queue.SimpleQueue[_Row | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="amr-journal-writer", daemon=True)
+        # Shared with producers, guarded by `_cond`: the rows of the next batch, when its
+        # first row came, and whether it must go without waiting out the window.
+        self._cond = threading.Condition(threading.Lock())
+        self._rows: list[_Row] = []
+        self._first_at = 0.0
+        self._urgent = False
+        self._stopping = False
         self._closed = False
         self.error: JournalError | None = None
-        # Output lines appended but whose offset is not yet committed: run -> (items, offset).
-        self._pending_offsets: dict[str, tuple[list[str], int]] = {}
         self.rows_committed = 0
         self.batches = 0
 
@@ -137,14 +192,14 @@ class GroupCommitWriter:
     # -------------------------------------------------------------- producers
 
     def submit(
-        self, sql: str | None, params: Sequence[object] = (), emit: Emit | None = None
+        self, sql: Statement | None, params: Sequence[object] = (), emit: Emit | None = None
     ) -> None:
         """Queue a row without waiting; it is committed with the next batch."""
         self._check_open()
-        self._queue.put(_Row(sql, params, emit, None))
+        self._put(_Row(sql, params, emit, None), urgent=False)
 
     def submit_async(
-        self, sql: str | None, params: Sequence[object] = (), emit: Emit | None = None
+        self, sql: Statement | None, params: Sequence[object] = (), emit: Emit | None = None
     ) -> asyncio.Future[None]:
         """Queue a row; the future resolves once it is committed (or fails with the error)."""
         self._check_open()
@@ -152,7 +207,7 @@ class GroupCommitWriter:
         if self.error is not None:
             future.set_exception(self.error)
             return future
-        self._queue.put(_Row(sql, params, emit, future))
+        self._put(_Row(sql, params, emit, future), urgent=sql is None and emit is None)
         return future
 
     async def flush(self) -> None:
@@ -163,7 +218,7 @@ class GroupCommitWriter:
         """Block until every row queued before this call is committed; raise a stored error."""
         self._check_open()
         event = threading.Event()
-        self._queue.put(_Row(None, (), None, None, event))
+        self._put(_Row(None, (), None, None, event), urgent=True)
         event.wait()
         if self.error is not None:
             raise self.error
@@ -173,164 +228,226 @@ class GroupCommitWriter:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         self._thread.join()
 
     def _check_open(self) -> None:
         if self._closed:
             raise JournalClosedError("the journal is closed")
 
+    def _put(self, row: _Row, *, urgent: bool) -> None:
+        with self._cond:
+            rows = self._rows
+            rows.append(row)
+            if len(rows) == 1:
+                self._first_at = time.monotonic()
+            elif not urgent and len(rows) < self._max_rows:
+                return  # the thread already knows of this batch: no wake-up per row
+            if urgent or len(rows) >= self._max_rows:
+                self._urgent = True
+            self._cond.notify()
+
     # ------------------------------------------------------------ the thread
 
     def _main(self) -> None:
         conn = open_connection(self._path, synchronous=self._synchronous)
         try:
-            stop = False
-            while not stop:
-                try:
-                    first = self._queue.get_nowait()
-                except queue.Empty:
-                    # Idle: commit the output offsets still pending before sleeping.
-                    self._commit_offsets(conn)
-                    first = self._queue.get()
-                if first is _STOP:
-                    break
-                assert isinstance(first, _Row)
-                batch = [first]
-                stop = self._gather(batch)
+            while (batch := self._next_batch()) is not None:
                 self._commit(conn, batch)
-            self._commit_offsets(conn)
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    def _gather(self, batch: list[_Row]) -> bool:
-        """Add queued rows to `batch` until it is full or its window is over.
-
-        Returns:
-            True when the stop marker was taken (the batch is then committed last).
-        """
-        deadline = time.monotonic() + self._max_delay_s
-        while len(batch) < self._max_rows:
-            try:
-                row = self._queue.get_nowait()
-            except queue.Empty:
+    def _next_batch(self) -> list[_Row] | None:
+        """Wait for rows and for their window to close; None once closed and drained."""
+        with self._cond:
+            while not self._rows:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._first_at + self._max_delay_s
+            while not (self._urgent or self._stopping):
                 wait = deadline - time.monotonic()
-                if wait <= 0 or batch[-1].event is not None:
-                    return False  # window over, or a flush() is waiting: commit now
-                try:
-                    row = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    return False
-            if row is _STOP:
-                return True
-            assert isinstance(row, _Row)
-            batch.append(row)
-        return False
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            rows = self._rows
+            if len(rows) <= self._max_rows:
+                self._rows = []
+                self._urgent = False
+                return rows
+            # More than a batch queued (the thread fell behind): the rest goes next, at once.
+            self._rows = rows[self._max_rows :]
+            return rows[: self._max_rows]
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Row]) -> None:
-        error = self.error
-        if error is None:
-            try:
-                self._write(conn, batch)
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                error = self.error = sqlite_storage_error(exc, f"journal {self._path}")
-        # Callers waiting for durability go on now; output lines follow.
-        self._settle(batch, error)
-        if error is None:
-            try:
-                self._emit(batch)
-            except JournalStorageError as exc:
-                self.error = exc
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                self.error = sqlite_storage_error(exc, f"journal {self._path}")
-
-    def _write(self, conn: sqlite3.Connection, batch: list[_Row]) -> None:
-        rows = [r for r in batch if r.sql is not None]
-        if not rows:
+        if self.error is not None:
+            self._settle(batch, self.error, self.error)
             return
-        conn.execute("BEGIN IMMEDIATE")
-        self._apply_offsets(conn)
-        # Consecutive rows with the same statement go through one executemany.
-        i = 0
-        while i < len(rows):
-            sql = rows[i].sql
-            j = i + 1
-            while j < len(rows) and rows[j].sql == sql:
-                j += 1
-            assert sql is not None
-            if j - i == 1:
-                conn.execute(sql, rows[i].params)
-            else:
-                conn.executemany(sql, [r.params for r in rows[i:j]])
-            i = j
-        conn.execute("COMMIT")
-        self._pending_offsets.clear()
-        self.rows_committed += len(rows)
-        self.batches += 1
-
-    def _emit(self, batch: list[_Row]) -> None:
-        """Append the batch's output lines; their offsets commit with the next transaction.
-
-        Deferring the offset costs nothing in safety: until it commits, resume sees a file
-        longer than the offset, cuts it back and appends those lines again.
-        """
-        by_run: dict[str, list[Emit]] = {}
-        for row in batch:
-            if row.emit is not None:
-                by_run.setdefault(row.emit.run_id, []).append(row.emit)
-        for run_id, emits in by_run.items():
-            sink = self._sink_for(run_id)  # owned (and closed) by the journal
-            if sink is None:
-                continue
-            offset = sink.append([e.line for e in emits])
-            pending = self._pending_offsets.setdefault(run_id, ([], 0))
-            self._pending_offsets[run_id] = (pending[0] + [e.item_id for e in emits], offset)
-
-    def _apply_offsets(self, conn: sqlite3.Connection) -> None:
-        for run_id, (item_ids, offset) in self._pending_offsets.items():
-            conn.executemany(
-                "UPDATE items SET emitted = 1 WHERE run_id = ? AND item_id = ?",
-                [(run_id, item_id) for item_id in item_ids],
-            )
-            conn.execute("UPDATE runs SET output_offset = ? WHERE run_id = ?", (offset, run_id))
-
-    def _commit_offsets(self, conn: sqlite3.Connection) -> None:
-        if not self._pending_offsets or self.error is not None:
-            return
+        appended: dict[str, tuple[OutputSink, int]] = {}
+        output_error: JournalError | None = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._apply_offsets(conn)
-            conn.execute("COMMIT")
+            appended = self._append_lines(batch)
+        except JournalStorageError as exc:
+            # The output is full: still commit the batch (its answers are paid for),
+            # with its lines unemitted (resume writes them), then stop.
+            output_error = exc
+        try:
+            self._write(conn, batch, appended)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self.error = sqlite_storage_error(exc, f"journal {self._path}")
+            for sink, old in appended.values():
+                sink.cut(old)  # resume would cut them anyway: the offset is not committed
+            error = self.error = sqlite_storage_error(exc, f"journal {self._path}")
+            self._settle(batch, error, error)
             return
-        self._pending_offsets.clear()
+        # Set before waking anyone, so that a woken `flush_sync` sees it.
+        self.error = output_error
+        # Committed; if the output failed, the rows with lines report it.
+        self._settle(batch, None, output_error)
+
+    def _append_lines(self, batch: list[_Row]) -> dict[str, tuple[OutputSink, int]]:
+        """Append the batch's output lines; returns run -> (sink, its offset before).
+
+        Raises:
+            JournalStorageError: a write failed; every file of the batch is cut back to
+                where it was, so none of its lines counts as emitted.
+        """
+        by_run: dict[str, list[bytes]] = {}
+        for row in batch:
+            if row.emit is not None:
+                by_run.setdefault(row.emit.run_id, []).append(row.emit.line)
+        appended: dict[str, tuple[OutputSink, int]] = {}
+        try:
+            for run_id, lines in by_run.items():
+                sink = self._sink_for(run_id)  # owned (and closed) by the journal
+                if sink is None:
+                    continue
+                old = sink.offset
+                sink.append(lines)
+                appended[run_id] = (sink, old)
+        except JournalStorageError:
+            for sink, old in appended.values():
+                sink.cut(old)
+            raise
+        return appended
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Row],
+        appended: dict[str, tuple[OutputSink, int]],
+    ) -> None:
+        if not any(r.sql is not None for r in batch) and not appended:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        bulk: dict[BulkInsert, list[Sequence[object]]] = {}
+        plain: list[tuple[str, Sequence[object]]] = []
+        emitted: list[tuple[str, str]] = []  # lines appended for rows without SQL
+        rows = 0
+        for row in batch:
+            sql, params, emit = row.sql, row.params, row.emit
+            if emit is not None:
+                done = emit.run_id in appended
+                if sql is None:
+                    if done:
+                        emitted.append((emit.run_id, emit.item_id))
+                    continue
+                if not done:
+                    params = (*params[:-1], 0)
+            if sql is None:
+                continue
+            rows += 1
+            if isinstance(sql, BulkInsert):
+                if plain:
+                    _execute_plain(conn, plain)
+                    plain = []
+                bulk.setdefault(sql, []).append(params)
+            else:
+                if bulk:
+                    _execute_bulk(conn, bulk)
+                    bulk = {}
+                plain.append((sql, params))
+        _execute_bulk(conn, bulk)
+        _execute_plain(conn, plain)
+        if emitted:
+            conn.executemany(
+                "UPDATE items SET emitted = 1 WHERE run_id = ? AND item_id = ?", emitted
+            )
+        for run_id, (sink, _) in appended.items():
+            conn.execute(
+                "UPDATE runs SET output_offset = ? WHERE run_id = ?", (sink.offset, run_id)
+            )
+        conn.execute("COMMIT")
+        self.rows_committed += rows
+        self.batches += 1
 
     @staticmethod
-    def _settle(batch: list[_Row], error: JournalError | None) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    def _settle(
+        batch: list[_Row], error: JournalError | None, emit_error: JournalError | None
+    ) -> None:
+        """Wake the batch's waiters: `error` for plain rows, `emit_error` for rows with a line.
+
+        One callback per loop: (futures to resolve, futures to fail).
+        """
+        by_loop: dict[
+            asyncio.AbstractEventLoop, tuple[list[asyncio.Future[None]], list[asyncio.Future[None]]]
+        ] = {}
         for row in batch:
-            if row.future is not None:
-                by_loop.setdefault(row.future.get_loop(), []).append(row.future)
+            future = row.future
+            if future is not None:
+                loop = future.get_loop()
+                if (lists := by_loop.get(loop)) is None:
+                    lists = by_loop[loop] = ([], [])
+                failed = (error if row.emit is None else emit_error) is not None
+                lists[failed].append(future)
             if row.event is not None:
                 row.event.set()
-        for loop, futures in by_loop.items():
+        for loop, (ready, failed_futures) in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, futures, error)
+                loop.call_soon_threadsafe(_resolve, ready, failed_futures, error or emit_error)
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: JournalError | None) -> None:
-    for future in futures:
-        if future.done():  # cancelled by its caller; the row is committed regardless
-            continue
-        if error is None:
-            future.set_result(None)
+def _execute_bulk(
+    conn: sqlite3.Connection, groups: dict[BulkInsert, list[Sequence[object]]]
+) -> None:
+    """Write each statement's rows, up to `_MAX_BULK_ROWS` per statement, in order."""
+    for stmt, rows in groups.items():
+        i, n = 0, len(rows)
+        while i < n:
+            size = 1 << (min(n - i, _MAX_BULK_ROWS).bit_length() - 1)  # a power of two
+            conn.execute(stmt.sql(size), [v for params in rows[i : i + size] for v in params])
+            i += size
+
+
+def _execute_plain(conn: sqlite3.Connection, rows: list[tuple[str, Sequence[object]]]) -> None:
+    """Run plain statements in order; consecutive equal ones through one `executemany`."""
+    i = 0
+    while i < len(rows):
+        sql = rows[i][0]
+        j = i + 1
+        while j < len(rows) and rows[j][0] == sql:
+            j += 1
+        if j - i == 1:
+            conn.execute(sql, rows[i][1])
         else:
+            conn.executemany(sql, [params for _, params in rows[i:j]])
+        i = j
+
+
+def _resolve(
+    ready: list[asyncio.Future[None]],
+    failed: list[asyncio.Future[None]],
+    error: JournalError | None,
+) -> None:
+    # A future already done was cancelled by its caller; its row is committed regardless.
+    for future in ready:
+        if not future.done():
+            future.set_result(None)
+    for future in failed:
+        if not future.done():
+            assert error is not None
             future.set_exception(error)

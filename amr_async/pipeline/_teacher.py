@@ -88,8 +88,7 @@ class JournaledTeacher:
         key = b""
         if run is not None:
             key = request_key(self.provider, request)
-            hit = await run.lookup_call(key)
-            if hit is not None:
+            if run.may_hit and (hit := await run.lookup_call(key)) is not None:
                 self.journal_hits += 1
                 return hit.to_outcome()
         reason = self.budget.exceeded(self._totals)
