@@ -631,7 +631,18 @@ class RunJournal:
         line = orjson.dumps(dict(record))
         return self._writer.submit_async(
             _UPSERT_ITEM,
-            (self.run_id, item_id, line_no, "dropped", stage, "dropped", reason, line, time.time()),
+            (
+                self.run_id,
+                item_id,
+                line_no,
+                "dropped",
+                stage,
+                "dropped",
+                reason,
+                line,
+                time.time(),
+                0,
+            ),
         )
 
     async def fail_item(
