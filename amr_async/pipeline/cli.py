@@ -98,18 +98,8 @@ def _run_command(args: argparse.Namespace) -> int:
             cfg, resume = _resolve(args, None)
             _check_teacher(cfg, args)
         journal = Journal.open(journal_path)
-    except _UsageError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except JournalLockedError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.LOCKED
-    except JournalStorageError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.STORAGE
-    except JournalError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+    except (_UsageError, JournalError) as exc:
+        return _refused(exc)
     try:
         if args.resume:
             cfg, resume = _resolve(args, journal)
@@ -122,19 +112,28 @@ def _run_command(args: argparse.Namespace) -> int:
             cache=cfg.cache,
         )
         report = _run_loop(partial(_run, args, cfg, run))
-    except _UsageError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except JournalStorageError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.STORAGE
-    except JournalError as exc:
-        print(f"amr-async run: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+    except (_UsageError, JournalError) as exc:
+        return _refused(exc)
     finally:
         journal.close()
     print(f"amr-async run {report.run_id}: {report.message}", file=sys.stderr)
     return report.exit_code
+
+
+# Most specific first: a JournalLockedError is a JournalError too.
+_EXIT_CODES: tuple[tuple[type[Exception], ExitCode], ...] = (
+    (JournalLockedError, ExitCode.LOCKED),
+    (JournalStorageError, ExitCode.STORAGE),
+    (JournalError, ExitCode.ERROR),
+)
+
+
+def _refused(exc: Exception) -> ExitCode:
+    """One line on stderr for a run that cannot start or go on, and its exit code."""
+    print(f"amr-async run: {exc}", file=sys.stderr)
+    if isinstance(exc, _UsageError):
+        return ExitCode.USAGE
+    return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
 
 
 class _UsageError(Exception):
