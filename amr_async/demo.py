@@ -2,26 +2,29 @@
 
 The emulator is a TEST DOUBLE (answers come from a bank of reference solutions, not a model),
 so this shows the machinery — stages, retrieval, sandbox verification, DB growth, journal —
-and says nothing about answer quality. It runs `amr-async run` exactly as a user would, with
-the teacher pointed at the emulator by one flag (`--base-url`) and one variable
-(`OPENAI_API_KEY`).
+and says nothing about answer quality. The emulator runs in this process (its own thread and
+event loop); `amr-async run` runs exactly as a user would type it, with the teacher pointed at
+the emulator by one flag (`--base-url`) and one variable (`OPENAI_API_KEY`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import os
+import queue
 import shutil
 import sqlite3
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from amr_async.emulator import EmulatorConfig, serve
 from amr_async.emulator.bank import humaneval_path
 
 _BANNER = """\
@@ -39,19 +42,34 @@ Live progress and a summary table follow on stderr.
 
 
 @contextlib.contextmanager
-def _emulator() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    cmd = [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0", "--seed", "1"]
-    cmd += ["--bug-rate", "0.1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+def _emulator() -> Iterator[str]:
+    """The emulator in this process, on its own thread and event loop; yields its OpenAI URL."""
+    started: queue.Queue[str | BaseException] = queue.Queue()
+    stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def serve_until_stopped() -> None:
+        stop.append((asyncio.get_running_loop(), asyncio.Event()))
+        async with serve(EmulatorConfig(seed=1, bug_rate=0.1)) as emulator:
+            started.put(emulator.openai_base_url)
+            await stop[0][1].wait()
+
+    def main() -> None:
+        try:
+            asyncio.run(serve_until_stopped())
+        except BaseException as exc:  # reported to the waiting caller, not lost in the thread
+            started.put(exc)
+
+    thread = threading.Thread(target=main, name="amr-async-demo-emulator", daemon=True)
+    thread.start()
+    url = started.get(timeout=60)
+    if isinstance(url, BaseException):
+        raise RuntimeError(f"the emulator did not start: {url}") from url
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "openai_base_url=" not in line:
-            raise RuntimeError(f"the emulator did not start: {line!r}")
-        yield proc, line.split("openai_base_url=")[1].split()[0]
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        loop, done = stop[0]
+        loop.call_soon_threadsafe(done.set)
+        thread.join(10)
 
 
 def _write_input(path: Path) -> int:
@@ -79,13 +97,22 @@ def run_demo(out_dir: Path = Path("out")) -> int:
     for suffix in ("-wal", "-shm", ".lock"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     n = _write_input(inp)
-    with _emulator() as (_, base_url):
-        cmd = [sys.executable, "-m", "amr_async.cli", "run", "--strategy", "amr-evol"]
-        cmd += ["--input", str(inp), "--output", str(out), "--journal", str(journal)]
-        cmd += ["--db", str(db), "--model", "emulator", "--base-url", base_url]
-        env = {**os.environ, "OPENAI_API_KEY": "demo-key-for-the-emulator"}
+    with _emulator() as base_url:
+        argv = ["run", "--strategy", "amr-evol", "--input", str(inp), "--output", str(out)]
+        argv += ["--journal", str(journal), "--db", str(db), "--model", "emulator"]
+        argv += ["--base-url", base_url]
+        key = os.environ.get("OPENAI_API_KEY")
+        os.environ["OPENAI_API_KEY"] = "demo-key-for-the-emulator"
         start = time.perf_counter()
-        code = subprocess.run(cmd, env=env, check=False).returncode
+        try:
+            from amr_async import cli  # here: cli imports this module
+
+            code = cli.main(argv)  # the same `amr-async run` a user types, in this process
+        finally:
+            if key is None:
+                del os.environ["OPENAI_API_KEY"]
+            else:
+                os.environ["OPENAI_API_KEY"] = key
         seconds = time.perf_counter() - start
     if not out.exists():
         print(f"amr-async run exited {code} and wrote no output", file=sys.stderr)
