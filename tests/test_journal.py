@@ -208,6 +208,18 @@ async def test_group_commit_batches_concurrent_writers(tmp_path: Path) -> None:
         assert _raw(journal.path).execute("SELECT count(*) FROM calls").fetchone()[0] == 500
 
 
+async def test_a_bulk_row_of_the_wrong_width_is_refused_at_submit(tmp_path: Path) -> None:
+    from amr_async.journal._store import _UPSERT_ITEM
+
+    with Journal.open(tmp_path / "j.db") as journal:
+        with pytest.raises(ValueError, match="INSERT INTO items: 9 values, expected 10"):
+            journal.writer.submit_async(
+                _UPSERT_ITEM, ("r", "i", 1, "done", None, "ok", None, "{}", 0.0)
+            )
+        await journal.writer.flush()  # the writer is unharmed
+        assert journal.writer.error is None
+
+
 async def test_batch_waits_out_its_window_unless_flushed(tmp_path: Path) -> None:
     import asyncio
 

@@ -80,6 +80,14 @@ class BulkInsert:
         return _bulk_sql(self.head, self.width, self.tail, rows)
 
 
+def _check_width(sql: Statement | None, params: Sequence[object]) -> None:
+    """Refuse a bulk row of the wrong width here, not as a storage error at commit."""
+    if isinstance(sql, BulkInsert) and len(params) != sql.width:
+        raise ValueError(
+            f"{sql.head.split('(')[0].strip()}: {len(params)} values, expected {sql.width}"
+        )
+
+
 @functools.lru_cache(maxsize=64)
 def _bulk_sql(head: str, width: int, tail: str, rows: int) -> str:
     one = "(" + ", ".join("?" * width) + ")"
@@ -196,6 +204,7 @@ class GroupCommitWriter:
     ) -> None:
         """Queue a row without waiting; it is committed with the next batch."""
         self._check_open()
+        _check_width(sql, params)
         self._put(_Row(sql, params, emit, None), urgent=False)
 
     def submit_async(
@@ -203,6 +212,7 @@ class GroupCommitWriter:
     ) -> asyncio.Future[None]:
         """Queue a row; the future resolves once it is committed (or fails with the error)."""
         self._check_open()
+        _check_width(sql, params)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.error is not None:
             future.set_exception(self.error)
