@@ -130,6 +130,8 @@ class Config:
     drop_failed: bool = False
     keep_raw: bool = False
     isolation: str = "auto"
+    test_timeout: float = 1.0
+    sandbox_parallelism: int | None = None
 
     def __post_init__(self) -> None:
         for key in KEYS:
@@ -214,6 +216,20 @@ KEYS: tuple[Key, ...] = (
     Key("keep_raw", "bool", "put each stage's raw teacher answer in the record", group=_AMR),
     Key(
         "isolation", "str", "sandbox isolation", choices=("auto", "namespaces", "none"), group=_AMR
+    ),
+    Key(
+        "test_timeout",
+        "float",
+        "seconds of CPU per generated test in the sandbox (a looping candidate costs this)",
+        check=_between(0.01, 600),
+        group=_AMR,
+    ),
+    Key(
+        "sandbox_parallelism",
+        "int",
+        "sandbox jobs running at once (default: 4 per core)",
+        check=_at_least(1),
+        group=_AMR,
     ),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}

@@ -291,12 +291,12 @@ async def _strategy(
         return CotStrategy(calls, templates)
     # A verification job spends most of its time starting processes, not computing (~4 ms
     # of CPU in ~12 ms on a quiet machine), so more jobs than cores keep the cores busy.
-    parallelism = 4 * (os.cpu_count() or 1)
+    parallelism = cfg["sandbox_parallelism"] or 4 * (os.cpu_count() or 1)
     sandbox = await stack.enter_async_context(
         Sandbox(isolation=cfg["isolation"], parallelism=parallelism)
     )
     if name == "ansrepair":
-        return AnsRepairStrategy(calls, templates, sandbox)
+        return AnsRepairStrategy(calls, templates, sandbox, test_timeout_s=cfg["test_timeout"])
     if db is None:
         db = await ModuleDB.open(Path(cfg["db"]), make_embedder(cfg["embedder"]))
         stack.push_async_callback(db.aclose)
@@ -312,6 +312,7 @@ async def _strategy(
         final_check=cfg["final_check"],
         drop_failed=cfg["drop_failed"],
         keep_raw=cfg["keep_raw"],
+        test_timeout_s=cfg["test_timeout"],
     )
     return AmrEvolStrategy(config, templates=templates, db=db, sandbox=sandbox, run_id=run_id)
 

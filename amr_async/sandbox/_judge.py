@@ -500,14 +500,20 @@ def plan_assert(test: AssertTest) -> Plan:
     if not body or not all(isinstance(s, ast.Assert) for s in body):
         return _plan_in_sandbox(test, tree)
     splitter = _Splitter()
-    checks: list[tuple[str, ast.expr, int, int]] = []
-    for stmt in body:
+    checks: list[tuple[int, ast.expr, int, int]] = []
+    for index, stmt in enumerate(body):
         assert isinstance(stmt, ast.Assert)
-        src = ast.unparse(stmt.test)
         first = len(splitter.probes)
         expr = splitter.split(stmt.test)
-        checks.append((src, expr, first, len(splitter.probes)))
+        checks.append((index, expr, first, len(splitter.probes)))
     probe_srcs = list(splitter.probes)
+
+    def source_of(index: int) -> str:
+        # Only messages show an assert's text: unparsed when a verdict needs it (from a
+        # fresh parse, as `split` rewrote the tree), not for every test planned.
+        stmt = _assert_body(ast.parse(test.source))[index]
+        assert isinstance(stmt, ast.Assert)
+        return ast.unparse(stmt.test)
 
     def judge_asserts(outcomes: list[Outcome]) -> Verdict:
         env: dict[str, Any] = {}
@@ -519,13 +525,14 @@ def plan_assert(test: AssertTest) -> Plan:
             if bad:
                 return bad
         last: Any = None
-        for src, expr, first, end in checks:
+        for index, expr, first, end in checks:
             try:
                 ok = _truthy(_eval(expr, env))
             except JudgeError as exc:
-                return Status.ERROR, f"assert {src}: {exc}", None
+                return Status.ERROR, f"assert {source_of(index)}: {exc}", None
             except Exception as exc:  # the test's own logic raised (TypeError, IndexError, …)
-                return Status.FAILED, f"assert {src} raised {type(exc).__name__}: {exc}", None
+                name = type(exc).__name__
+                return Status.FAILED, f"assert {source_of(index)} raised {name}: {exc}", None
             values = [env[f"__probe{i}"] for i in range(first, end)]
             last = values[0] if len(values) == 1 else None
             if not ok:
@@ -534,7 +541,7 @@ def plan_assert(test: AssertTest) -> Plan:
                 )
                 return (
                     Status.FAILED,
-                    f"assert {src} failed" + (f" ({shown})" if shown else ""),
+                    f"assert {source_of(index)} failed" + (f" ({shown})" if shown else ""),
                     last,
                 )
         return Status.PASSED, "", last

@@ -16,14 +16,14 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, cast
 
 from amr_async.sandbox import _worker
 from amr_async.sandbox._judge import Outcome, Plan, plan
-from amr_async.sandbox._types import Job, JobResult, Status, TestResult
+from amr_async.sandbox._types import Job, JobResult, Limits, Status, TestResult
 
 Isolation = Literal["auto", "namespaces", "none"]
 
@@ -139,6 +139,13 @@ _ERRORS = {ord("e"): "e", ord("u"): "u"}
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+
+
+def _limit_values(job: Job) -> tuple[Any, ...]:
+    """`dataclasses.astuple(job.limits)` without its deep copy (the fields are scalars)."""
+    limits = job.limits
+    return tuple(getattr(limits, name) for name in _LIMIT_FIELDS)
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -384,7 +391,7 @@ class Sandbox:
         code_hash = hashlib.sha256(job.code.encode("utf-8", "surrogatepass")).hexdigest()
         h = hashlib.sha256()
         h.update(
-            repr((job.entry_point, astuple(job.limits), job.time_limits, job.fail_fast)).encode()
+            repr((job.entry_point, _limit_values(job), job.time_limits, job.fail_fast)).encode()
         )
         for test, p in zip(job.tests, plans, strict=True):
             h.update(b"\x00" + repr(type(test).__name__).encode())

@@ -124,12 +124,34 @@ def parse_asserts(text: str) -> list[str]:
             tree = ast.parse(block)
         except SyntaxError:
             continue
+        lines: list[bytes] | None = None
         for node in tree.body:
             if isinstance(node, ast.Assert):
-                segment = ast.get_source_segment(block, node)
+                if lines is None:  # split once: `ast.get_source_segment` splits per node
+                    lines = [line.encode() for line in _LINE.findall(block)]
+                segment = _segment(lines, node)
                 if segment:
                     out.append(segment)
     return out
+
+
+# A line and its end, split as the parser splits (not `str.splitlines`: no \f, \v, ...).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def _segment(lines: Sequence[bytes], node: ast.stmt) -> str:
+    """`ast.get_source_segment` over lines split once (UTF-8: offsets count bytes)."""
+    if node.end_lineno is None or node.end_col_offset is None:
+        return ""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first][node.col_offset : node.end_col_offset].decode()
+    parts = [
+        lines[first][node.col_offset :],
+        *lines[first + 1 : last],
+        lines[last][: node.end_col_offset],
+    ]
+    return b"".join(parts).decode()
 
 
 async def run_tests(

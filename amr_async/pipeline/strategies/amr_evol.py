@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amr_async.core import FunctionRecord
-from amr_async.moduledb import Module, ModuleDB, Snapshot, UnparseableCode, describe
+from amr_async.moduledb import (
+    Module,
+    ModuleDB,
+    ModuleStore,
+    Snapshot,
+    UnparseableCode,
+    describe,
+)
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate, code_block
 from amr_async.pipeline._teacher import JournaledTeacher
@@ -238,10 +245,15 @@ class _Verify(_Stage):
         c = s.config
         response: str = outputs["evolve"]["response"]
         functions = await functions_of(response)
-        snapshot = s.frozen()
-        # The functions are checked, tested and run concurrently; results in answer order.
+        codes = [module_code(r, functions) for r in functions]
+        # Novelty of all the answer's functions at once (one thread hop, one search), then
+        # the novel ones are tested and run concurrently; results in answer order.
+        known = await self._known(codes, s.frozen())
         checks = await asyncio.gather(
-            *(self._check(item, teacher, r, functions, snapshot) for r in functions)
+            *(
+                self._check(item, teacher, r, code, reason)
+                for r, code, reason in zip(functions, codes, known, strict=True)
+            )
         )
         usage: dict[str, Any] = {}
         candidates: list[dict[str, Any]] = []
@@ -283,18 +295,16 @@ class _Verify(_Stage):
         item: InputItem,
         teacher: JournaledTeacher,
         record: FunctionRecord,
-        functions: Sequence[FunctionRecord],
-        snapshot: Snapshot,
+        code: str,
+        known: str | None,
     ) -> tuple[dict[str, Any], str, list[str], str | None, dict[str, Any]]:
         """One function: (candidate entry, module code, tests, raw tests answer, usage).
 
-        A function the snapshot knows gets no tests call (raw answer None).
+        A function the snapshot knows (`known` says why) gets no tests call (raw answer None).
         """
-        code = module_code(record, functions)
         entry: dict[str, Any] = {"name": record.name}
-        reason = await self._known(code, snapshot)
-        if reason is not None:
-            entry.update(novel=False, reason=reason)
+        if known is not None:
+            entry.update(novel=False, reason=known)
             return entry, code, [], None, {}
         entry["novel"] = True
         outcome, used = await self.shared.ask(
@@ -314,27 +324,46 @@ class _Verify(_Stage):
             entry["reason"] = "tests_failed"
         return entry, code, asserts, outcome.text, used
 
-    async def _known(self, code: str, snapshot: Snapshot) -> str | None:
-        """Why `code` is not new to the snapshot, or None when it is."""
-        db = self.shared.db
+    async def _known(self, codes: Sequence[str], snapshot: Snapshot) -> list[str | None]:
+        """Why each of `codes` is not new to the snapshot, or None when it is."""
+        if not codes:
+            return []
+        store = self.shared.db.store
+        hashes, stored = await asyncio.to_thread(_hash_and_look_up, store, codes)
+        reasons: list[str | None] = [None] * len(codes)
+        unknown: list[int] = []
+        for i, ast_hash in enumerate(hashes):
+            if ast_hash is None:
+                reasons[i] = "unparseable"
+                continue
+            # The hash index covers the live DB; only modules inside the snapshot count.
+            found = stored.get(ast_hash)
+            if found is not None and found[0] < len(snapshot):
+                reasons[i] = f"duplicate_ast:{found[0]}"
+            else:
+                unknown.append(i)
+        if unknown:
+            hits = await snapshot.search([codes[i] for i in unknown], k=1)
+            threshold = self.shared.config.novelty_max_cosine
+            for i, row in zip(unknown, hits, strict=True):
+                if row and row[0].score >= threshold:
+                    hit = row[0]
+                    reasons[i] = f"near_duplicate:{hit.module.id}:{hit.score:.3f}"
+        return reasons
+
+
+def _hash_and_look_up(
+    store: ModuleStore, codes: Sequence[str]
+) -> tuple[list[str | None], dict[str, tuple[int, str]]]:
+    """Each code's AST hash (None: unparseable) and the stored modules with those hashes."""
+    hashes: list[str | None] = []
+    for code in codes:
         try:
-            info = await asyncio.to_thread(describe, code)
+            hashes.append(describe(code).ast_hash)
         except UnparseableCode:
-            return "unparseable"
-        # The hash index covers the live DB; only modules inside the snapshot count.
-        known = await _known_hashes(db, info.ast_hash)
-        if known is not None and known < len(snapshot):
-            return f"duplicate_ast:{known}"
-        hits = await snapshot.search([code], k=1)
-        if hits and hits[0] and hits[0][0].score >= self.shared.config.novelty_max_cosine:
-            hit = hits[0][0]
-            return f"near_duplicate:{hit.module.id}:{hit.score:.3f}"
-        return None
-
-
-async def _known_hashes(db: ModuleDB, ast_hash: str) -> int | None:
-    found = await asyncio.to_thread(db.store.known_hashes, [ast_hash])
-    return found[ast_hash][0] if ast_hash in found else None
+            hashes.append(None)
+    found = [h for h in hashes if h is not None]
+    return hashes, store.known_hashes(found) if found else {}
 
 
 _USAGE_STAGES = ("direct", "decompose", "evolve", "verify")

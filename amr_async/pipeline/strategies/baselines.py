@@ -102,6 +102,7 @@ class _TestAndRepair:
     templates: Mapping[str, PromptTemplate]
     calls: CallSettings
     sandbox: Sandbox
+    test_timeout_s: float | None = None  # None: the sandbox's default per test
     name: str = "repair"
 
     async def run(
@@ -122,7 +123,7 @@ class _TestAndRepair:
         if not asserts:
             out = {"response": direct, "tests": 0, "check": None, "repaired": False}
             return StageResult(out | {"usage": usage}, {"fallback": "no_tests_parsed"})
-        result = await run_tests(self.sandbox, code, asserts)
+        result = await run_tests(self.sandbox, code, asserts, timeout_s=self.test_timeout_s)
         check = verdict_summary(result)
         if result.passed:
             out = {"response": direct, "tests": len(asserts), "check": check, "repaired": False}
@@ -148,17 +149,29 @@ class _TestAndRepair:
 
 
 class AnsRepairStrategy:
-    """Direct answer, teacher-written tests, one repair call on failure."""
+    """Direct answer, teacher-written tests, one repair call on failure.
+
+    Args:
+        calls: model and sampling.
+        templates: prompt templates by kind.
+        sandbox: runs the teacher's tests.
+        test_timeout_s: per-test limit in the sandbox (None: the sandbox's default).
+    """
 
     name = "ansrepair"
 
     def __init__(
-        self, calls: CallSettings, templates: Mapping[str, PromptTemplate], sandbox: Sandbox
+        self,
+        calls: CallSettings,
+        templates: Mapping[str, PromptTemplate],
+        sandbox: Sandbox,
+        *,
+        test_timeout_s: float | None = None,
     ) -> None:
         self.calls = calls
         self._stages = (
             _Single("direct", templates["direct"], calls),
-            _TestAndRepair(templates, calls, sandbox),
+            _TestAndRepair(templates, calls, sandbox, test_timeout_s),
         )
 
     @property
