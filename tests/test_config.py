@@ -81,6 +81,16 @@ def test_bad_env_and_flag_values_name_their_origin() -> None:
         load(env={}, flags=_flags("--window", "0"))
     with pytest.raises(ConfigError, match="k = 0: must be >= 1"):
         Config(k=0)
+    with pytest.raises(ConfigError, match=r"test_timeout = 0\.0 \(from --test-timeout\)"):
+        load(env={}, flags=_flags("--test-timeout", "0"))
+    with pytest.raises(ConfigError, match=r"sandbox_parallelism = 0 \(from \$AMR_ASYNC_SANDBOX"):
+        load(env={"AMR_ASYNC_SANDBOX_PARALLELISM": "0"})
+
+
+def test_sandbox_knobs_default_to_one_second_and_four_jobs_per_core() -> None:
+    loaded = load(env={}, flags=_flags("--test-timeout", "2.5", "--sandbox-parallelism", "3"))
+    assert (loaded.config.test_timeout, loaded.config.sandbox_parallelism) == (2.5, 3)
+    assert (config.DEFAULTS.test_timeout, config.DEFAULTS.sandbox_parallelism) == (1.0, None)
 
 
 def test_missing_config_file_names_the_fix(tmp_path: Path) -> None:

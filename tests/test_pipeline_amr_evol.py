@@ -406,3 +406,57 @@ def test_shipped_templates_render_with_their_marker() -> None:
         values = {name: "X" for name in template.user.get_identifiers()}
         _, user = template.render(**values)
         assert f"### TASK: {kind}" in user
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "assert f(1) == 2\nassert  f(\n  2,\r\n 3) == [1,\n 2]\nx = 1; assert g('é') == 'ü'\r\n",
+        "```python\nassert h('\u2028') == 1  # a separator str.splitlines would cut at\n```\n"
+        "```py\nassert (a\n\x0c+ b)\nassert 1, 'msg'\n```",
+        "def t():\n    pass\nassert k()\n",
+        "assert broken(\n",
+    ],
+)
+def test_parse_asserts_gives_the_source_segments_ast_gives(text: str) -> None:
+    # Oracle: the stdlib's own `ast.get_source_segment`, which the fast path replaces.
+    import ast
+
+    from amr_async.pipeline.strategies._common import _FENCE, parse_asserts
+
+    expected = []
+    for block in _FENCE.findall(text) or [text]:
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            continue
+        expected += [
+            ast.get_source_segment(block, n) for n in tree.body if isinstance(n, ast.Assert)
+        ]
+    assert parse_asserts(text) == expected
+
+
+async def test_sandbox_flags_reach_the_strategy_and_the_sandbox(tmp_path: Path) -> None:
+    import contextlib
+
+    from amr_async.config import Config
+    from amr_async.pipeline.cli import _strategy
+
+    base = Config(model="m", db=str(tmp_path / "db"), test_timeout=0.25, sandbox_parallelism=3)
+    async with contextlib.AsyncExitStack() as stack:
+        amr = await _strategy(base.replace(strategy="amr-evol").to_dict(), None, stack)
+        assert isinstance(amr, AmrEvolStrategy)
+        assert amr.config.test_timeout_s == 0.25
+        assert amr._shared.sandbox.parallelism == 3
+        repair = await _strategy(base.replace(strategy="ansrepair").to_dict(), None, stack)
+        assert isinstance(repair, AnsRepairStrategy)
+        assert repair.stages[1].test_timeout_s == 0.25  # type: ignore[attr-defined]
+        # The limit binds: a candidate that loops is stopped at the configured time.
+        from amr_async.pipeline.strategies._common import run_tests
+
+        result = await run_tests(
+            amr._shared.sandbox, "def f():\n    while True:\n        pass\n", ["assert f() == 1"],
+            timeout_s=amr.config.test_timeout_s,
+        )  # fmt: skip
+        assert not result.passed
+        assert result.tests[0].message == "exceeded the time limit of 0.25 s"

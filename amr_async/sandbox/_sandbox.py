@@ -300,6 +300,11 @@ class Sandbox:
         self._tag = f"amr-sandbox-{uuid.uuid4().hex[:12]}"
 
     @property
+    def parallelism(self) -> int:
+        """Jobs (processes) that run at once; more wait for a slot."""
+        return self._parallelism
+
+    @property
     def process_tag(self) -> str:
         """A token in the command line of every process this sandbox forks (for monitoring)."""
         return self._tag
