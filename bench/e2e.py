@@ -12,11 +12,16 @@ Runs: zero latency with the sandbox's `--isolation none` (the headline figure), 
 latency with `--isolation auto` (namespaces when root), and the lognormal latency (none).
 
 Last line of stdout: one JSON object with `instructions_per_s` (zero latency, isolation
-none), `isolated_instructions_per_s` (zero latency, isolation auto), `calls_per_item`,
-`db_modules_before`, `db_modules_after`, `peak_rss_mb`, `verified_fraction` (novel functions
-that passed their tests / novel functions tested), `lognormal_instructions_per_s`,
-`engine_cpu_ms_per_item` (the `run` process and the sandbox processes it reaped),
-`emulator_cpu_ms_per_item`, `loadavg` (1 min, at the start), `items`, `cores`.
+none; the `run` process from its start to its exit), `isolated_instructions_per_s` (zero
+latency, isolation auto), `calls_per_item`, `db_modules_before`, `db_modules_after`,
+`peak_rss_mb`, `verified_fraction` (novel functions that passed their tests / novel
+functions tested), `lognormal_instructions_per_s`, `run_instructions_per_s` (the run alone:
+interpreter start-up and imports, `startup_s`, left out), CPU per item of each process:
+`engine_cpu_ms_per_item` (the `run` process, all threads), `sandbox_cpu_ms_per_item` (the
+zygote and every job's supervisor and child), `emulator_cpu_ms_per_item`; what that CPU
+allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
+`engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
+(CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
 
     .venv/bin/python bench/e2e.py [--quick]
 """
@@ -94,15 +99,38 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
         proc.wait(10)
 
 
+# `amr-async run` in a process that, on its way out, writes what the run cost it: the run's
+# own wall time and CPU (every thread), both without the interpreter's start-up and the
+# imports (done before the clock starts), and the CPU of the processes it reaped: the
+# sandbox's zygote and, through it, every job's supervisor and child.
+_LAUNCHER = """
+import json, resource, sys, time
+from amr_async.cli import main
+import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+start, own = time.perf_counter(), cpu(resource.RUSAGE_SELF)
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump({"seconds": time.perf_counter() - start,
+               "engine_cpu_s": cpu(resource.RUSAGE_SELF) - own,
+               "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN)}, f)
+sys.exit(code)
+"""
+
+
 def _one_run(
-    work: Path, base_url: str, concurrency: int, window: int, isolation: str
+    work: Path, base_url: str, concurrency: int, window: int, isolation: str, extra: list[str]
 ) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
+    costs = work / "costs.json"
     cmd = [
-        sys.executable, "-m", "amr_async.cli", "run", "--strategy", "amr-evol",
+        sys.executable, "-c", _LAUNCHER, str(costs), "run", "--strategy", "amr-evol",
         "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
         "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
+        *extra,
     ]  # fmt: skip
     env = {**os.environ, "OPENAI_API_KEY": "bench"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -114,6 +142,7 @@ def _one_run(
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"amr-async run exited {done.returncode}: {done.stderr[-2000:]}")
+    spent = json.loads(costs.read_text())
     records = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     with contextlib.closing(sqlite3.connect(journal)) as conn:
         calls = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
@@ -130,6 +159,9 @@ def _one_run(
         "passed": passed,
         "peak_kb": max(peak_kb, before.ru_maxrss),
         "cpu_s": cpu,
+        "run_seconds": spent["seconds"],
+        "engine_cpu_s": spent["engine_cpu_s"],
+        "sandbox_cpu_s": spent["sandbox_cpu_s"],
     }
 
 
@@ -139,7 +171,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--lognormal", default="lognormal:0.05,0.5", help="second latency model")
+    parser.add_argument("--sandbox-parallelism", type=int, help="passed to `run` when given")
+    parser.add_argument("--test-timeout", type=float, help="passed to `run` when given")
     args = parser.parse_args()
+    extra: list[str] = []
+    if args.sandbox_parallelism is not None:
+        extra += ["--sandbox-parallelism", str(args.sandbox_parallelism)]
+    if args.test_timeout is not None:
+        extra += ["--test-timeout", str(args.test_timeout)]
     rows = _prompts(40 if args.quick else None)
     load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
@@ -151,17 +190,24 @@ def main() -> None:
             (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
             cpu: dict[str, float] = {}
             with _emulator(latency, cpu) as url:
-                results[label] = _one_run(work, url, args.concurrency, args.window, isolation)
+                results[label] = _one_run(
+                    work, url, args.concurrency, args.window, isolation, extra
+                )
             r = results[label]
             r["emulator_cpu_s"] = cpu.get("emulator_s", 0.0)
             print(
                 f"{label:9} {r['items']:.0f} items in {r['seconds']:.1f}s "
-                f"({r['items'] / r['seconds']:.1f}/s), {r['calls'] / r['items']:.2f} calls/item, "
-                f"DB 0 -> {r['modules']:.0f} modules, CPU {r['cpu_s']:.1f}s engine + "
+                f"({r['items'] / r['seconds']:.1f}/s; run alone {r['run_seconds']:.1f}s), "
+                f"{r['calls'] / r['items']:.2f} calls/item, DB 0 -> {r['modules']:.0f} modules, "
+                f"CPU {r['engine_cpu_s']:.1f}s engine + {r['sandbox_cpu_s']:.1f}s sandbox + "
                 f"{r['emulator_cpu_s']:.1f}s emulator",
                 file=sys.stderr,
             )
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
+    n = zero["items"]
+    per_item = {key: 1000 * zero[f"{key}_cpu_s"] / n for key in ("engine", "sandbox", "emulator")}
+    total_ms = sum(per_item.values())
+    cores = os.cpu_count() or 1
     print(
         json.dumps(
             {
@@ -174,8 +220,18 @@ def main() -> None:
                 "verified_fraction": round(zero["passed"] / max(zero["tested"], 1), 3),
                 "lognormal_instructions_per_s": round(slow["items"] / slow["seconds"], 2),
                 "lognormal": args.lognormal,
-                "engine_cpu_ms_per_item": round(1000 * zero["cpu_s"] / zero["items"], 2),
-                "emulator_cpu_ms_per_item": round(1000 * zero["emulator_cpu_s"] / zero["items"], 2),
+                "run_instructions_per_s": round(n / zero["run_seconds"], 2),
+                "startup_s": round(zero["seconds"] - zero["run_seconds"], 2),
+                "engine_cpu_ms_per_item": round(per_item["engine"], 2),
+                "sandbox_cpu_ms_per_item": round(per_item["sandbox"], 2),
+                "emulator_cpu_ms_per_item": round(per_item["emulator"], 2),
+                "cpu_bound_instructions_per_s": round(1000 * cores / total_ms, 1),
+                "engine_bound_instructions_per_s": round(1000 / per_item["engine"], 1),
+                "cpu_utilisation": round(
+                    (zero["engine_cpu_s"] + zero["sandbox_cpu_s"] + zero["emulator_cpu_s"])
+                    / (zero["run_seconds"] * cores),
+                    3,
+                ),
                 "loadavg": round(load, 2),
                 "items": int(zero["items"]),
                 "concurrency": args.concurrency,
