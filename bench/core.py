@@ -1,12 +1,13 @@
 """Benchmark of the Rust core: AST hashing, extraction, top-k, token counting.
 
-Usage: python bench/core.py [--quick]
+Usage: python bench/core.py [--quick] [--rows N] [--only PART ...]
 
 Figures (medians of repetitions, ratios within this run):
   ast_hash_per_s_1core   Rust hashes/s on one thread over >= 20,000 real functions
                          (the standard library's, plus the EvalPlus solutions)
   ast_hash_speedup       Rust / Python reference (amr_async.ast_reference), same
-                         functions, one thread each
+                         functions, one thread each; both timed in every
+                         repetition, median of the per-repetition ratios
   ast_hash_cpu_per_s_1core, ast_hash_cpu_speedup  the same two figures from
                          process CPU time instead of wall time (steadier on a
                          loaded machine; both sides run on one thread)
@@ -50,17 +51,6 @@ def median_s(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def median_wall_cpu_s(fn: Callable[[], object], reps: int) -> tuple[float, float]:
-    """Median wall time and median process CPU time of `reps` runs of `fn`."""
-    walls, cpus = [], []
-    for _ in range(reps):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        cpus.append(time.process_time() - cpu)
-        walls.append(time.perf_counter() - wall)
-    return statistics.median(walls), statistics.median(cpus)
-
-
 def collect_functions(min_count: int | None) -> tuple[list[str], int]:
     """Stdlib functions (all, or until `min_count`) then every EvalPlus one."""
     units: list[str] = []
@@ -93,6 +83,13 @@ def answers() -> list[str]:
     return out
 
 
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call (process CPU counts the Rust threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def bench_ast(quick: bool, out: dict[str, object]) -> None:
     units, files = collect_functions(20_500 if quick else None)
     out["ast_functions"] = len(units)
@@ -105,15 +102,26 @@ def bench_ast(quick: bool, out: dict[str, object]) -> None:
     out["ast_hash_compared"] = len(ref_units)
     out["ast_hash_mismatches"] = sum(a != b for a, b in zip(rust_sub, ref, strict=True))
     out["ast_hash_unparsed"] = sum(h is None for h in rust)
-    t_rust, c_rust = median_wall_cpu_s(lambda: _core.ast_hash(units, threads=1), 3)
-    out["ast_hash_per_s_1core"] = round(len(units) / t_rust)
-    out["ast_hash_cpu_per_s_1core"] = round(len(units) / c_rust)
-    sub = units[: min(len(units), 4000)]
-    t_rust_sub, c_rust_sub = median_wall_cpu_s(lambda: _core.ast_hash(sub, threads=1), 5)
-    t_py_sub, c_py_sub = median_wall_cpu_s(lambda: ast_reference.ast_hash(sub), 1 if quick else 3)
-    out["ast_hash_python_per_s"] = round(len(sub) / t_py_sub)
-    out["ast_hash_speedup"] = round(t_py_sub / t_rust_sub, 1)
-    out["ast_hash_cpu_speedup"] = round(c_py_sub / c_rust_sub, 1)
+    # Rust over every function and both sides over the same sample, interleaved in
+    # each repetition so that a change in machine load hits both alike; the speedup
+    # is the median of the per-repetition ratios.
+    sub = units[: min(len(units), 2000 if quick else 4000)]
+    walls, cpus, ratios, cpu_ratios, py_rates = [], [], [], [], []
+    for _ in range(3 if quick else 5):
+        wall, cpu = timed(lambda: _core.ast_hash(units, threads=1))
+        walls.append(wall)
+        cpus.append(cpu)
+        rust_wall, rust_cpu = timed(lambda: _core.ast_hash(sub, threads=1))
+        py_wall, py_cpu = timed(lambda: ast_reference.ast_hash(sub))
+        ratios.append(py_wall / rust_wall)
+        cpu_ratios.append(py_cpu / rust_cpu)
+        py_rates.append(len(sub) / py_wall)
+    out["ast_hash_per_s_1core"] = round(len(units) / statistics.median(walls))
+    out["ast_hash_cpu_per_s_1core"] = round(len(units) / statistics.median(cpus))
+    out["ast_hash_python_per_s"] = round(statistics.median(py_rates))
+    out["ast_hash_speedup"] = round(statistics.median(ratios), 1)
+    out["ast_hash_cpu_speedup"] = round(statistics.median(cpu_ratios), 1)
+    out["ast_hash_speedup_reps"] = [round(r, 1) for r in ratios]
     t_all = median_s(lambda: _core.ast_hash(units), 3)
     out["ast_hash_per_s_all_cores"] = round(len(units) / t_all)
     hashes = [h for h in rust if h is not None]
@@ -128,8 +136,8 @@ def bench_extract(out: dict[str, object]) -> None:
     out["extract_per_s"] = round(len(texts) / t)
 
 
-def bench_topk(quick: bool, out: dict[str, object]) -> None:
-    n, d, k = (200_000 if quick else 1_000_000), 384, 10
+def bench_topk(quick: bool, rows: int | None, out: dict[str, object]) -> None:
+    n, d, k = rows or (200_000 if quick else 1_000_000), 384, 10
     rng = np.random.default_rng(0)
     out["topk_rows"] = n
     queries = rng.standard_normal((64, d), dtype=np.float32)
@@ -174,16 +182,29 @@ def bench_tokens(quick: bool, out: dict[str, object]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller inputs, under a minute")
+    parser.add_argument("--rows", type=int, help="top-k matrix rows (default 200k quick, 1M full)")
+    parser.add_argument(
+        "--only",
+        choices=("ast", "extract", "topk", "tokens"),
+        action="append",
+        help="run only these parts (repeatable)",
+    )
     args = parser.parse_args()
     out: dict[str, object] = {"cores": os.cpu_count(), "quick": args.quick}
-    for step in (
-        lambda: bench_ast(args.quick, out),
-        lambda: bench_extract(out),
-        lambda: bench_topk(args.quick, out),
-        lambda: bench_tokens(args.quick, out),
-    ):
+    # Absolute rates on a shared machine depend on its load; ratios much less.
+    out["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
+    steps: dict[str, Callable[[], None]] = {
+        "ast": lambda: bench_ast(args.quick, out),
+        "extract": lambda: bench_extract(out),
+        "topk": lambda: bench_topk(args.quick, args.rows, out),
+        "tokens": lambda: bench_tokens(args.quick, out),
+    }
+    for name, step in steps.items():
+        if args.only and name not in args.only:
+            continue
         step()
         print(orjson.dumps(out).decode(), file=sys.stderr)
+    out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(orjson.dumps(out).decode())
 
 

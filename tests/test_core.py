@@ -100,6 +100,39 @@ def test_globals_builtins_and_attributes_keep_their_names() -> None:
     assert core.ast_hash(recursive) == core.ast_hash(renamed)
 
 
+# A name used before the statement that decides its fate: `global`, `nonlocal` and
+# imports keep a name's spelling wherever it appears in the unit, before or after;
+# a plain assignment after a use makes it local throughout. (code, spelling kept or
+# None, name that must not appear)
+LATE_DECLARATIONS = [
+    ("def f():\n    y = x\n    global x\n    x = y\n    return x", "'1:x", None),
+    ("def f():\n    a = os.sep\n    import os\n    return a", "'2:os", None),
+    ("def f():\n    a = j\n    from m import k as j\n    return a", "'1:j", None),
+    (
+        "def outer():\n    n = 0\n    def inner():\n        m = n\n        nonlocal n\n"
+        "        n = m + 1\n    return inner",
+        "'1:n",
+        None,
+    ),
+    ("def f(p):\n    print(later)\n    later = p\n    return later", "'5:print", "later"),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "kept", "renamed"), LATE_DECLARATIONS, ids=range(len(LATE_DECLARATIONS))
+)
+def test_late_declarations_match_reference(code: str, kept: str, renamed: str | None) -> None:
+    for include_name in (False, True):
+        ref = ast_reference.normal_form(code, include_name)
+        assert ref is not None
+        assert core.ast_normal_form(code, include_name) == ref[0]
+    form = core.ast_normal_form(code)
+    assert form is not None
+    assert kept in form
+    if renamed is not None:
+        assert renamed not in form
+
+
 def test_unparseable_gives_none_and_size_orders_trivial_first() -> None:
     assert core.ast_hash(["def f(:", ""]) == [None, ast_reference.ast_hash_one("")]
     trivial, bigger = core.ast_size(["def x(self):\n    return self.x", SPELLINGS[0]])

@@ -27,7 +27,7 @@ use ruff_python_ast::{
     self as ast, BoolOp, CmpOp, ConversionFlag, ExceptHandler, Expr, ExprContext,
     InterpolatedStringElement, Number, Operator, Parameters, Pattern, Stmt, TypeParam, UnaryOp,
 };
-use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 /// Deepest AST nesting the walks accept; deeper units are refused like a parse
 /// failure (CPython's own parser refuses far shallower nesting).
@@ -54,44 +54,46 @@ pub struct NormalForm {
 /// Parse `code` and write its normal form.
 pub fn normal_form(code: &str, include_name: bool) -> Result<NormalForm, Unhashable> {
     let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
-    normal_form_of(&parsed.syntax().body, include_name)
+    // The form without names is about the size of the source; one allocation up front.
+    write_form(&parsed.syntax().body, include_name, code.len() + 64)
 }
 
 /// The normal form of an already parsed module body.
 pub fn normal_form_of(body: &[Stmt], include_name: bool) -> Result<NormalForm, Unhashable> {
-    let mut scan = Bindings::default();
-    scan.stmts(body, 0)?;
-    if include_name {
-        for stmt in body {
-            match stmt {
-                Stmt::FunctionDef(f) => {
-                    scan.kept.insert(f.name.id.as_str());
-                }
-                Stmt::ClassDef(c) => {
-                    scan.kept.insert(c.name.id.as_str());
-                }
-                _ => {}
-            }
-        }
-    }
-    // Bound names not kept are local: they start unnumbered and get `$0, $1, ...`
-    // on first appearance in the walk.
-    let mut names = FxHashMap::with_capacity_and_hasher(scan.bound.len(), FxBuildHasher);
-    for name in scan.bound.difference(&scan.kept) {
-        names.insert(*name, UNNUMBERED);
-    }
+    write_form(body, include_name, 512)
+}
+
+/// One walk writes the form with a gap at every renameable name and notes which
+/// names are bound or kept; the gaps are filled once the whole unit is seen (a
+/// name's fate, e.g. `global x` after a use of `x`, may come later in the text).
+/// This replaced a separate binding pass over the tree: the walk over the AST
+/// costs more than the final copy of the text.
+fn write_form(
+    body: &[Stmt],
+    include_name: bool,
+    capacity: usize,
+) -> Result<NormalForm, Unhashable> {
     let mut w = Writer {
-        names,
-        next_id: 0,
-        // The normal form is usually 1.5-2x the source; one allocation up front.
-        out: String::with_capacity(512),
+        slots: FxHashMap::with_capacity_and_hasher(32, FxBuildHasher),
+        table: Vec::with_capacity(32),
+        gaps: Vec::with_capacity(64),
+        out: String::with_capacity(capacity),
         nodes: 0,
     };
     w.out.push_str("Module(");
     w.body(body, true, 0)?;
     w.out.push_str(",)");
+    if include_name {
+        for stmt in body {
+            match stmt {
+                Stmt::FunctionDef(f) => w.keep(f.name.id.as_str()),
+                Stmt::ClassDef(c) => w.keep(c.name.id.as_str()),
+                _ => {}
+            }
+        }
+    }
     Ok(NormalForm {
-        text: w.out,
+        text: w.fill_gaps(),
         nodes: w.nodes,
     })
 }
@@ -150,6 +152,14 @@ fn push_hex(out: &mut String, mut v: u64) {
     out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
 }
 
+/// Append a string field as `'len:text`.
+fn push_literal_str(out: &mut String, s: &str) {
+    out.push('\'');
+    push_decimal(out, char_count(s));
+    out.push(':');
+    out.push_str(s);
+}
+
 /// Number of `char`s in `s` (what Python's `len` gives), fast for ASCII.
 fn char_count(s: &str) -> usize {
     if s.is_ascii() {
@@ -167,376 +177,26 @@ fn deeper(depth: usize) -> Result<usize, Unhashable> {
     }
 }
 
-/// First pass: which names are bound in the unit, and which must keep their spelling.
-#[derive(Default)]
-struct Bindings<'a> {
-    bound: FxHashSet<&'a str>,
-    kept: FxHashSet<&'a str>,
-}
-
-impl<'a> Bindings<'a> {
-    fn stmts(&mut self, body: &'a [Stmt], depth: usize) -> Result<(), Unhashable> {
-        body.iter().try_for_each(|s| self.stmt(s, depth))
-    }
-
-    fn exprs(&mut self, exprs: &'a [Expr], depth: usize) -> Result<(), Unhashable> {
-        exprs.iter().try_for_each(|e| self.expr(e, depth))
-    }
-
-    fn opt(&mut self, e: Option<&'a Expr>, depth: usize) -> Result<(), Unhashable> {
-        e.map_or(Ok(()), |e| self.expr(e, depth))
-    }
-
-    fn params(&mut self, p: &'a Parameters, depth: usize) -> Result<(), Unhashable> {
-        for pd in p.posonlyargs.iter().chain(&p.args).chain(&p.kwonlyargs) {
-            self.bound.insert(pd.parameter.name.id.as_str());
-            self.opt(pd.default.as_deref(), depth)?;
-        }
-        for v in p.vararg.iter().chain(&p.kwarg) {
-            self.bound.insert(v.name.id.as_str());
-        }
-        Ok(())
-    }
-
-    fn type_params(
-        &mut self,
-        tp: Option<&'a ast::TypeParams>,
-        depth: usize,
-    ) -> Result<(), Unhashable> {
-        for t in tp.into_iter().flat_map(|t| t.type_params.iter()) {
-            match t {
-                TypeParam::TypeVar(v) => {
-                    self.bound.insert(v.name.id.as_str());
-                    self.opt(v.bound.as_deref(), depth)?;
-                }
-                TypeParam::ParamSpec(v) => {
-                    self.bound.insert(v.name.id.as_str());
-                }
-                TypeParam::TypeVarTuple(v) => {
-                    self.bound.insert(v.name.id.as_str());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_lines)]
-    fn stmt(&mut self, s: &'a Stmt, depth: usize) -> Result<(), Unhashable> {
-        let d = deeper(depth)?;
-        match s {
-            Stmt::FunctionDef(f) => {
-                self.bound.insert(f.name.id.as_str());
-                self.params(&f.parameters, d)?;
-                for dec in &f.decorator_list {
-                    self.expr(&dec.expression, d)?;
-                }
-                self.type_params(f.type_params.as_deref(), d)?;
-                self.stmts(&f.body, d)
-            }
-            Stmt::ClassDef(c) => {
-                self.bound.insert(c.name.id.as_str());
-                if let Some(a) = &c.arguments {
-                    self.exprs(&a.args, d)?;
-                    for k in &a.keywords {
-                        self.expr(&k.value, d)?;
-                    }
-                }
-                for dec in &c.decorator_list {
-                    self.expr(&dec.expression, d)?;
-                }
-                self.type_params(c.type_params.as_deref(), d)?;
-                self.stmts(&c.body, d)
-            }
-            Stmt::Return(r) => self.opt(r.value.as_deref(), d),
-            Stmt::Delete(x) => self.exprs(&x.targets, d),
-            Stmt::TypeAlias(t) => {
-                self.expr(&t.name, d)?;
-                self.type_params(t.type_params.as_deref(), d)?;
-                self.expr(&t.value, d)
-            }
-            Stmt::Assign(a) => {
-                self.exprs(&a.targets, d)?;
-                self.expr(&a.value, d)
-            }
-            Stmt::AugAssign(a) => {
-                self.expr(&a.target, d)?;
-                self.expr(&a.value, d)
-            }
-            Stmt::AnnAssign(a) => {
-                self.expr(&a.target, d)?;
-                self.opt(a.value.as_deref(), d)
-            }
-            Stmt::For(f) => {
-                self.expr(&f.target, d)?;
-                self.expr(&f.iter, d)?;
-                self.stmts(&f.body, d)?;
-                self.stmts(&f.orelse, d)
-            }
-            Stmt::While(w) => {
-                self.expr(&w.test, d)?;
-                self.stmts(&w.body, d)?;
-                self.stmts(&w.orelse, d)
-            }
-            Stmt::If(i) => {
-                self.expr(&i.test, d)?;
-                self.stmts(&i.body, d)?;
-                for c in &i.elif_else_clauses {
-                    self.opt(c.test.as_ref(), d)?;
-                    self.stmts(&c.body, d)?;
-                }
-                Ok(())
-            }
-            Stmt::With(w) => {
-                for item in &w.items {
-                    self.expr(&item.context_expr, d)?;
-                    self.opt(item.optional_vars.as_deref(), d)?;
-                }
-                self.stmts(&w.body, d)
-            }
-            Stmt::Match(m) => {
-                self.expr(&m.subject, d)?;
-                for c in &m.cases {
-                    self.pattern(&c.pattern, d)?;
-                    self.opt(c.guard.as_deref(), d)?;
-                    self.stmts(&c.body, d)?;
-                }
-                Ok(())
-            }
-            Stmt::Raise(r) => {
-                self.opt(r.exc.as_deref(), d)?;
-                self.opt(r.cause.as_deref(), d)
-            }
-            Stmt::Try(t) => {
-                self.stmts(&t.body, d)?;
-                for ExceptHandler::ExceptHandler(h) in &t.handlers {
-                    if let Some(n) = &h.name {
-                        self.bound.insert(n.id.as_str());
-                    }
-                    self.opt(h.type_.as_deref(), d)?;
-                    self.stmts(&h.body, d)?;
-                }
-                self.stmts(&t.orelse, d)?;
-                self.stmts(&t.finalbody, d)
-            }
-            Stmt::Assert(a) => {
-                self.expr(&a.test, d)?;
-                self.opt(a.msg.as_deref(), d)
-            }
-            Stmt::Import(i) => {
-                for a in &i.names {
-                    let name = a.asname.as_ref().map_or_else(
-                        || a.name.id.as_str().split('.').next().unwrap_or(""),
-                        |n| n.id.as_str(),
-                    );
-                    self.kept.insert(name);
-                }
-                Ok(())
-            }
-            Stmt::ImportFrom(i) => {
-                for a in &i.names {
-                    self.kept
-                        .insert(a.asname.as_ref().unwrap_or(&a.name).id.as_str());
-                }
-                Ok(())
-            }
-            Stmt::Global(g) => {
-                self.kept.extend(g.names.iter().map(|n| n.id.as_str()));
-                Ok(())
-            }
-            Stmt::Nonlocal(g) => {
-                self.kept.extend(g.names.iter().map(|n| n.id.as_str()));
-                Ok(())
-            }
-            Stmt::Expr(e) => self.expr(&e.value, d),
-            Stmt::Pass(_) | Stmt::Break(_) | Stmt::Continue(_) => Ok(()),
-            Stmt::IpyEscapeCommand(_) => Err(Unhashable::Unsupported),
-        }
-    }
-
-    fn comprehension(
-        &mut self,
-        gens: &'a [ast::Comprehension],
-        d: usize,
-    ) -> Result<(), Unhashable> {
-        for g in gens {
-            self.expr(&g.target, d)?;
-            self.expr(&g.iter, d)?;
-            self.exprs(&g.ifs, d)?;
-        }
-        Ok(())
-    }
-
-    fn fstring_elements(
-        &mut self,
-        elements: &'a [InterpolatedStringElement],
-        d: usize,
-    ) -> Result<(), Unhashable> {
-        for el in elements {
-            if let InterpolatedStringElement::Interpolation(i) = el {
-                self.expr(&i.expression, d)?;
-                if let Some(spec) = &i.format_spec {
-                    self.fstring_elements(&spec.elements, deeper(d)?)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn expr(&mut self, e: &'a Expr, depth: usize) -> Result<(), Unhashable> {
-        let d = deeper(depth)?;
-        match e {
-            Expr::Name(n) => {
-                if !matches!(n.ctx, ExprContext::Load) {
-                    self.bound.insert(n.id.as_str());
-                }
-                Ok(())
-            }
-            Expr::BoolOp(b) => self.exprs(&b.values, d),
-            Expr::Named(n) => {
-                self.expr(&n.target, d)?;
-                self.expr(&n.value, d)
-            }
-            Expr::BinOp(b) => {
-                self.expr(&b.left, d)?;
-                self.expr(&b.right, d)
-            }
-            Expr::UnaryOp(u) => self.expr(&u.operand, d),
-            Expr::Lambda(l) => {
-                if let Some(p) = &l.parameters {
-                    self.params(p, d)?;
-                }
-                self.expr(&l.body, d)
-            }
-            Expr::If(i) => {
-                self.expr(&i.test, d)?;
-                self.expr(&i.body, d)?;
-                self.expr(&i.orelse, d)
-            }
-            Expr::Dict(x) => {
-                for item in &x.items {
-                    self.opt(item.key.as_ref(), d)?;
-                    self.expr(&item.value, d)?;
-                }
-                Ok(())
-            }
-            Expr::Set(x) => self.exprs(&x.elts, d),
-            Expr::ListComp(x) => {
-                self.expr(&x.elt, d)?;
-                self.comprehension(&x.generators, d)
-            }
-            Expr::SetComp(x) => {
-                self.expr(&x.elt, d)?;
-                self.comprehension(&x.generators, d)
-            }
-            Expr::Generator(x) => {
-                self.expr(&x.elt, d)?;
-                self.comprehension(&x.generators, d)
-            }
-            Expr::DictComp(x) => {
-                self.opt(x.key.as_deref(), d)?;
-                self.expr(&x.value, d)?;
-                self.comprehension(&x.generators, d)
-            }
-            Expr::Await(x) => self.expr(&x.value, d),
-            Expr::Yield(x) => self.opt(x.value.as_deref(), d),
-            Expr::YieldFrom(x) => self.expr(&x.value, d),
-            Expr::Compare(c) => {
-                self.expr(&c.left, d)?;
-                self.exprs(&c.comparators, d)
-            }
-            Expr::Call(c) => {
-                self.expr(&c.func, d)?;
-                self.exprs(&c.arguments.args, d)?;
-                for k in &c.arguments.keywords {
-                    self.expr(&k.value, d)?;
-                }
-                Ok(())
-            }
-            Expr::FString(f) => {
-                for part in &f.value {
-                    if let ast::FStringPart::FString(fs) = part {
-                        self.fstring_elements(&fs.elements, d)?;
-                    }
-                }
-                Ok(())
-            }
-            Expr::Attribute(a) => self.expr(&a.value, d),
-            Expr::Subscript(s) => {
-                self.expr(&s.value, d)?;
-                self.expr(&s.slice, d)
-            }
-            Expr::Starred(s) => self.expr(&s.value, d),
-            Expr::List(l) => self.exprs(&l.elts, d),
-            Expr::Tuple(t) => self.exprs(&t.elts, d),
-            Expr::Slice(s) => {
-                self.opt(s.lower.as_deref(), d)?;
-                self.opt(s.upper.as_deref(), d)?;
-                self.opt(s.step.as_deref(), d)
-            }
-            Expr::StringLiteral(_)
-            | Expr::BytesLiteral(_)
-            | Expr::NumberLiteral(_)
-            | Expr::BooleanLiteral(_)
-            | Expr::NoneLiteral(_)
-            | Expr::EllipsisLiteral(_) => Ok(()),
-            Expr::TString(_) | Expr::IpyEscapeCommand(_) => Err(Unhashable::Unsupported),
-        }
-    }
-
-    fn pattern(&mut self, p: &'a Pattern, depth: usize) -> Result<(), Unhashable> {
-        let d = deeper(depth)?;
-        match p {
-            Pattern::MatchValue(v) => self.expr(&v.value, d),
-            Pattern::MatchSingleton(_) => Ok(()),
-            Pattern::MatchSequence(s) => s.patterns.iter().try_for_each(|p| self.pattern(p, d)),
-            Pattern::MatchMapping(m) => {
-                self.exprs(&m.keys, d)?;
-                m.patterns.iter().try_for_each(|p| self.pattern(p, d))?;
-                if let Some(r) = &m.rest {
-                    self.bound.insert(r.id.as_str());
-                }
-                Ok(())
-            }
-            Pattern::MatchClass(c) => {
-                self.expr(&c.cls, d)?;
-                c.arguments
-                    .patterns
-                    .iter()
-                    .try_for_each(|p| self.pattern(p, d))?;
-                c.arguments
-                    .keywords
-                    .iter()
-                    .try_for_each(|k| self.pattern(&k.pattern, d))
-            }
-            Pattern::MatchStar(s) => {
-                if let Some(n) = &s.name {
-                    self.bound.insert(n.id.as_str());
-                }
-                Ok(())
-            }
-            Pattern::MatchAs(a) => {
-                if let Some(p) = &a.pattern {
-                    self.pattern(p, d)?;
-                }
-                if let Some(n) = &a.name {
-                    self.bound.insert(n.id.as_str());
-                }
-                Ok(())
-            }
-            Pattern::MatchOr(o) => o.patterns.iter().try_for_each(|p| self.pattern(p, d)),
-        }
-    }
-}
-
-/// Id of a local name not seen yet by the writer.
+/// Id of a name that keeps its spelling.
 const UNNUMBERED: u32 = u32::MAX;
 
-/// Second pass: writes the normal form (spec step 6 of `ast_reference.py`).
+/// A renameable name met in the walk, in order of first appearance.
+struct Slot<'a> {
+    name: &'a str,
+    /// Bound somewhere in the unit (parameter, target, def/class, capture, ...).
+    bound: bool,
+    /// Declared `global`/`nonlocal`, bound by an import, or kept by `include_name`.
+    kept: bool,
+}
+
+/// Writes the normal form (spec step 6 of `ast_reference.py`).
 struct Writer<'a> {
-    /// Local names and their canonical ids ([`UNNUMBERED`] until first written);
-    /// names absent here keep their spelling.
-    names: FxHashMap<&'a str, u32>,
-    next_id: u32,
+    /// Index into `table` of every name seen.
+    slots: FxHashMap<&'a str, u32>,
+    /// Names in order of first appearance, which is the order of their `$n` ids.
+    table: Vec<Slot<'a>>,
+    /// Where in `out` a name goes, and which one (offsets ascending).
+    gaps: Vec<(u32, u32)>,
     out: String,
     nodes: usize,
 }
@@ -685,26 +345,75 @@ impl<'a> Writer<'a> {
         self.out.push(',');
     }
 
-    fn name(&mut self, name: &'a str) {
-        if let Some(id) = self.names.get_mut(name) {
-            if *id == UNNUMBERED {
-                *id = self.next_id;
-                self.next_id += 1;
-            }
-            let id = *id as usize;
-            self.out.push('$');
-            push_decimal(&mut self.out, id);
-        } else {
-            self.literal_str(name);
+    fn slot(&mut self, name: &'a str) -> u32 {
+        let next = self.table.len() as u32;
+        let slot = *self.slots.entry(name).or_insert(next);
+        if slot == next {
+            self.table.push(Slot {
+                name,
+                bound: false,
+                kept: false,
+            });
         }
+        slot
+    }
+
+    /// A field holding a renameable name: a gap filled by [`Self::fill_gaps`].
+    fn name(&mut self, name: &'a str) {
+        let slot = self.slot(name);
+        self.gaps.push((self.out.len() as u32, slot));
+    }
+
+    /// A name at a place that binds it.
+    fn bound_name(&mut self, name: &'a str) {
+        let slot = self.slot(name);
+        self.table[slot as usize].bound = true;
+        self.gaps.push((self.out.len() as u32, slot));
+    }
+
+    /// A name that keeps its spelling wherever it appears in the unit.
+    fn keep(&mut self, name: &'a str) {
+        let slot = self.slot(name);
+        self.table[slot as usize].kept = true;
+    }
+
+    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
+    /// first appearance; all others keep their spelling as `'len:name`.
+    fn fill_gaps(&mut self) -> String {
+        let mut next_id = 0u32;
+        let ids: Vec<u32> = self
+            .table
+            .iter()
+            .map(|s| {
+                if s.bound && !s.kept {
+                    next_id += 1;
+                    next_id - 1
+                } else {
+                    UNNUMBERED
+                }
+            })
+            .collect();
+        let mut text = String::with_capacity(self.out.len() + 8 * self.gaps.len());
+        let mut done = 0;
+        for &(at, slot) in &self.gaps {
+            let at = at as usize;
+            text.push_str(&self.out[done..at]);
+            done = at;
+            match ids[slot as usize] {
+                UNNUMBERED => push_literal_str(&mut text, self.table[slot as usize].name),
+                id => {
+                    text.push('$');
+                    push_decimal(&mut text, id as usize);
+                }
+            }
+        }
+        text.push_str(&self.out[done..]);
+        text
     }
 
     /// A plain string field (attribute, keyword, module name): `'len:text`.
     fn literal_str(&mut self, s: &str) {
-        self.out.push('\'');
-        push_decimal(&mut self.out, char_count(s));
-        self.out.push(':');
-        self.out.push_str(s);
+        push_literal_str(&mut self.out, s);
     }
 
     fn int_field(&mut self, v: i64) {
@@ -756,14 +465,14 @@ impl<'a> Writer<'a> {
     /// A field holding a bindable identifier (or `~`).
     fn opt_name(&mut self, n: Option<&'a ast::Identifier>) {
         match n {
-            Some(n) => self.name(n.id.as_str()),
+            Some(n) => self.bound_name(n.id.as_str()),
             None => self.none(),
         }
     }
 
     fn arg(&mut self, p: &'a ast::Parameter) {
         self.open("arg");
-        self.name(p.name.id.as_str());
+        self.bound_name(p.name.id.as_str());
         self.sep();
         self.close();
     }
@@ -858,17 +567,17 @@ impl<'a> Writer<'a> {
             match t {
                 TypeParam::TypeVar(v) => {
                     self.open("TypeVar");
-                    self.name(v.name.id.as_str());
+                    self.bound_name(v.name.id.as_str());
                     self.sep();
                     self.opt_expr(v.bound.as_deref(), d)?;
                 }
                 TypeParam::ParamSpec(v) => {
                     self.open("ParamSpec");
-                    self.name(v.name.id.as_str());
+                    self.bound_name(v.name.id.as_str());
                 }
                 TypeParam::TypeVarTuple(v) => {
                     self.open("TypeVarTuple");
-                    self.name(v.name.id.as_str());
+                    self.bound_name(v.name.id.as_str());
                 }
             }
             self.sep();
@@ -947,7 +656,7 @@ impl<'a> Writer<'a> {
                 } else {
                     "FunctionDef"
                 });
-                self.name(f.name.id.as_str());
+                self.bound_name(f.name.id.as_str());
                 self.sep();
                 self.arguments(Some(&f.parameters), d)?;
                 self.sep();
@@ -959,7 +668,7 @@ impl<'a> Writer<'a> {
             }
             Stmt::ClassDef(c) => {
                 self.open("ClassDef");
-                self.name(c.name.id.as_str());
+                self.bound_name(c.name.id.as_str());
                 self.sep();
                 let (args, kws): (&[Expr], &[ast::Keyword]) = c
                     .arguments
@@ -1113,11 +822,20 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Import(i) => {
+                for a in &i.names {
+                    self.keep(a.asname.as_ref().map_or_else(
+                        || a.name.id.as_str().split('.').next().unwrap_or(""),
+                        |n| n.id.as_str(),
+                    ));
+                }
                 self.open("Import");
                 self.alias_list(&i.names);
                 self.sep();
             }
             Stmt::ImportFrom(i) => {
+                for a in &i.names {
+                    self.keep(a.asname.as_ref().unwrap_or(&a.name).id.as_str());
+                }
                 self.open("ImportFrom");
                 match &i.module {
                     Some(m) => self.literal_str(m.id.as_str()),
@@ -1130,11 +848,17 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Global(g) => {
+                for n in &g.names {
+                    self.keep(n.id.as_str());
+                }
                 self.open("Global");
                 self.ident_list(&g.names);
                 self.sep();
             }
             Stmt::Nonlocal(g) => {
+                for n in &g.names {
+                    self.keep(n.id.as_str());
+                }
                 self.open("Nonlocal");
                 self.ident_list(&g.names);
                 self.sep();
@@ -1261,7 +985,11 @@ impl<'a> Writer<'a> {
         match e {
             Expr::Name(n) => {
                 self.open("Name");
-                self.name(n.id.as_str());
+                if matches!(n.ctx, ExprContext::Load) {
+                    self.name(n.id.as_str());
+                } else {
+                    self.bound_name(n.id.as_str());
+                }
                 self.sep();
                 self.out.push_str(ctx_name(n.ctx));
                 self.sep();
