@@ -8,7 +8,10 @@
    the polynomial-root oracle for HumanEval/32). `all_passed` must be true.
 3. Mutants: one mutated copy per task (an operator or constant changed),
    judged with fail-fast; `mutants_caught_fraction` is the share that fails.
-4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off).
+4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off),
+   and `empty_job_cpu_ms`: the CPU of the sandbox's process tree per empty job
+   (zygote, supervisor and child, from the zygote's /proc entry; the parent's
+   share is not in it), a figure the machine's load disturbs less.
 5. The floor: each canonical solution called on its inputs in a bare loop in
    this process (no sandbox, no judging): `bare_seconds` (one core) and
    `bare_cpu_seconds`. `overhead_ratio` is the CPU the sandboxed run spends
@@ -127,6 +130,14 @@ def _is_flip(node: ast.AST) -> bool:
     return isinstance(node, ast.Compare) and isinstance(
         node.ops[0], ast.Eq | ast.NotEq | ast.In | ast.NotIn | ast.Is | ast.IsNot
     )
+
+
+def zygote_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its reaped descendants (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), in clock ticks
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def load(path: Path, quick: bool) -> list[dict[str, Any]]:
@@ -278,10 +289,22 @@ async def main() -> None:
         caught = sum(not r.passed for r in mutant_results)
 
         empty = []
+        zygote = sandbox.zygote_pid
+        assert zygote is not None
+        # An empty job first: the zygote reaps it inside the window (not the last
+        # mutant's supervisor), and the job after the loop brings the loop's last one
+        # in, so the window holds the CPU of len(empty) + 1 empty jobs.
+        await sandbox.run(Job("x = None", []))
+        tree_cpu_before = zygote_tree_cpu(zygote)
         for i in range(30 if args.quick else 100):
             t = time.perf_counter()
             await sandbox.run(Job(f"x = {i}", []))
             empty.append(time.perf_counter() - t)
+        # The zygote reaps finished supervisors (adding their CPU to its counters)
+        # when the next job arrives.
+        await asyncio.sleep(0.05)
+        await sandbox.run(Job("x = None", []))
+        empty_cpu = (zygote_tree_cpu(zygote) - tree_cpu_before) / (len(empty) + 1)
         isolation = sandbox.isolation
 
     if failing:
@@ -295,6 +318,7 @@ async def main() -> None:
         "tests_per_s": round(tests / seconds, 1),
         "mutants_caught_fraction": round(caught / max(len(mutant_codes), 1), 4),
         "empty_job_p50_ms": round(statistics.median(empty) * 1000, 2),
+        "empty_job_cpu_ms": round(empty_cpu * 1000, 2),
         "bare_seconds": round(bare_wall, 3),
         "bare_cpu_seconds": round(bare_cpu, 3),
         "bare_floor_seconds": round(bare_cpu / args.parallelism, 3),

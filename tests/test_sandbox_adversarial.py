@@ -12,7 +12,7 @@ import os
 import select
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -313,3 +313,90 @@ def leak():
         result = await sb.run(Job(code, [AssertTest("assert leak() == []")], limits=OK))
     assert result.tests[0].status is Status.PASSED
     assert secret not in result.output
+
+
+def _mount_table() -> str:
+    with open("/proc/self/mountinfo") as fh:
+        return fh.read()
+
+
+@pytest.fixture
+def home_secret() -> Iterator[Path]:
+    """A file in the host's home directory (where keys and caches live)."""
+    home = Path("/root") if Path("/root").is_dir() else Path("/home")
+    secret = home / f".sandbox-sentinel-{uuid.uuid4().hex}"
+    secret.write_text("a key, say")
+    try:
+        yield secret
+    finally:
+        secret.unlink()
+
+
+async def test_homes_hidden_and_host_mounts_untouched(home_secret: Path) -> None:
+    # The zygote hides the homes once in its own mount namespace, which every job's
+    # namespace copies; none of it may show on the host.
+    mounts_before = _mount_table()
+    code = (
+        "def look(path):\n"
+        "    try:\n"
+        "        return open(path).read()\n"
+        "    except OSError as exc:\n"
+        "        return type(exc).__name__\n"
+    )
+    test = f"assert look({str(home_secret)!r}) == 'FileNotFoundError'"
+    async with Sandbox(parallelism=1, cache_size=0) as sb:
+        for _ in range(2):  # the second job's namespace is again a clean copy
+            assert await _one(sb, code, test) is Status.PASSED
+        assert _mount_table() == mounts_before
+    assert _mount_table() == mounts_before
+
+
+async def test_concurrent_jobs_do_not_see_each_other(sandbox: Sandbox) -> None:
+    # Jobs may share one empty network namespace but each has its own PID and mount
+    # namespace and Landlock domain: no other job's processes, /tmp files or abstract
+    # unix sockets, and no loopback to meet on.
+    ns = uuid.uuid4().hex
+    code = (
+        "import os, pathlib, socket, time\n"
+        "def meet(name):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n"
+        "        s.connect(name)\n"
+        "        return 'met'\n"
+        "    except OSError:\n"
+        "        return 'apart'\n"
+        "def visit(tag, other):\n"
+        "    pathlib.Path('/tmp', tag).write_text(tag)\n"
+        "    mine = socket.socket(socket.AF_UNIX)\n"
+        f"    mine.bind('\\0{ns}' + tag)\n"
+        "    mine.listen()\n"
+        "    tcp = socket.socket()\n"
+        "    tcp.bind(('127.0.0.1', 0))\n"
+        "    tcp.listen()\n"
+        "    time.sleep(0.5)  # both jobs are alive now\n"
+        "    pids = sorted(p for p in os.listdir('/proc') if p.isdigit())\n"
+        f"    unix = meet('\\0{ns}' + tag), meet('\\0{ns}' + other)\n"
+        "    try:\n"
+        "        socket.create_connection(tcp.getsockname(), timeout=1).close()\n"
+        "        loopback = 'reached'\n"
+        "    except OSError:\n"
+        "        loopback = 'unreachable'\n"
+        "    return sorted(os.listdir('/tmp')), pids, unix, loopback\n"
+    )
+    jobs = [
+        Job(
+            code,
+            [
+                AssertTest(
+                    f"assert visit({tag!r}, {other!r}) == "
+                    f"({sorted(['job', tag])!r}, ['1'], ('met', 'apart'), 'unreachable')"
+                )
+            ],
+            limits=OK,
+        )
+        for tag, other in (("first", "second"), ("second", "first"))
+    ]
+    results = await asyncio.gather(*(sandbox.run(job) for job in jobs))
+    assert [r.tests[0].status for r in results] == [Status.PASSED] * 2, [
+        r.tests[0].value for r in results
+    ]

@@ -310,6 +310,12 @@ class Sandbox:
         return self._tag
 
     @property
+    def zygote_pid(self) -> int | None:
+        """The zygote's process id, once started (its /proc entry carries the CPU of
+        every finished job: the zygote reaps their supervisors, which reap the children)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def isolation(self) -> str | None:
         """The isolation in force ("namespaces" or "none"), once started."""
         return self._isolation
