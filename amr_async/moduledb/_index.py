@@ -212,6 +212,7 @@ class USearchIndex:
         self.ef = ef
         self._lock = threading.Lock()
         self._viewed_from: Path | None = None
+        self._ef_set = ef
         self._index: Any = Index(
             ndim=dim,
             metric="cos",
@@ -233,34 +234,47 @@ class USearchIndex:
             self._viewed_from = path
         else:
             self._index.load(str(path))
+        self._ef_set = 0  # the loaded index's own setting is unknown: set it on first search
         return self
 
     def __len__(self) -> int:
         return len(self._index)
 
+    def load_into_memory(self) -> None:
+        """Replace a memory-mapped view by a copy in RAM (needed before inserts)."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._viewed_from is not None:
+            self._index.load(str(self._viewed_from))
+            self._viewed_from = None
+            self._ef_set = 0
+
     def add(self, vectors: F32, start_id: int) -> None:
         if not len(vectors):
             return
         with self._lock:
-            if self._viewed_from is not None:
-                # A memory-mapped view is read-only: load it into RAM before the first insert.
-                self._index.load(str(self._viewed_from))
-                self._viewed_from = None
+            # A memory-mapped view is read-only: load it into RAM before the first insert.
+            self._load_locked()
             ids = np.arange(start_id, start_id + len(vectors), dtype=np.uint64)
             self._index.add(ids, vectors, threads=self.threads)
 
     def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
         with self._lock:
-            size = len(self)
+            size = len(self._index)
             kk = min(k + max(0, size - view.count), size)
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
-            self._index.expansion_search = max(self.ef, kk)
+            ef = max(self.ef, kk)
+            if ef != self._ef_set:  # a property write is a C++ call: only when it changes
+                self._index.expansion_search = ef
+                self._ef_set = ef
             found = self._index.search(queries, kk, threads=_threads(queries, self))
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)
-        for row, c in enumerate(counts):
-            keys[row, int(c) :] = -1
+        if int(counts.min()) < keys.shape[1]:  # fewer hits than asked: blank the tail
+            keys[np.arange(keys.shape[1]) >= counts[:, None]] = -1
         keys[keys >= view.count] = -1
         return _pad(keys, k)
 
