@@ -43,9 +43,11 @@ I64 = npt.NDArray[np.int64]
 # (ef 256) and 570 µs per insert, so the index itself, not the store, is the cost; this VM
 # streams memory at 4-8 GB/s and graph walks are cache misses. Alternatives measured there:
 # ef_construction 128: 1,480 µs per insert for recall 0.952 at ef 128 (0.933 with 40);
-# M=8 (ef_construction 64): recall 0.905 at ef 256; f16 instead of i8 inside the graph: same
-# query cost, +50 % insert CPU; 6x instead of 3x over-fetch: no recall change (the graph's ef
-# bounds it); two add threads: the same CPU per insert as one.
+# M=8 (ef_construction 64): recall 0.905 at ef 256; f16 instead of i8 inside the graph (30k):
+# same query cost, +50 % insert CPU, top-10 recall 0.994 vs 0.938 before re-scoring (the
+# store's re-scoring of 3k candidates on the f16 file recovers most of it); 6x instead of 3x
+# over-fetch: no recall change (the graph's ef bounds it); two add threads: the same CPU per
+# insert as one.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 256
