@@ -95,7 +95,13 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def build(path: Path, vectors: np.ndarray, index: str, threads: int) -> dict[str, float]:  # type: ignore[type-arg]
+def build(
+    path: Path,
+    vectors: np.ndarray,  # type: ignore[type-arg]
+    index: str,
+    threads: int,
+    vector_dtype: str = "f16",
+) -> dict[str, float]:
     """Fill a fresh DB through `ModuleStore.add` in batches; time every batch.
 
     `insert_per_s` is the sustained rate of the last tenth of the batches: adds into a DB
@@ -106,7 +112,7 @@ def build(path: Path, vectors: np.ndarray, index: str, threads: int) -> dict[str
         path,
         embedder="synthetic",
         dim=DIM,
-        config=StoreConfig(index=index, threads=threads),  # type: ignore[arg-type]
+        config=StoreConfig(index=index, threads=threads, vector_dtype=vector_dtype),  # type: ignore[arg-type]
     )
     n = len(vectors)
     batch = min(BATCH, max(1, n // 10))
@@ -196,6 +202,11 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: l
                 "found": found,
             }
         )
+    viewed = rss_bytes() - before
+    if isinstance(graph, USearchIndex):
+        # A memory-mapped usearch index is resident only where queries touched it; a DB that
+        # takes inserts loads it whole (as `USearchIndex.add` does), so count it whole.
+        graph.load_into_memory()
     rss = rss_bytes() - before
     n = len(store)
     kind = store.index.kind
@@ -206,6 +217,7 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: l
                 "reopen_s": reopen,
                 "first_query_s": first,
                 "rss_bytes_per_module": rss / n,
+                "rss_viewed_bytes_per_module": viewed / n,
                 "index_kind": kind,
                 "sweep": sweep,
             }
@@ -229,9 +241,10 @@ def measure(
     threads: int,
     exact_queries: int,
     efs: list[int],
+    vector_dtype: str,
 ) -> dict[str, Any]:
     path = tmp / f"{index}-{size}"
-    built = build(path, vectors[:size], index, threads)
+    built = build(path, vectors[:size], index, threads, vector_dtype)
     qfile = queries_file
     if index == "exact" and size > 100_000 and len(truth) > exact_queries:
         # A full scan per query: fewer queries keep the run short; recall is 1 by design.
@@ -283,6 +296,7 @@ def measure(
         "recall_at_10": main["recall_at_10"],
         "ef_search": main["ef_search"],
         "rss_bytes_per_module": round(res["rss_bytes_per_module"], 1),
+        "rss_viewed_bytes_per_module": round(res["rss_viewed_bytes_per_module"], 1),
         # Index + vector file per module: the resident size once every page has been touched.
         "resident_max_bytes_per_module": round((index_file + vector_file) / size, 1),
         "disk_bytes_per_module": round(sum(files.values()) / size, 1),
@@ -300,7 +314,7 @@ def fastest_meeting(results: list[dict[str, Any]], recall: float) -> dict[str, A
     """Per size: the index and ef_search with the lowest p50 among those reaching `recall`."""
     best: dict[str, Any] = {}
     for r in results:
-        if r["index"] == "auto":
+        if r["index"] == "auto" or r.get("capped"):
             continue
         for point in r["ef_sweep"]:
             if point["recall_at_10"] < recall:
@@ -322,6 +336,16 @@ def main() -> None:
         "--exact-queries", type=int, default=30, help="queries for exact scans above 100k"
     )
     parser.add_argument("--iid", action="store_true", help="i.i.d. Gaussian vectors (no structure)")
+    parser.add_argument(
+        "--hnsw-cap",
+        type=int,
+        default=None,
+        help="build hnswlib at most this large: a larger size's hnsw row is measured at the cap "
+        "(`measured_size`, `capped`); its inserts are the slowest of the three",
+    )
+    parser.add_argument(
+        "--vector-dtype", choices=("f16", "int8"), default="f16", help="the store's vector file"
+    )
     parser.add_argument(
         "--ef",
         default=None,
@@ -364,6 +388,22 @@ def main() -> None:
                     resolved = "exact" if size < AUTO_EXACT_MAX else AUTO_ANN
                 if resolved in done:  # `auto` is one of the measured indexes at this size
                     res = {**done[resolved], "index": "auto", "auto_resolves_to": resolved}
+                elif index == "hnsw" and args.hnsw_cap and size > args.hnsw_cap:
+                    cap = args.hnsw_cap
+                    res = measure(
+                        tmp,
+                        cap,
+                        index,
+                        vectors,
+                        qfile,
+                        exact_truth(vectors[:cap], queries, 10),
+                        args.threads,
+                        args.exact_queries,
+                        efs,
+                        args.vector_dtype,
+                    )
+                    res = {**res, "size": size, "measured_size": cap, "capped": True}
+                    done[index] = res
                 else:
                     res = measure(
                         tmp,
@@ -375,6 +415,7 @@ def main() -> None:
                         args.threads,
                         args.exact_queries,
                         efs,
+                        args.vector_dtype,
                     )
                     done[index] = res
                 results.append(res)
@@ -396,7 +437,7 @@ def main() -> None:
         "threads": args.threads,
         "k": 10,
         "queries": args.queries,
-        "vector_dtype": "f16",
+        "vector_dtype": args.vector_dtype,
         "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH},
         "insert_per_s_means": "sustained ModuleStore.add (SQLite + vector file + index) over the "
         "last tenth of the fill, into a DB already 90% full; no parsing, no embedding",

@@ -374,4 +374,8 @@ def test_reopen_loads_the_saved_index_instead_of_rebuilding(
     if index == "usearch":  # memory-mapped, not read into RAM
         assert isinstance(again.index, USearchIndex)
         assert again.index._viewed_from == tmp_path / "db" / "index.usearch"
+        # Loading the mapped file into RAM (what an insert does first) changes no answer.
+        again.index.load_into_memory()
+        assert again.index._viewed_from is None
+        assert again.search_vectors(vecs[:20], k=5) == before
     again.close()

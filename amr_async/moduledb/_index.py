@@ -38,6 +38,16 @@ I64 = npt.NDArray[np.int64]
 # usearch recall@10 at 100k was 0.82 / 0.93 / 0.98 / 0.999 at ef 64 / 128 / 256 / 512, for
 # 1.9 / 3.0 / 4.0 / 7.0 ms CPU per query under load; 256 is the first above 0.95. A search-time
 # setting: `StoreConfig.ef_search` changes it per open.
+# Profiled in session 3 at 100k (usearch 2.26, SIMD "haswell" kernels in use, threads=1, CPU
+# time under load 5-10): usearch's own search/add on the same vectors costs 3.1 ms per query
+# (ef 256) and 570 µs per insert, so the index itself, not the store, is the cost; this VM
+# streams memory at 4-8 GB/s and graph walks are cache misses. Alternatives measured there:
+# ef_construction 128: 1,480 µs per insert for recall 0.952 at ef 128 (0.933 with 40);
+# M=8 (ef_construction 64): recall 0.905 at ef 256; f16 instead of i8 inside the graph (30k):
+# same query cost, +50 % insert CPU, top-10 recall 0.994 vs 0.938 before re-scoring (the
+# store's re-scoring of 3k candidates on the f16 file recovers most of it); 6x instead of 3x
+# over-fetch: no recall change (the graph's ef bounds it); two add threads: the same CPU per
+# insert as one.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 256
@@ -212,6 +222,7 @@ class USearchIndex:
         self.ef = ef
         self._lock = threading.Lock()
         self._viewed_from: Path | None = None
+        self._ef_set = ef
         self._index: Any = Index(
             ndim=dim,
             metric="cos",
@@ -233,34 +244,47 @@ class USearchIndex:
             self._viewed_from = path
         else:
             self._index.load(str(path))
+        self._ef_set = 0  # the loaded index's own setting is unknown: set it on first search
         return self
 
     def __len__(self) -> int:
         return len(self._index)
 
+    def load_into_memory(self) -> None:
+        """Replace a memory-mapped view by a copy in RAM (needed before inserts)."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._viewed_from is not None:
+            self._index.load(str(self._viewed_from))
+            self._viewed_from = None
+            self._ef_set = 0
+
     def add(self, vectors: F32, start_id: int) -> None:
         if not len(vectors):
             return
         with self._lock:
-            if self._viewed_from is not None:
-                # A memory-mapped view is read-only: load it into RAM before the first insert.
-                self._index.load(str(self._viewed_from))
-                self._viewed_from = None
+            # A memory-mapped view is read-only: load it into RAM before the first insert.
+            self._load_locked()
             ids = np.arange(start_id, start_id + len(vectors), dtype=np.uint64)
             self._index.add(ids, vectors, threads=self.threads)
 
     def candidates(self, queries: F32, k: int, view: VectorView) -> I64:
         with self._lock:
-            size = len(self)
+            size = len(self._index)
             kk = min(k + max(0, size - view.count), size)
             if kk == 0:
                 return np.full((len(queries), k), -1, np.int64)
-            self._index.expansion_search = max(self.ef, kk)
+            ef = max(self.ef, kk)
+            if ef != self._ef_set:  # a property write is a C++ call: only when it changes
+                self._index.expansion_search = ef
+                self._ef_set = ef
             found = self._index.search(queries, kk, threads=_threads(queries, self))
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1)
-        for row, c in enumerate(counts):
-            keys[row, int(c) :] = -1
+        if int(counts.min()) < keys.shape[1]:  # fewer hits than asked: blank the tail
+            keys[np.arange(keys.shape[1]) >= counts[:, None]] = -1
         keys[keys >= view.count] = -1
         return _pad(keys, k)
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from amr_async import _core
 from amr_async.moduledb._errors import (
     CorruptDatabase,
     DimensionMismatch,
@@ -54,13 +55,15 @@ from amr_async.moduledb._vectors import F32, VectorDType, VectorFile, VectorView
 IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
 
 # With `index="auto"` the DB scans exactly below this many modules and uses the ANN index above
-# it: measured in bench/moduledb.py (see the README's decision). Exact wins on recall, insert
-# speed and memory; ANN wins on latency once a scan costs more than about a millisecond.
-# Measured (CPU time, 2 cores under load 11-17): at 10k the exact scan costs 2.3-2.7 ms per
-# query vs usearch (ef 256) 1.6-2.1 ms, but 11.5 vs 262-344 µs per insert and 768 vs 1,300
-# B/module; at 100k exact costs 21.9 ms per query vs 4.0 ms. Exact therefore up to ~2x the
-# ANN query cost (~20k), usearch above: hnswlib matched its recall/CPU at 100k (0.987 at 3.1 ms
-# vs 0.981 at 4.0 ms) but needs 2,452 B/module and reads its whole file on reopen.
+# it: measured in bench/moduledb.py (see the README's decision). Exact wins on recall (1.0),
+# insert cost and memory (no index); ANN wins on latency once a scan costs more than ~2x an
+# ANN query. Session 3, CPU time on 2 shared cores (load ≈ 10), 384-d synthetic vectors: at 10k
+# the exact f16 scan costs 2.9 ms per query (the Rust kernel's f16 decode, ~0.22 µs per row,
+# linear in size), usearch 2.1 ms at ef 256 (recall 1.0) / 0.76 ms at ef 64 (0.953), but
+# 21 vs 351 µs per insert and 768 vs ~1,300 B per module; at 100k exact costs ~22 ms.
+# Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), usearch above: hnswlib's queries cost about the
+# same CPU (1.7 vs 2.1 ms at 10k, ef 256) but it needs 2,452 B per module resident (f32 copy
+# of every vector) and reads its whole file on reopen; usearch i8 maps it.
 AUTO_EXACT_MAX = 20_000
 AUTO_ANN: IndexKind = "usearch"
 
@@ -511,16 +514,27 @@ def _collect(
 def _rescore(
     queries: F32, cand: npt.NDArray[np.int64], view: VectorView, k: int, min_similarity: float
 ) -> list[list[tuple[float, int]]]:
-    """Exact scores of index candidates from the stored vectors, best k first."""
+    """Exact scores of index candidates from the stored vectors, best k first.
+
+    The gathered rows go through the same Rust kernel as the exact scan, so scores match it;
+    NumPy's float16 -> float32 cast of 30 rows alone cost ~0.12 ms per query, three times
+    the kernel call (measured under load 11: 338 vs 109 µs per query).
+    """
     out: list[list[tuple[float, int]]] = []
     for q, row in zip(queries, cand, strict=True):
         ids = row[row >= 0]  # an index returns each id at most once per query
         if len(ids) == 0:
             out.append([])
             continue
-        scores = view.rows_f32(ids) @ q
-        order = np.argsort(-scores, kind="stable")[:k]
-        out.append([(float(scores[j]), int(ids[j])) for j in order if scores[j] >= min_similarity])
+        scales = None if view.scales is None else np.ascontiguousarray(view.scales[ids])
+        scores, order = _core.topk(q[None, :], view.matrix[ids], min(k, len(ids)), scales)
+        out.append(
+            [
+                (s, int(ids[j]))
+                for s, j in zip(scores[0].tolist(), order[0].tolist(), strict=True)
+                if s >= min_similarity
+            ]
+        )
     return out
 
 
