@@ -242,8 +242,37 @@ async def test_batch_waits_out_its_window_unless_flushed(tmp_path: Path) -> None
         await journal.writer.flush()
         await asyncio.gather(*waiters)
         assert journal.writer.batches - before == 1
-        # 300 rows went out as multi-row statements (256 + 32 + 8 + 4) in that one commit.
+        # 300 rows went out as multi-row statements (256 + 44) in that one commit.
         assert _raw(journal.path).execute("SELECT count(*) FROM calls").fetchone()[0] == 300
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes"), [(1, [1]), (37, [37]), (64, [64]), (65, [64, 1]), (300, [256, 44])]
+)
+def test_bulk_rows_go_in_as_few_statements_as_possible(
+    tmp_path: Path, rows: int, sizes: list[int]
+) -> None:
+    from amr_async.journal._store import _INSERT_CALL
+    from amr_async.journal._writer import _execute_bulk, open_connection
+
+    with Journal.open(tmp_path / "j.db") as journal:
+        journal.start_run(config={}, run_id="r")
+    conn = open_connection(tmp_path / "j.db")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    params = [
+        ("r", bytes([i % 256]) * 32, str(i), "s", "openai", "m", "ok", f"t{i}", "stop",
+         1, 2, 0, 0, 0.0, None, 0.0, "wire", 0.0)
+        for i in range(rows)
+    ]  # fmt: skip
+    conn.execute("BEGIN")
+    _execute_bulk(conn, {_INSERT_CALL: params})
+    conn.execute("COMMIT")
+    # One statement per table for a typical batch: each costs GIL round trips.
+    assert [s.count("), (") + 1 for s in statements if s.startswith("INSERT")] == sizes
+    got = conn.execute("SELECT item_id, text FROM calls ORDER BY rowid").fetchall()
+    assert got == [(str(i), f"t{i}") for i in range(rows)]
+    conn.close()
 
 
 async def test_full_batch_commits_without_waiting_for_its_window(tmp_path: Path) -> None:
