@@ -56,16 +56,12 @@ from amr_async.journal._output import OutputSink
 _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 
-# Rows per multi-row statement. A batch's rows for one table go in one statement of
-# exactly that many rows when there are at most `_EXACT_BULK_ROWS` (a typical batch:
-# one statement per table, each prepared once per size and kept in the writer
-# connection's statement cache), else in chunks that are powers of two up to
-# `_MAX_BULK_ROWS` (few sizes, so few large prepared statements). Every statement costs
-# two GIL round trips (step, reset) against a busy event loop, so fewer is cheaper.
-_EXACT_BULK_ROWS = 64
+# Rows per multi-row statement: chunks are powers of two up to this, so a batch needs at
+# most ~9 statements per table and the statement cache holds them all. (One statement of
+# exactly the batch's size per table saves a statement or two per batch, but preparing a
+# statement of a size not seen before costs ~20 us per row, more than it saves until the
+# cache is warm: measured +40% CPU per journaled call in `bench/journal.py`.)
 _MAX_BULK_ROWS = 256
-# Prepared statements the writer keeps: exact sizes of the hot tables, pow2 sizes, the rest.
-_WRITER_CACHED_STATEMENTS = 512
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,7 +95,7 @@ def _check_width(sql: Statement | None, params: Sequence[object]) -> None:
         )
 
 
-@functools.lru_cache(maxsize=_WRITER_CACHED_STATEMENTS)
+@functools.lru_cache(maxsize=64)
 def _bulk_sql(head: str, width: int, tail: str, rows: int) -> str:
     one = "(" + ", ".join("?" * width) + ")"
     return f"{head} {', '.join([one] * rows)}{tail}"
@@ -131,9 +127,7 @@ class _Row:
     event: threading.Event | None = None
 
 
-def open_connection(
-    path: Path, *, synchronous: str = "NORMAL", cached_statements: int = 128
-) -> sqlite3.Connection:
+def open_connection(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """A connection in autocommit mode with the journal's pragmas (WAL, busy timeout).
 
     Args:
@@ -141,21 +135,13 @@ def open_connection(
         synchronous: `NORMAL` (default) makes each commit durable against the process
             crashing or being killed (the commit is in the WAL file, which the OS writes
             back); `FULL` also against power loss or an OS crash, at one fsync per commit.
-        cached_statements: prepared statements the connection keeps (sqlite3's default
-            is 128; the writer keeps more, see `_WRITER_CACHED_STATEMENTS`).
 
     Returns:
         The connection; the caller closes it.
     """
     if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
-    conn = sqlite3.connect(
-        path,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=30.0,
-        cached_statements=cached_statements,
-    )
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -291,11 +277,7 @@ class GroupCommitWriter:
     # ------------------------------------------------------------ the thread
 
     def _main(self) -> None:
-        conn = open_connection(
-            self._path,
-            synchronous=self._synchronous,
-            cached_statements=_WRITER_CACHED_STATEMENTS,
-        )
+        conn = open_connection(self._path, synchronous=self._synchronous)
         try:
             while (batch := self._next_batch()) is not None:
                 self._commit(conn, batch)
@@ -475,13 +457,11 @@ class GroupCommitWriter:
 def _execute_bulk(
     conn: sqlite3.Connection, groups: dict[BulkInsert, list[Sequence[object]]]
 ) -> None:
-    """Write each statement's rows in order, in as few statements as the sizes allow."""
+    """Write each statement's rows, up to `_MAX_BULK_ROWS` per statement, in order."""
     for stmt, rows in groups.items():
         i, n = 0, len(rows)
         while i < n:
-            size = n - i
-            if size > _EXACT_BULK_ROWS:
-                size = 1 << (min(size, _MAX_BULK_ROWS).bit_length() - 1)  # a power of two
+            size = 1 << (min(n - i, _MAX_BULK_ROWS).bit_length() - 1)  # a power of two
             conn.execute(stmt.sql(size), [v for params in rows[i : i + size] for v in params])
             i += size
 
