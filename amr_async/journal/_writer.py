@@ -4,19 +4,15 @@ Every write goes to one thread that owns the only writing connection. Producers 
 rows to a shared list; the thread takes the whole list and commits it in one transaction,
 so one commit (and, with `synchronous=FULL`, one fsync) pays for the whole group.
 
-A row waits at most `max_delay_s` (10 ms by default): while rows keep coming, a batch
-closes one window after the previous commit; after a quiet window, one window after its
-first row; at once when it reaches `max_rows`, for a `flush()` or on `close()`. The
-window trades a few milliseconds of latency per journaled answer (teacher calls take
-seconds) for fewer, larger commits.
+A batch closes `max_delay_s` (10 ms by default) after its first row, at once when it
+reaches `max_rows`, for a `flush()` or on `close()`. The window trades a few milliseconds
+of latency per journaled answer (teacher calls take seconds) for fewer, larger commits.
 
 Costs that matter on the hot path, measured (see `bench/journal.py`):
 
-- The thread is woken once per batch, not once per row: while rows keep coming it sleeps
-  one window per batch and no producer notifies it; only the row that finds it idle (or
-  fills the batch, or flushes) does. A wake-up per row cost two GIL hand-offs per row
-  between the event loop and this thread, and a wake-up for a batch's first row one more
-  per batch.
+- The thread is woken once per batch, not once per row: only the row that finds the list
+  empty (or fills it, or flushes) notifies it. A wake-up per row cost two GIL hand-offs
+  per row between the event loop and this thread.
 - Rows of a `BulkInsert` statement are written many per statement
   (`INSERT ... VALUES (...), (...)`): the sqlite3 module releases the GIL around every
   `sqlite3_step`, so `executemany` gave the GIL away once per row and waited to get it
@@ -195,7 +191,6 @@ class GroupCommitWriter:
         self._rows: list[_Row] = []
         self._first_at = 0.0
         self._urgent = False
-        self._idle = False  # the thread waits for a first row (which must wake it)
         self._stopping = False
         self._closed = False
         self.error: JournalError | None = None
@@ -266,12 +261,10 @@ class GroupCommitWriter:
             rows.append(row)
             if len(rows) == 1:
                 self._first_at = time.monotonic()
+            elif not urgent and len(rows) < self._max_rows:
+                return  # the thread already knows of this batch: no wake-up per row
             if urgent or len(rows) >= self._max_rows:
                 self._urgent = True
-            elif len(rows) > 1 or not self._idle:
-                # The thread already knows of this batch, or is waiting out a window and
-                # takes the rows at its end: no wake-up per row (nor per batch).
-                return
             self._cond.notify()
 
     # ------------------------------------------------------------ the thread
@@ -286,44 +279,26 @@ class GroupCommitWriter:
                 conn.close()
 
     def _next_batch(self) -> list[_Row] | None:
-        """Wait for rows and for their window to close; None once closed and drained.
-
-        After a commit the thread waits one window and takes what came meanwhile: while
-        rows keep coming, each batch costs it one wake-up (each wake-up must win the GIL
-        from the busy event loop). Only a window without rows makes it idle; the next
-        row then wakes it, and its batch closes one window after that row.
-        """
+        """Wait for rows and for their window to close; None once closed and drained."""
         with self._cond:
-            if not (self._rows or self._stopping):
-                self._cond.wait(self._max_delay_s)
-                if self._rows:
-                    return self._take()
             while not self._rows:
                 if self._stopping:
                     return None
-                self._idle = True
-                try:
-                    self._cond.wait()
-                finally:
-                    self._idle = False
+                self._cond.wait()
             deadline = self._first_at + self._max_delay_s
             while not (self._urgent or self._stopping):
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     break
                 self._cond.wait(wait)
-            return self._take()
-
-    def _take(self) -> list[_Row]:
-        """The next batch off the shared list (the caller holds `_cond`)."""
-        rows = self._rows
-        if len(rows) <= self._max_rows:
-            self._rows = []
-            self._urgent = False
-            return rows
-        # More than a batch queued (the thread fell behind): the rest goes next, at once.
-        self._rows = rows[self._max_rows :]
-        return rows[: self._max_rows]
+            rows = self._rows
+            if len(rows) <= self._max_rows:
+                self._rows = []
+                self._urgent = False
+                return rows
+            # More than a batch queued (the thread fell behind): the rest goes next, at once.
+            self._rows = rows[self._max_rows :]
+            return rows[: self._max_rows]
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Row]) -> None:
         if self.error is not None:
