@@ -9,6 +9,16 @@ Usage: python bench/journal.py [--quick]
 - `journal_overhead`: throughput of the direct-strategy runner with the journal divided by
   its throughput without one (plain output file), against a zero-latency emulator in its
   own process, same input, runs alternated. Values near 1 mean the journal costs little.
+  The runner keeps `--concurrency` items in flight: 64 by default, the engine's own default
+  (`RunSettings`, config key `concurrency`). With a zero-latency teacher an item's cycle is
+  only tens of milliseconds, so the wait for its answer's group commit (the window plus two
+  event-loop turns) is a large share of it at 64; the full run also reports the ratio at
+  256 and 1024 items in flight (`journal_overhead_by_concurrency`), where that wait is
+  hidden and CPU is what remains.
+
+Where the time goes (with the journal, medians): `commit_wait_ms` (from `record_call` to
+its commit being known on the loop), `loop_cpu_us_per_item` (the event-loop thread, with
+and without the journal) and `writer_cpu_us_per_item` (the writer thread).
 
 Also reported, because a shared machine's load swings wall-clock rates: the process CPU
 time per journaled call and per item (all threads), from which `writes_per_cpu_s` and
@@ -26,8 +36,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -80,17 +94,43 @@ async def _writes(
     return calls / elapsed, rows / max(batches, 1), cpu / calls * 1e6
 
 
+@dataclass(slots=True)
+class _EngineRun:
+    items_per_s: float
+    cpu_ms_per_item: float  # the whole process
+    loop_cpu_us_per_item: float  # the event-loop thread
+    writer_cpu_us_per_item: float = 0.0  # the journal's writer thread
+    commit_wait_ms: float = 0.0  # median, record_call -> committed (seen on the loop)
+
+
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
 async def _engine(
     base_url: str, src: Path, work: Path, *, journaled: bool, conc: int, synchronous: str
-) -> tuple[float, float]:
-    """Items per second of the direct strategy over `src`, and process CPU ms per item."""
+) -> _EngineRun:
+    """One run of the direct strategy over `src`: rates and where the CPU went."""
     client = OpenAIClient(base_url=base_url, api_key="")
     dispatcher = Dispatcher([Endpoint(client)])
     strategy = DirectStrategy(model=MODEL)
     settings = RunSettings(concurrency=conc)
     journal = Journal.open(work / "j.db", synchronous=synchronous) if journaled else None
+    waits: list[float] = []
     try:
         run = journal.start_run(config={}, output_path=work / "out.jsonl") if journal else None
+        if run is not None:
+            # Time each answer's commit as its caller sees it (the callback runs on the loop).
+            loop, record_call = asyncio.get_running_loop(), run.record_call
+
+            def timed(*args: Any, **kwargs: Any) -> asyncio.Future[None]:
+                start = loop.time()
+                future = record_call(*args, **kwargs)
+                future.add_done_callback(lambda _: waits.append(loop.time() - start))
+                return future
+
+            run.record_call = timed  # type: ignore[method-assign]
         teacher = JournaledTeacher(dispatcher.submit, provider=Provider.OPENAI, run=run)
         runner = Runner(
             strategy=strategy,
@@ -101,17 +141,62 @@ async def _engine(
             plain_output=None if journaled else work / "plain.jsonl",
             settings=settings,
         )
-        start, cpu = time.perf_counter(), time.process_time()
+        writer_cpu = _thread_cpu_s(journal.writer.thread) if journal else 0.0
+        start, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
         report = await runner.run()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        loop_cpu = time.thread_time() - loop_cpu
+        if journal is not None:
+            writer_cpu = _thread_cpu_s(journal.writer.thread) - writer_cpu
         if report.done == 0 or report.failed:
             raise RuntimeError(f"benchmark run did not complete: {report.message}")
-        return report.done / elapsed, cpu / report.done * 1e3
+        n = report.done
+        return _EngineRun(
+            items_per_s=n / elapsed,
+            cpu_ms_per_item=cpu / n * 1e3,
+            loop_cpu_us_per_item=loop_cpu / n * 1e6,
+            writer_cpu_us_per_item=writer_cpu / n * 1e6,
+            commit_wait_ms=statistics.median(waits) * 1e3 if waits else 0.0,
+        )
     finally:
         if journal is not None:
             journal.close()
         await dispatcher.aclose()
         await client.aclose()
+
+
+def _compare(
+    base_url: str,
+    src: Path,
+    tmp: Path,
+    reps: int,
+    conc: int,
+    synchronous: str,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+) -> tuple[list[_EngineRun], list[_EngineRun]]:
+    """`reps` runs with and without the journal at `conc` items in flight, alternated."""
+    with_j: list[_EngineRun] = []
+    without_j: list[_EngineRun] = []
+    for rep in range(reps):
+        order = (True, False) if rep % 2 == 0 else (False, True)
+        for journaled in order:
+            work = tmp / f"e{conc}-{rep}{int(journaled)}"
+            work.mkdir()
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                result = runner.run(
+                    _engine(
+                        base_url, src, work, journaled=journaled, conc=conc,
+                        synchronous=synchronous,
+                    )
+                )  # fmt: skip
+            (with_j if journaled else without_j).append(result)
+    return with_j, without_j
+
+
+def _median_ratio(with_j: list[_EngineRun], without_j: list[_EngineRun]) -> float:
+    return statistics.median(
+        w.items_per_s / wo.items_per_s for w, wo in zip(with_j, without_j, strict=True)
+    )
 
 
 def _start_emulator() -> tuple[subprocess.Popen[str], str]:
@@ -167,33 +252,28 @@ def main() -> None:
                 text = f"Write a Python function `f_{i}(xs)` that returns the sum of xs."
                 f.write(orjson.dumps({"id": f"t{i}", "instruction": text}) + b"\n")
         emulator, base_url = _start_emulator()
-        with_j, without_j = [], []
-        cpu_with, cpu_without = [], []
         try:
-            for rep in range(reps):
-                order = (True, False) if rep % 2 == 0 else (False, True)
-                for journaled in order:
-                    work = Path(tmp) / f"e{rep}{int(journaled)}"
-                    work.mkdir()
-                    with asyncio.Runner(loop_factory=loop_factory) as runner:
-                        rate, cpu_ms = runner.run(
-                            _engine(
-                                base_url,
-                                src,
-                                work,
-                                journaled=journaled,
-                                conc=conc,
-                                synchronous=args.synchronous,
-                            )
-                        )
-                    (with_j if journaled else without_j).append(rate)
-                    (cpu_with if journaled else cpu_without).append(cpu_ms)
+            runs = _compare(base_url, src, Path(tmp), reps, conc, args.synchronous, loop_factory)
+            by_conc: dict[str, float] = {}
+            if not args.quick:
+                for other in (c for c in (256, 1024) if c != conc):
+                    with_o, without_o = _compare(
+                        base_url, src, Path(tmp), reps, other, args.synchronous, loop_factory
+                    )
+                    by_conc[str(other)] = round(_median_ratio(with_o, without_o), 3)
         finally:
             emulator.terminate()
             emulator.wait()
+    with_j, without_j = runs
+    by_conc = {str(conc): round(_median_ratio(with_j, without_j), 3), **by_conc}
 
-    ratios = [w / wo for w, wo in zip(with_j, without_j, strict=True)]
-    cpu_ratios = [wo / w for w, wo in zip(cpu_with, cpu_without, strict=True)]
+    cpu_ratios = [
+        wo.cpu_ms_per_item / w.cpu_ms_per_item for w, wo in zip(with_j, without_j, strict=True)
+    ]
+
+    def med(runs: list[_EngineRun], field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in runs))
+
     print(
         orjson.dumps(
             {
@@ -212,13 +292,20 @@ def main() -> None:
                 "writes_per_cpu_s": round(1e6 / statistics.median(cpu_per_write)),
                 "items": items,
                 "concurrency": conc,
-                "items_per_s_with_journal": round(statistics.median(with_j), 1),
-                "items_per_s_without_journal": round(statistics.median(without_j), 1),
-                "journal_overhead": round(statistics.median(ratios), 3),
-                "cpu_ms_per_item_with_journal": round(statistics.median(cpu_with), 3),
-                "cpu_ms_per_item_without_journal": round(statistics.median(cpu_without), 3),
+                "items_per_s_with_journal": round(med(with_j, "items_per_s"), 1),
+                "items_per_s_without_journal": round(med(without_j, "items_per_s"), 1),
+                "journal_overhead": round(_median_ratio(with_j, without_j), 3),
+                "journal_overhead_by_concurrency": by_conc,
+                "cpu_ms_per_item_with_journal": round(med(with_j, "cpu_ms_per_item"), 3),
+                "cpu_ms_per_item_without_journal": round(med(without_j, "cpu_ms_per_item"), 3),
                 # Throughput ratio if CPU were the only limit (CPU per item without / with).
                 "journal_overhead_cpu": round(statistics.median(cpu_ratios), 3),
+                "loop_cpu_us_per_item_with_journal": round(med(with_j, "loop_cpu_us_per_item")),
+                "loop_cpu_us_per_item_without_journal": round(
+                    med(without_j, "loop_cpu_us_per_item")
+                ),
+                "writer_cpu_us_per_item": round(med(with_j, "writer_cpu_us_per_item")),
+                "commit_wait_ms": round(med(with_j, "commit_wait_ms"), 2),
             }
         ).decode()
     )

@@ -246,6 +246,35 @@ async def test_batch_waits_out_its_window_unless_flushed(tmp_path: Path) -> None
         assert _raw(journal.path).execute("SELECT count(*) FROM calls").fetchone()[0] == 300
 
 
+@pytest.mark.parametrize(
+    ("rows", "sizes"), [(1, [1]), (37, [32, 4, 1]), (64, [64]), (300, [256, 32, 8, 4])]
+)
+def test_bulk_rows_go_in_few_statements_of_cached_sizes(
+    tmp_path: Path, rows: int, sizes: list[int]
+) -> None:
+    from amr_async.journal._store import _INSERT_CALL
+    from amr_async.journal._writer import _execute_bulk, open_connection
+
+    with Journal.open(tmp_path / "j.db") as journal:
+        journal.start_run(config={}, run_id="r")
+    conn = open_connection(tmp_path / "j.db")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    params = [
+        ("r", bytes([i % 256]) * 32, str(i), "s", "openai", "m", "ok", f"t{i}", "stop",
+         1, 2, 0, 0, 0.0, None, 0.0, "wire", 0.0)
+        for i in range(rows)
+    ]  # fmt: skip
+    conn.execute("BEGIN")
+    _execute_bulk(conn, {_INSERT_CALL: params})
+    conn.execute("COMMIT")
+    # Powers of two: few statement sizes, all soon prepared (a new size costs a prepare).
+    assert [s.count("), (") + 1 for s in statements if s.startswith("INSERT")] == sizes
+    got = conn.execute("SELECT item_id, text FROM calls ORDER BY rowid").fetchall()
+    assert got == [(str(i), f"t{i}") for i in range(rows)]
+    conn.close()
+
+
 async def test_full_batch_commits_without_waiting_for_its_window(tmp_path: Path) -> None:
     import asyncio
 

@@ -53,7 +53,10 @@ _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
 
 # Rows per multi-row statement: chunks are powers of two up to this, so a batch needs at
-# most ~9 statements per table and the statement cache holds them all.
+# most ~9 statements per table and the statement cache holds them all. (One statement of
+# exactly the batch's size per table saves a statement or two per batch, but preparing a
+# statement of a size not seen before costs ~20 us per row, more than it saves until the
+# cache is warm: measured +40% CPU per journaled call in `bench/journal.py`.)
 _MAX_BULK_ROWS = 256
 
 
@@ -196,6 +199,11 @@ class GroupCommitWriter:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The writer thread (benchmarks read its CPU time)."""
+        return self._thread
 
     # -------------------------------------------------------------- producers
 
