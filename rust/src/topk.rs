@@ -54,12 +54,43 @@ impl Matrix<'_> {
             Self::F32(d) => out.extend_from_slice(&d[span]),
             Self::F16(d) => {
                 out.resize(span.len(), 0.0);
-                // Bulk conversion uses F16C when the CPU has it (runtime detection).
-                d[span].convert_to_f32_slice(out);
+                decode_f16(&d[span], out);
             }
             Self::I8 { data, .. } => out.extend(data[span].iter().map(|&v| f32::from(v))),
         }
     }
+}
+
+/// `f16` -> `f32` for a whole span. `half`'s slice conversion checks for F16C and calls an
+/// intrinsic per chunk of four, which made decoding `f16` rows cost more CPU than reading
+/// `f32` rows twice their size (0.23 vs 0.16 µs per 384-d row); one F16C loop over the span
+/// runs at memory speed.
+fn decode_f16(src: &[f16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX (checked just above).
+        unsafe { decode_f16_f16c(src, out) };
+        return;
+    }
+    src.convert_to_f32_slice(out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c,avx")]
+// The `loadu` intrinsics take pointers of the vector type but accept any alignment.
+#[allow(clippy::cast_ptr_alignment)]
+unsafe fn decode_f16_f16c(src: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    assert_eq!(src.len(), out.len());
+    let chunks = src.len() / 8;
+    for c in 0..chunks {
+        // SAFETY: `c * 8 + 8 <= len` for both slices; unaligned loads and stores.
+        unsafe {
+            let v = _mm_loadu_si128(src.as_ptr().add(c * 8).cast::<__m128i>());
+            _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), _mm256_cvtph_ps(v));
+        }
+    }
+    src[chunks * 8..].convert_to_f32_slice(&mut out[chunks * 8..]);
 }
 
 /// One candidate: a score and its row index.
