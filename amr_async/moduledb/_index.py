@@ -38,7 +38,7 @@ I64 = npt.NDArray[np.int64]
 # usearch recall@10 at 100k was 0.82 / 0.93 / 0.98 / 0.999 at ef 64 / 128 / 256 / 512, for
 # 1.9 / 3.0 / 4.0 / 7.0 ms CPU per query under load; 256 is the first above 0.95. A search-time
 # setting: `StoreConfig.ef_search` changes it per open.
-# Profiled in session 3 at 100k (usearch 2.26, SIMD "haswell" kernels in use, threads=1, CPU
+# Profiled 2026-11-26 at 100k (usearch 2.26, SIMD "haswell" kernels in use, threads=1, CPU
 # time under load 5-10): usearch's own search/add on the same vectors costs 3.1 ms per query
 # (ef 256) and 570 µs per insert, so the index itself, not the store, is the cost; this VM
 # streams memory at 4-8 GB/s and graph walks are cache misses. Alternatives measured there:

@@ -57,9 +57,10 @@ IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
 # With `index="auto"` the DB scans exactly below this many modules and uses the ANN index above
 # it: measured in bench/moduledb.py (see the README's decision). Exact wins on recall (1.0),
 # insert cost and memory (no index); ANN wins on latency once a scan costs more than ~2x an
-# ANN query. Session 3, CPU time on 2 shared cores (load ≈ 10), 384-d synthetic vectors: at 10k
-# the exact f16 scan costs 2.9 ms per query (the Rust kernel's f16 decode, ~0.22 µs per row,
-# linear in size), usearch 2.1 ms at ef 256 (recall 1.0) / 0.76 ms at ef 64 (0.953), but
+# ANN query. Measured 2026-11-26, CPU time on 2 shared cores (load ≈ 10), 384-d synthetic
+# vectors: at 10k the exact f16 scan costs 2.9 ms per query (the Rust kernel's f16 decode,
+# ~0.22 µs per row, linear in size; 0.18 µs since the F16C decode loop), usearch 2.1 ms at
+# ef 256 (recall 1.0) / 0.76 ms at ef 64 (0.953), but
 # 21 vs 351 µs per insert and 768 vs ~1,300 B per module; at 100k exact costs ~22 ms.
 # Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), usearch above: hnswlib's queries cost about the
 # same CPU (1.7 vs 2.1 ms at 10k, ef 256) but it needs 2,452 B per module resident (f32 copy
