@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -355,6 +355,33 @@ async def test_default_counter_reserves_exact_prompt_tokens() -> None:
     assert level == pytest.approx(capacity - (exact + 4 + 1), abs=10.0)
     client.gate.set()
     assert (await call).kind is OutcomeKind.OK
+
+
+class CountingCounter:
+    """A token counter that records what it was asked to count."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        self.asked.extend(texts)
+        return [len(t) for t in texts]
+
+
+async def test_prompt_tokens_are_counted_only_while_a_token_limit_is_live() -> None:
+    # Nobody configured a token limit and the answers advertise none (vLLM, llama.cpp):
+    # the first answer drops the dimension, and later prompts are not counted at all.
+    counter = CountingCounter()
+    d = dispatcher(ScriptedClient(), Limits(rpm=10**6), counter=counter)
+    await d.submit(req("first"))
+    await d.submit(req("second"))
+    assert counter.asked == ["first"]
+    # A configured token limit is never dropped: every prompt is counted.
+    counter = CountingCounter()
+    d = dispatcher(ScriptedClient(), Limits(rpm=10**6, tpm=10**9), counter=counter)
+    await d.submit(req("first"))
+    await d.submit(req("second"))
+    assert counter.asked == ["first", "second"]
 
 
 async def test_final_outcomes_counted_by_attempts() -> None:

@@ -205,6 +205,18 @@ class Limiter:
         """The in-flight cap now (scaled by the AIMD factor, at least 1)."""
         return max(1, int(self._max_in_flight * self._aimd.factor))
 
+    @property
+    def charges_prompt_tokens(self) -> bool:
+        """Whether a live dimension charges prompt tokens (else counting them buys nothing).
+
+        False once the server has answered without advertising a token limit nobody
+        configured (vLLM, llama.cpp, an unlimited emulator): those dimensions are dropped.
+        """
+        dims = self._dims
+        return any(
+            dims[name].bucket is not None for name in ("tokens", "input_tokens") if name in dims
+        )
+
     def wait_s(self, cost: Cost, now: float) -> float:
         """Seconds until `cost` fits; 0 if it fits now; inf while the in-flight cap is full."""
         if self.in_flight >= self.max_in_flight:
