@@ -460,3 +460,31 @@ async def test_sandbox_flags_reach_the_strategy_and_the_sandbox(tmp_path: Path) 
         )  # fmt: skip
         assert not result.passed
         assert result.tests[0].message == "exceeded the time limit of 0.25 s"
+
+
+async def test_novelty_hashes_agree_with_describe(tmp_path: Path) -> None:
+    # The novelty check hashes without describing; what it calls unparseable, and each
+    # hash, must be what `moduledb.describe` (the DB's own view) says.
+    from amr_async.moduledb import UnparseableCode, describe
+    from amr_async.pipeline.strategies.amr_evol import _hash_and_look_up
+
+    stored = "def add(a, b):\n    return a + b\n"
+    codes = [
+        "def plus(x, y):\n    return x + y\n",  # the stored one, renamed: same hash
+        "import math\n\n\ndef area(r):\n    return math.pi * r * r\n",
+        "async def fetch(u):\n    return u\n",
+        "x = 1\n",  # no function
+        "def broken(:\n    pass\n",  # CPython refuses it
+        "def f():\n    return 1\n\0",  # null byte
+    ]
+    async with await ModuleDB.open(tmp_path / "db", HashEmbedder()) as db:
+        added = await db.add_many([Module(stored, verdict="pass")])
+        looked_up = _hash_and_look_up(db.store, codes)
+    for code, (code_hash, found) in zip(codes, looked_up, strict=True):
+        try:
+            expected: str | None = describe(code).ast_hash
+        except UnparseableCode:
+            expected = None
+        assert code_hash == expected, code
+        assert found == ((added.added[0], "add") if code is codes[0] else None)
+    assert [h is None for h, _ in looked_up] == [False, False, False, True, True, True]

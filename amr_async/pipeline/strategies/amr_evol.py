@@ -28,29 +28,25 @@ finished. Size 1 is strictly online.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from amr_async.core import FunctionRecord
-from amr_async.moduledb import (
-    Module,
-    ModuleDB,
-    ModuleStore,
-    Snapshot,
-    UnparseableCode,
-    describe,
-)
+from amr_async.core import FunctionRecord, ast_hash
+from amr_async.moduledb import Module, ModuleDB, ModuleStore, Snapshot
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate, code_block
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.strategies._common import (
+    Coalescer,
     add_usage,
     answer_code,
     ask,
-    functions_of,
+    function_extractor,
     module_code,
     parse_asserts,
     run_tests,
@@ -60,6 +56,9 @@ from amr_async.pipeline.strategies._common import (
 from amr_async.pipeline.strategies.base import DROPPED, Stage, StageResult
 from amr_async.sandbox import Sandbox
 from amr_async.teacher.types import Outcome, OutcomeKind
+
+# A code's AST hash (None: unparseable) and the stored module (id, name) with that hash.
+_Known = tuple[str | None, tuple[int, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +117,12 @@ class _Shared:
     run_id: str | None
     snapshot: Snapshot | None = None
     merges: list[dict[str, Any]] = field(default_factory=list)
+    # Parsing and hashing batched across the items in flight (see `Coalescer`).
+    functions_of: Coalescer[str, list[FunctionRecord]] = field(default_factory=function_extractor)
+    known_hash: Coalescer[str, _Known] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.known_hash = Coalescer(partial(_hash_and_look_up, self.db.store))
 
     def frozen(self) -> Snapshot:
         if self.snapshot is None:
@@ -173,7 +178,7 @@ class _Decompose(_Stage):
             teacher, "decompose", item, self.name,
             instruction=item.instruction, direct_answer=code_block(answer_code(direct)),
         )  # fmt: skip
-        stubs = [stub_text(r) for r in await functions_of(outcome.text)]
+        stubs = [stub_text(r) for r in await self.shared.functions_of(outcome.text)]
         fallback = None if stubs else "no_stubs"
         out = _answer_output(outcome, usage, stubs=stubs, fallback=fallback)
         return StageResult(out, {"fallback": fallback})
@@ -228,7 +233,7 @@ class _Evolve(_Stage):
             if modules
             else "(none)",
         )  # fmt: skip
-        has_code = bool(await functions_of(outcome.text))
+        has_code = bool(await self.shared.functions_of(outcome.text))
         fallback = None if has_code else "no_code_kept_direct"
         response = outcome.text if has_code else outputs["direct"]["response"]
         out = _answer_output(outcome, usage, response=response, fallback=fallback)
@@ -244,7 +249,7 @@ class _Verify(_Stage):
         s = self.shared
         c = s.config
         response: str = outputs["evolve"]["response"]
-        functions = await functions_of(response)
+        functions = await s.functions_of(response)
         codes = [module_code(r, functions) for r in functions]
         # Novelty of all the answer's functions at once (one thread hop, one search), then
         # the novel ones are tested and run concurrently; results in answer order.
@@ -328,16 +333,14 @@ class _Verify(_Stage):
         """Why each of `codes` is not new to the snapshot, or None when it is."""
         if not codes:
             return []
-        store = self.shared.db.store
-        hashes, stored = await asyncio.to_thread(_hash_and_look_up, store, codes)
+        looked_up = await self.shared.known_hash.many(codes)
         reasons: list[str | None] = [None] * len(codes)
         unknown: list[int] = []
-        for i, ast_hash in enumerate(hashes):
-            if ast_hash is None:
+        for i, (code_hash, found) in enumerate(looked_up):
+            if code_hash is None:
                 reasons[i] = "unparseable"
                 continue
             # The hash index covers the live DB; only modules inside the snapshot count.
-            found = stored.get(ast_hash)
             if found is not None and found[0] < len(snapshot):
                 reasons[i] = f"duplicate_ast:{found[0]}"
             else:
@@ -352,18 +355,31 @@ class _Verify(_Stage):
         return reasons
 
 
-def _hash_and_look_up(
-    store: ModuleStore, codes: Sequence[str]
-) -> tuple[list[str | None], dict[str, tuple[int, str]]]:
-    """Each code's AST hash (None: unparseable) and the stored modules with those hashes."""
-    hashes: list[str | None] = []
+def _hash_and_look_up(store: ModuleStore, codes: Sequence[str]) -> list[_Known]:
+    """Each code's AST hash and the stored module with it; one SQLite query for all.
+
+    Unparseable exactly where `moduledb.describe` says so (CPython refuses it, it defines
+    no top-level function, or the Rust parser refuses it), without describing what the
+    novelty check does not read (signature, docstring, node count: most of its CPU).
+    """
+    parseable = [code for code in codes if _defines_a_function(code)]
+    hashes = dict(zip(parseable, ast_hash(parseable, include_name=False, threads=1), strict=True))
+    found = [h for h in hashes.values() if h is not None]
+    stored = store.known_hashes(found) if found else {}
+    out: list[_Known] = []
     for code in codes:
-        try:
-            hashes.append(describe(code).ast_hash)
-        except UnparseableCode:
-            hashes.append(None)
-    found = [h for h in hashes if h is not None]
-    return hashes, store.known_hashes(found) if found else {}
+        code_hash = hashes.get(code)
+        out.append((code_hash, stored.get(code_hash) if code_hash is not None else None))
+    return out
+
+
+def _defines_a_function(code: str) -> bool:
+    """CPython parses `code` and it defines a top-level function (`describe`'s own test)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) for node in tree.body)
 
 
 _USAGE_STAGES = ("direct", "decompose", "evolve", "verify")
