@@ -17,13 +17,14 @@ latency, isolation auto), `calls_per_item`, `db_modules_before`, `db_modules_aft
 `peak_rss_mb`, `verified_fraction` (novel functions that passed their tests / novel
 functions tested), `lognormal_instructions_per_s`, `run_instructions_per_s` (the run alone:
 interpreter start-up and imports, `startup_s`, left out), CPU per item of each process:
-`engine_cpu_ms_per_item` (the `run` process, all threads), `sandbox_cpu_ms_per_item` (the
+`engine_cpu_ms_per_item` (the `run` process, all threads; `engine_loop_cpu_ms_per_item`:
+its main thread, the event loop), `sandbox_cpu_ms_per_item` (the
 zygote and every job's supervisor and child), `emulator_cpu_ms_per_item`; what that CPU
 allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
 (CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
 
-    .venv/bin/python bench/e2e.py [--quick]
+    .venv/bin/python bench/e2e.py [--quick] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -103,30 +104,46 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # own wall time and CPU (every thread), both without the interpreter's start-up and the
 # imports (done before the clock starts), and the CPU of the processes it reaped: the
 # sandbox's zygote and, through it, every job's supervisor and child.
+# The main thread's CPU (`loop_cpu_s`) is the event loop's, the engine's one-core bound.
+# With a profile path (argv[2], else "-"), the main thread runs under cProfile with a CPU
+# clock (thread time: waiting is not counted) and the stats go to that file.
 _LAUNCHER = """
-import json, resource, sys, time
+import cProfile, json, resource, sys, time
 from amr_async.cli import main
 import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
-start, own = time.perf_counter(), cpu(resource.RUSAGE_SELF)
-code = main(sys.argv[2:])
+profile = cProfile.Profile(time.thread_time) if sys.argv[2] != "-" else None
+start, own, loop = time.perf_counter(), cpu(resource.RUSAGE_SELF), time.thread_time()
+if profile is not None:
+    profile.enable()
+code = main(sys.argv[3:])
+if profile is not None:
+    profile.disable()
+    profile.dump_stats(sys.argv[2])
 with open(sys.argv[1], "w") as f:
     json.dump({"seconds": time.perf_counter() - start,
                "engine_cpu_s": cpu(resource.RUSAGE_SELF) - own,
+               "loop_cpu_s": time.thread_time() - loop,
                "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN)}, f)
 sys.exit(code)
 """
 
 
 def _one_run(
-    work: Path, base_url: str, concurrency: int, window: int, isolation: str, extra: list[str]
+    work: Path,
+    base_url: str,
+    concurrency: int,
+    window: int,
+    isolation: str,
+    extra: list[str],
+    profile: str = "-",
 ) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
     cmd = [
-        sys.executable, "-c", _LAUNCHER, str(costs), "run", "--strategy", "amr-evol",
+        sys.executable, "-c", _LAUNCHER, str(costs), profile, "run", "--strategy", "amr-evol",
         "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
         "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
@@ -161,6 +178,7 @@ def _one_run(
         "cpu_s": cpu,
         "run_seconds": spent["seconds"],
         "engine_cpu_s": spent["engine_cpu_s"],
+        "loop_cpu_s": spent["loop_cpu_s"],
         "sandbox_cpu_s": spent["sandbox_cpu_s"],
     }
 
@@ -173,6 +191,13 @@ def main() -> None:
     parser.add_argument("--lognormal", default="lognormal:0.05,0.5", help="second latency model")
     parser.add_argument("--sandbox-parallelism", type=int, help="passed to `run` when given")
     parser.add_argument("--test-timeout", type=float, help="passed to `run` when given")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also run the zero-latency case once more with the engine's event loop under "
+        "cProfile (CPU clock) and write its stats to FILE (read with pstats); figures "
+        "come from the unprofiled runs",
+    )
     args = parser.parse_args()
     extra: list[str] = []
     if args.sandbox_parallelism is not None:
@@ -203,6 +228,16 @@ def main() -> None:
                 f"{r['emulator_cpu_s']:.1f}s emulator",
                 file=sys.stderr,
             )
+        if args.profile:
+            work = Path(tmp) / "profiled"
+            work.mkdir()
+            (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            with _emulator("0", {}) as url:
+                _one_run(
+                    work, url, args.concurrency, args.window, "none", extra,
+                    str(Path(args.profile).resolve()),
+                )  # fmt: skip
+            print(f"profile of the engine's event loop: {args.profile}", file=sys.stderr)
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
     n = zero["items"]
     per_item = {key: 1000 * zero[f"{key}_cpu_s"] / n for key in ("engine", "sandbox", "emulator")}
@@ -223,6 +258,7 @@ def main() -> None:
                 "run_instructions_per_s": round(n / zero["run_seconds"], 2),
                 "startup_s": round(zero["seconds"] - zero["run_seconds"], 2),
                 "engine_cpu_ms_per_item": round(per_item["engine"], 2),
+                "engine_loop_cpu_ms_per_item": round(1000 * zero["loop_cpu_s"] / n, 2),
                 "sandbox_cpu_ms_per_item": round(per_item["sandbox"], 2),
                 "emulator_cpu_ms_per_item": round(per_item["emulator"], 2),
                 "cpu_bound_instructions_per_s": round(1000 * cores / total_ms, 1),
