@@ -9,16 +9,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from amr_async.core import FunctionRecord
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate, code_block
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.strategies._common import (
+    Coalescer,
     answer_code,
     ask,
-    functions_of,
+    function_extractor,
     parse_asserts,
     run_tests,
     verdict_summary,
@@ -104,12 +106,14 @@ class _TestAndRepair:
     sandbox: Sandbox
     test_timeout_s: float | None = None  # None: the sandbox's default per test
     name: str = "repair"
+    # Parsing batched across the items in flight (see `Coalescer`).
+    functions_of: Coalescer[str, list[FunctionRecord]] = field(default_factory=function_extractor)
 
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
     ) -> StageResult:
         direct = outputs["direct"]["response"]
-        functions = await functions_of(direct)
+        functions = await self.functions_of(direct)
         if not functions:
             out = {"response": direct, "tests": 0, "check": None, "repaired": False}
             return StageResult(out | {"usage": {}}, {"fallback": "no_code"})
@@ -137,7 +141,7 @@ class _TestAndRepair:
             failures=code_block(failures or "\n".join(asserts)), **self.calls.kwargs(),
         )  # fmt: skip
         usage["repair"] = repair_usage
-        has_code = bool(await functions_of(fixed.text))
+        has_code = bool(await self.functions_of(fixed.text))
         out = {
             "response": fixed.text if has_code else direct,
             "tests": len(asserts),
