@@ -54,7 +54,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         yield sb
     finally:
         await sb.aclose()
-    # Supervisors exit right after reporting; give the last one a moment to go.
+    # The zygote exits once its jobs are done; give it a moment to go.
     for _ in range(200):
         if not _stray_processes(sb.process_tag):
             break

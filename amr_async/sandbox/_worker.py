@@ -576,8 +576,8 @@ def _isolate_zygote(libc: Any, shared_net: bool) -> str | None:
 
     The network namespace is new and empty (a loopback that stays down: only
     CAP_NET_ADMIN could raise it, and the job runs as nobody without it), so
-    nothing is reachable from it. Creating one per job cost ~1 ms of the
-    supervisor's CPU plus the kernel's asynchronous teardown (`cleanup_net`, on a
+    nothing is reachable from it. Creating one per job cost ~1 ms of CPU plus
+    the kernel's asynchronous teardown (`cleanup_net`, on a
     kworker: CPU that no rusage shows). The mount setup that is the same for every
     job (everything private, homes hidden) is done here once; each job's own mount
     namespace starts as a copy of this one. The network namespace is shared only
