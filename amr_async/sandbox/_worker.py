@@ -732,7 +732,10 @@ class _Zygote:
         return max(int((soonest - time.monotonic()) * 1000) + 1, 0)
 
     def _accept(self) -> None:
-        job = _recv_job(self.sock)
+        try:
+            job = _recv_job(self.sock)
+        except OSError:
+            job = None
         if job is None:  # the parent is closing: finish the jobs in flight, take no more
             self.accepting = False
             self._unwatch(self.sock.fileno())
