@@ -857,11 +857,17 @@ class _Zygote:
     def _kill(self, job: _Job, reason: str) -> None:
         if job.killed is None:
             job.killed = reason
-        with contextlib.suppress(ProcessLookupError):
-            if self.mode == "namespaces":
-                os.kill(job.pid, signal.SIGKILL)  # PID 1: the kernel kills the namespace
-            else:
-                os.killpg(job.pid, signal.SIGKILL)
+        if job.pidfd >= 0:  # not reaped yet (a pidfd cannot hit a reused PID)
+            with contextlib.suppress(ProcessLookupError):
+                # PID 1 of its namespace: the kernel kills every process in it.
+                signal.pidfd_send_signal(job.pidfd, signal.SIGKILL)
+        if self.mode != "namespaces":
+            self._kill_group(job)
+
+    @staticmethod
+    def _kill_group(job: _Job) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(job.pid, signal.SIGKILL)
 
     def _finish(self, job: _Job) -> None:
         """The child has exited: reap it, send the report, wait for the parent to close."""
@@ -874,7 +880,7 @@ class _Zygote:
         self._drain(job, once=False)  # what it wrote before it died
         self._close_out(job)
         if self.mode != "namespaces":
-            self._kill(job, "cleanup")  # best effort for the process group
+            self._kill_group(job)  # best effort for what is left of the process group
             if job.workdir is not None:
                 shutil.rmtree(job.workdir, ignore_errors=True)
         report = {
