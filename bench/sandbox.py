@@ -10,7 +10,7 @@
    judged with fail-fast; `mutants_caught_fraction` is the share that fails.
 4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off),
    and `empty_job_cpu_ms`: the CPU of the sandbox's process tree per empty job
-   (zygote, supervisor and child, from the zygote's /proc entry; the parent's
+   (the zygote and the job's child, from the zygote's /proc entry; the parent's
    share is not in it), a figure the machine's load disturbs less.
 5. The floor: each canonical solution called on its inputs in a bare loop in
    this process (no sandbox, no judging): `bare_seconds` (one core) and
@@ -291,20 +291,15 @@ async def main() -> None:
         empty = []
         zygote = sandbox.zygote_pid
         assert zygote is not None
-        # An empty job first: the zygote reaps it inside the window (not the last
-        # mutant's supervisor), and the job after the loop brings the loop's last one
-        # in, so the window holds the CPU of len(empty) + 1 empty jobs.
+        # The zygote reaps each job's child before it reports, so the window holds
+        # the CPU of exactly the jobs run in it.
         await sandbox.run(Job("x = None", []))
         tree_cpu_before = zygote_tree_cpu(zygote)
         for i in range(30 if args.quick else 100):
             t = time.perf_counter()
             await sandbox.run(Job(f"x = {i}", []))
             empty.append(time.perf_counter() - t)
-        # The zygote reaps finished supervisors (adding their CPU to its counters)
-        # when the next job arrives.
-        await asyncio.sleep(0.05)
-        await sandbox.run(Job("x = None", []))
-        empty_cpu = (zygote_tree_cpu(zygote) - tree_cpu_before) / (len(empty) + 1)
+        empty_cpu = (zygote_tree_cpu(zygote) - tree_cpu_before) / len(empty)
         isolation = sandbox.isolation
 
     if failing:

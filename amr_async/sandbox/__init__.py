@@ -1,7 +1,8 @@
 """Execution of untrusted code against tests, judged so the code cannot forge a pass.
 
-    Sandbox.run(Job) ─► zygote ─fork─► supervisor ─fork─► child (PID 1, own net/mount ns, uid 65534)
-         ▲                                  │ kill, output cap          │ probe values (fd 3)
+    Sandbox.run(Job) ─► zygote ─fork─► child (PID 1 of its own PID ns, own mount ns, uid 65534)
+         ▲                │ supervises every job:    │ probe values (fd 3)
+         │                │ kill, deadline, output cap
          └──── per-test deadlines, judging in the parent ◄──────────────┘
 
 See `_judge` for why verdicts are computed in the parent and `_worker` for the
