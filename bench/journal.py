@@ -17,8 +17,12 @@ Usage: python bench/journal.py [--quick]
   hidden and CPU is what remains.
 
 Where the time goes (with the journal, medians): `commit_wait_ms` (from `record_call` to
-its commit being known on the loop), `loop_cpu_us_per_item` (the event-loop thread, with
-and without the journal) and `writer_cpu_us_per_item` (the writer thread).
+its commit being known on the loop, timed for one call in 8 so that the timing costs the
+journaled runs little loop CPU), `loop_cpu_us_per_item` (the event-loop thread, with and
+without the journal), `writer_cpu_us_per_item` (the writer thread),
+`loop_switches_per_item` (context switches of the event-loop thread: the journal's thread
+hand-offs, e.g. the GIL after each SQLite step) and `emulator_cpu_us_per_item` (the
+emulator process, not in any other figure, but it shares the cores).
 
 Also reported, because a shared machine's load swings wall-clock rates: the process CPU
 time per journaled call and per item (all threads), from which `writes_per_cpu_s` and
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import statistics
@@ -101,6 +106,27 @@ class _EngineRun:
     loop_cpu_us_per_item: float  # the event-loop thread
     writer_cpu_us_per_item: float = 0.0  # the journal's writer thread
     commit_wait_ms: float = 0.0  # median, record_call -> committed (seen on the loop)
+    loop_switches_per_item: float = 0.0  # context switches of the event-loop thread
+    emulator_cpu_us_per_item: float = 0.0  # the emulator process
+
+
+def _switches() -> int:
+    """Context switches of the calling thread so far (0 where /proc is missing)."""
+    try:
+        with open("/proc/thread-self/status") as f:
+            return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    except OSError:
+        return 0
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (0 where /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _thread_cpu_s(thread: threading.Thread) -> float:
@@ -109,7 +135,14 @@ def _thread_cpu_s(thread: threading.Thread) -> float:
 
 
 async def _engine(
-    base_url: str, src: Path, work: Path, *, journaled: bool, conc: int, synchronous: str
+    base_url: str,
+    src: Path,
+    work: Path,
+    *,
+    journaled: bool,
+    conc: int,
+    synchronous: str,
+    emulator_pid: int | None = None,
 ) -> _EngineRun:
     """One run of the direct strategy over `src`: rates and where the CPU went."""
     client = OpenAIClient(base_url=base_url, api_key="")
@@ -121,10 +154,14 @@ async def _engine(
     try:
         run = journal.start_run(config={}, output_path=work / "out.jsonl") if journal else None
         if run is not None:
-            # Time each answer's commit as its caller sees it (the callback runs on the loop).
+            # Time an answer's commit as its caller sees it (the callback runs on the loop),
+            # for one call in 8: timing every call cost the journaled runs ~3 us per item.
             loop, record_call = asyncio.get_running_loop(), run.record_call
+            calls = itertools.count()
 
             def timed(*args: Any, **kwargs: Any) -> asyncio.Future[None]:
+                if next(calls) % 8:
+                    return record_call(*args, **kwargs)
                 start = loop.time()
                 future = record_call(*args, **kwargs)
                 future.add_done_callback(lambda _: waits.append(loop.time() - start))
@@ -142,10 +179,15 @@ async def _engine(
             settings=settings,
         )
         writer_cpu = _thread_cpu_s(journal.writer.thread) if journal else 0.0
+        emulator_cpu = _process_cpu_s(emulator_pid) if emulator_pid else 0.0
         start, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+        switches = _switches()
         report = await runner.run()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         loop_cpu = time.thread_time() - loop_cpu
+        switches = _switches() - switches
+        if emulator_pid:
+            emulator_cpu = _process_cpu_s(emulator_pid) - emulator_cpu
         if journal is not None:
             writer_cpu = _thread_cpu_s(journal.writer.thread) - writer_cpu
         if report.done == 0 or report.failed:
@@ -157,6 +199,8 @@ async def _engine(
             loop_cpu_us_per_item=loop_cpu / n * 1e6,
             writer_cpu_us_per_item=writer_cpu / n * 1e6,
             commit_wait_ms=statistics.median(waits) * 1e3 if waits else 0.0,
+            loop_switches_per_item=switches / n,
+            emulator_cpu_us_per_item=emulator_cpu / n * 1e6,
         )
     finally:
         if journal is not None:
@@ -167,6 +211,7 @@ async def _engine(
 
 def _compare(
     base_url: str,
+    emulator_pid: int,
     src: Path,
     tmp: Path,
     reps: int,
@@ -186,7 +231,7 @@ def _compare(
                 result = runner.run(
                     _engine(
                         base_url, src, work, journaled=journaled, conc=conc,
-                        synchronous=synchronous,
+                        synchronous=synchronous, emulator_pid=emulator_pid,
                     )
                 )  # fmt: skip
             (with_j if journaled else without_j).append(result)
@@ -253,13 +298,16 @@ def main() -> None:
                 f.write(orjson.dumps({"id": f"t{i}", "instruction": text}) + b"\n")
         emulator, base_url = _start_emulator()
         try:
-            runs = _compare(base_url, src, Path(tmp), reps, conc, args.synchronous, loop_factory)
+            runs = _compare(
+                base_url, emulator.pid, src, Path(tmp), reps, conc, args.synchronous, loop_factory
+            )
             by_conc: dict[str, float] = {}
             if not args.quick:
                 for other in (c for c in (256, 1024) if c != conc):
                     with_o, without_o = _compare(
-                        base_url, src, Path(tmp), reps, other, args.synchronous, loop_factory
-                    )
+                        base_url, emulator.pid, src, Path(tmp), reps, other, args.synchronous,
+                        loop_factory,
+                    )  # fmt: skip
                     by_conc[str(other)] = round(_median_ratio(with_o, without_o), 3)
         finally:
             emulator.terminate()
@@ -306,6 +354,15 @@ def main() -> None:
                 ),
                 "writer_cpu_us_per_item": round(med(with_j, "writer_cpu_us_per_item")),
                 "commit_wait_ms": round(med(with_j, "commit_wait_ms"), 2),
+                "loop_switches_per_item_with_journal": round(
+                    med(with_j, "loop_switches_per_item"), 2
+                ),
+                "loop_switches_per_item_without_journal": round(
+                    med(without_j, "loop_switches_per_item"), 2
+                ),
+                "emulator_cpu_us_per_item": round(
+                    med(with_j + without_j, "emulator_cpu_us_per_item")
+                ),
             }
         ).decode()
     )

@@ -68,6 +68,31 @@ def test_key_depends_on_provider() -> None:
     assert request_key("openai", _req()) != request_key("anthropic", _req())
 
 
+def test_key_bytes_are_pinned() -> None:
+    # Journals on disk hold these keys: a resumed or cached run finds its answers only if
+    # the same request still hashes to the same bytes. Any change here needs a new
+    # `_KEY_VERSION` (and re-buys every journaled answer).
+    text = "Write f(x) \u2014 \u201cquoted\u201d \u2713"  # non-ASCII is hashed as UTF-8
+    plain = ChatRequest(model="gpt-4o-mini", messages=(Message("user", text),), max_tokens=100)
+    full = ChatRequest(
+        model="claude",
+        messages=(Message("user", "a"), Message("assistant", "b"), Message("user", "c")),
+        max_tokens=5, system="sys", temperature=0.7, seed=3, stop=("```", "END"), sample_index=2,
+    )  # fmt: skip
+    assert request_key("openai", plain).hex() == (
+        "d3a71d2b3d0d0728daf1b68fdaf7ded6dbe934937b82a45a4ea747b433a1bc22"
+    )
+    assert request_key("anthropic", plain).hex() == (
+        "d9067c5bb821223ec233b36d148d9b57a6064991ec6ba731fa100f8f768db99b"
+    )
+    assert request_key("openai", full).hex() == (
+        "ea49a18846ca6ad4ef54ff39dc111fce6ecf1c9910518068bc548c31261adba6"
+    )
+    assert request_key("anthropic", full).hex() == (
+        "3ed884521f3c27ce9d352bcfc0b78ee3f295c7aee0bd56e6b765787772a3d14f"
+    )
+
+
 # --------------------------------------------------------------------------- schema
 
 
