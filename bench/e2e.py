@@ -19,7 +19,7 @@ functions tested), `lognormal_instructions_per_s`, `run_instructions_per_s` (the
 interpreter start-up and imports, `startup_s`, left out), CPU per item of each process:
 `engine_cpu_ms_per_item` (the `run` process, all threads; `engine_loop_cpu_ms_per_item`:
 its main thread, the event loop), `sandbox_cpu_ms_per_item` (the
-zygote and every job's supervisor and child), `emulator_cpu_ms_per_item`; what that CPU
+zygote and every job's child), `emulator_cpu_ms_per_item`; what that CPU
 allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
 (CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
@@ -103,7 +103,7 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # `amr-async run` in a process that, on its way out, writes what the run cost it: the run's
 # own wall time and CPU (every thread), both without the interpreter's start-up and the
 # imports (done before the clock starts), and the CPU of the processes it reaped: the
-# sandbox's zygote and, through it, every job's supervisor and child.
+# sandbox's zygote and, through it, every job's child.
 # The main thread's CPU (`loop_cpu_s`) is the event loop's, the engine's one-core bound.
 # With a profile path (argv[2], else "-"), the main thread runs under cProfile with a CPU
 # clock (thread time: waiting is not counted) and the stats go to that file.

@@ -15,6 +15,9 @@ Usage: python bench/journal.py [--quick]
   event-loop turns) is a large share of it at 64; the full run also reports the ratio at
   256 and 1024 items in flight (`journal_overhead_by_concurrency`), where that wait is
   hidden and CPU is what remains.
+- `journal_overhead_with_latency`: the same ratio with the emulator answering after a
+  lognormal delay (`latency`, median 0.5 s; 384 items): what a run against a real teacher
+  pays.
 
 Where the time goes (with the journal, medians): `commit_wait_ms` (from `record_call` to
 its commit being known on the loop, timed for one call in 8 so that the timing costs the
@@ -58,6 +61,11 @@ from amr_async.teacher.openai_chat import OpenAIClient
 from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, Provider, Usage
 
 MODEL = "gpt-4o-mini"
+# Teacher latency of the second comparison: lognormal, median 0.5 s (an answer of a few
+# hundred tokens takes seconds from hosted APIs and about that from a local server), over
+# fewer items so that a run stays a few seconds long.
+LATENCY = "lognormal:0.5,0.5"
+LATENCY_ITEMS = 384
 
 
 async def _writes(
@@ -218,6 +226,7 @@ def _compare(
     conc: int,
     synchronous: str,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    tag: str = "e",
 ) -> tuple[list[_EngineRun], list[_EngineRun]]:
     """`reps` runs with and without the journal at `conc` items in flight, alternated."""
     with_j: list[_EngineRun] = []
@@ -225,7 +234,7 @@ def _compare(
     for rep in range(reps):
         order = (True, False) if rep % 2 == 0 else (False, True)
         for journaled in order:
-            work = tmp / f"e{conc}-{rep}{int(journaled)}"
+            work = tmp / f"{tag}{conc}-{rep}{int(journaled)}"
             work.mkdir()
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 result = runner.run(
@@ -244,9 +253,10 @@ def _median_ratio(with_j: list[_EngineRun], without_j: list[_EngineRun]) -> floa
     )
 
 
-def _start_emulator() -> tuple[subprocess.Popen[str], str]:
+def _start_emulator(latency: str = "0") -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "amr_async.cli", "emulator", "--port", "0"],
+        [*command, "--latency", latency, "--seed", "1"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -312,6 +322,20 @@ def main() -> None:
         finally:
             emulator.terminate()
             emulator.wait()
+        # The same comparison with a teacher that takes time to answer, as every real one
+        # does: the event loop is no longer the bottleneck, so the journal's CPU should not
+        # show in the rate (context for `journal_overhead`, which is the zero-latency figure).
+        src_l = Path(tmp) / "in-latency.jsonl"
+        src_l.write_bytes(b"".join(src.read_bytes().splitlines(keepends=True)[:LATENCY_ITEMS]))
+        emulator, base_url = _start_emulator(LATENCY)
+        try:
+            with_l, without_l = _compare(
+                base_url, emulator.pid, src_l, Path(tmp), reps, conc, args.synchronous,
+                loop_factory, tag="lat",
+            )  # fmt: skip
+        finally:
+            emulator.terminate()
+            emulator.wait()
     with_j, without_j = runs
     by_conc = {str(conc): round(_median_ratio(with_j, without_j), 3), **by_conc}
 
@@ -363,6 +387,10 @@ def main() -> None:
                 "emulator_cpu_us_per_item": round(
                     med(with_j + without_j, "emulator_cpu_us_per_item")
                 ),
+                "latency": LATENCY,
+                "latency_items": LATENCY_ITEMS,
+                "journal_overhead_with_latency": round(_median_ratio(with_l, without_l), 3),
+                "items_per_s_with_latency": round(med(with_l, "items_per_s"), 1),
             }
         ).decode()
     )
