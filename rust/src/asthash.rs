@@ -29,6 +29,8 @@ use ruff_python_ast::{
 };
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use crate::arena;
+
 /// Deepest AST nesting the walks accept; deeper units are refused like a parse
 /// failure (CPython's own parser refuses far shallower nesting).
 pub const MAX_DEPTH: usize = 2_000;
@@ -73,6 +75,14 @@ fn write_form(
     include_name: bool,
     capacity: usize,
 ) -> Result<NormalForm, Unhashable> {
+    let w = walk(body, include_name, capacity)?;
+    Ok(NormalForm {
+        text: w.fill_gaps(),
+        nodes: w.nodes,
+    })
+}
+
+fn walk(body: &[Stmt], include_name: bool, capacity: usize) -> Result<Writer<'_>, Unhashable> {
     let mut w = Writer {
         slots: FxHashMap::with_capacity_and_hasher(32, FxBuildHasher),
         table: Vec::with_capacity(32),
@@ -92,30 +102,78 @@ fn write_form(
             }
         }
     }
-    Ok(NormalForm {
-        text: w.fill_gaps(),
-        nodes: w.nodes,
-    })
+    Ok(w)
 }
 
 /// The 128-bit hash of `code` as 32 lower-case hex characters.
 pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
-    normal_form(code, include_name).map(|f| hash_text(&f.text))
+    ast_digest(code, include_name).map(|(d, _)| hex(&d))
 }
 
-/// BLAKE2b with a 16-byte digest, as hex.
-pub fn hash_text(text: &str) -> String {
+/// The 16-byte hash of `code`'s normal form and the form's size in AST nodes,
+/// without materialising the form: the digest is fed straight from the walk's
+/// buffer and names. Allocates nothing that outlives the call, so it may run in
+/// an [`arena`] scope; there it skips dropping the AST when the whole parse lives
+/// in the arena (the reset frees it at once).
+pub fn ast_digest(code: &str, include_name: bool) -> Result<([u8; 16], usize), Unhashable> {
+    let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
+    let result = walk(&parsed.syntax().body, include_name, code.len() + 64).map(|w| {
+        let digest = w.digest();
+        (digest, w.nodes)
+    });
+    if arena::in_scope() && !arena::spilled() {
+        // Every allocation of this scope is in the arena: dropping would only walk
+        // the tree to free nothing.
+        std::mem::forget(parsed);
+    }
+    result
+}
+
+/// Bytes of one arena per hashing thread: a typical function's parse needs tens
+/// of KiB; larger units spill to mimalloc, so this bounds memory per thread.
+const ARENA_BYTES: usize = 1 << 20;
+
+/// [`ast_digest`] of every code on `threads` big-stack threads (`0`: all cores),
+/// each parse in its thread's [`arena`]; `None` where a code has no hash.
+pub fn digest_batch(
+    codes: &[String],
+    include_name: bool,
+    threads: usize,
+) -> Vec<Option<([u8; 16], usize)>> {
+    crate::stack::map_batch_with(
+        codes,
+        threads,
+        || arena::Arena::new(ARENA_BYTES),
+        |arena, code| {
+            if crate::stack::too_complex(code) {
+                return None;
+            }
+            // SAFETY: `ast_digest` returns only `Copy` values and drops (or forgets)
+            // everything it allocates; the parser and walk touch no lazily allocated
+            // global (audit in the `arena` module docs).
+            unsafe { arena.run(|| ast_digest(code, include_name).ok()) }
+        },
+    )
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
-    let digest = blake2b_simd::Params::new()
-        .hash_length(16)
-        .hash(text.as_bytes());
-    let mut hex = String::with_capacity(32);
-    for &b in digest.as_bytes() {
+    let mut hex = String::with_capacity(2 * digest.len());
+    for &b in digest {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 15)]));
     }
     hex
+}
+
+/// BLAKE2b with a 16-byte digest, as hex.
+pub fn hash_text(text: &str) -> String {
+    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
+    let digest = blake2b_simd::Params::new()
+        .hash_length(16)
+        .hash(text.as_bytes());
+    hex(digest.as_bytes())
 }
 
 /// Append the decimal digits of `n` (the hot path writes many small counts and ids;
@@ -377,12 +435,10 @@ impl<'a> Writer<'a> {
         self.table[slot as usize].kept = true;
     }
 
-    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
-    /// first appearance; all others keep their spelling as `'len:name`.
-    fn fill_gaps(&mut self) -> String {
+    /// The `$n` id of each slot: bound names not kept, numbered by first appearance.
+    fn ids(&self) -> Vec<u32> {
         let mut next_id = 0u32;
-        let ids: Vec<u32> = self
-            .table
+        self.table
             .iter()
             .map(|s| {
                 if s.bound && !s.kept {
@@ -392,7 +448,13 @@ impl<'a> Writer<'a> {
                     UNNUMBERED
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
+    /// first appearance; all others keep their spelling as `'len:name`.
+    fn fill_gaps(&self) -> String {
+        let ids = self.ids();
         let mut text = String::with_capacity(self.out.len() + 8 * self.gaps.len());
         let mut done = 0;
         for &(at, slot) in &self.gaps {
@@ -409,6 +471,42 @@ impl<'a> Writer<'a> {
         }
         text.push_str(&self.out[done..]);
         text
+    }
+
+    /// BLAKE2b-128 of [`Self::fill_gaps`]'s text, fed piece by piece instead of
+    /// copying the whole text first.
+    fn digest(&self) -> [u8; 16] {
+        let ids = self.ids();
+        let mut state = blake2b_simd::Params::new().hash_length(16).to_state();
+        let out = self.out.as_bytes();
+        let mut piece = String::with_capacity(24);
+        let mut done = 0;
+        for &(at, slot) in &self.gaps {
+            let at = at as usize;
+            piece.clear();
+            let name = self.table[slot as usize].name;
+            match ids[slot as usize] {
+                UNNUMBERED => {
+                    piece.push('\'');
+                    push_decimal(&mut piece, char_count(name));
+                    piece.push(':');
+                }
+                id => {
+                    piece.push('$');
+                    push_decimal(&mut piece, id as usize);
+                }
+            }
+            state.update(&out[done..at]);
+            state.update(piece.as_bytes());
+            if ids[slot as usize] == UNNUMBERED {
+                state.update(name.as_bytes());
+            }
+            done = at;
+        }
+        state.update(&out[done..]);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(state.finalize().as_bytes());
+        digest
     }
 
     /// A plain string field (attribute, keyword, module name): `'len:text`.

@@ -2,6 +2,7 @@
 //! borrows or copies its buffers, releases the GIL for the work, and converts back.
 //! The logic is in the plain Rust modules declared below, each with its own tests.
 
+pub mod arena;
 pub mod asthash;
 pub mod embed;
 pub mod extract;
@@ -17,9 +18,10 @@ use std::borrow::Cow;
 /// Measured (2026-11-26): the same driver over 21,169 stdlib/EvalPlus functions,
 /// four alternating runs of each build, load average ~7 on 2 cores: 18.3/17.4/19.8/
 /// 18.2 us CPU per hash with mimalloc against 22.2/20.5/23.8/22.7 us with the system
-/// allocator, i.e. 15-20% less CPU per hash. Kept.
+/// allocator, i.e. 15-20% less CPU per hash. Kept. `ScopedArena` serves the AST hash's
+/// parse from a bump arena instead (see `arena`) and passes everything else to mimalloc.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: arena::ScopedArena<mimalloc::MiMalloc> = arena::ScopedArena::new(mimalloc::MiMalloc);
 
 use half::f16;
 use numpy::{
@@ -195,14 +197,11 @@ fn ast_hash(
     threads: usize,
 ) -> PyResult<Vec<Option<String>>> {
     let codes = lossy_strings(codes)?;
-    Ok(py.detach(|| {
-        stack::map_batch(&codes, threads, |c| {
-            if stack::too_complex(c) {
-                return None;
-            }
-            asthash::ast_hash(c, include_name).ok()
-        })
-    }))
+    let digests = py.detach(|| asthash::digest_batch(&codes, include_name, threads));
+    Ok(digests
+        .into_iter()
+        .map(|d| d.map(|(d, _)| asthash::hex(&d)))
+        .collect())
 }
 
 /// AST node counts of the normal forms of `codes` (None where no hash exists).
@@ -214,14 +213,8 @@ fn ast_size(
     threads: usize,
 ) -> PyResult<Vec<Option<usize>>> {
     let codes = lossy_strings(codes)?;
-    Ok(py.detach(|| {
-        stack::map_batch(&codes, threads, |c| {
-            if stack::too_complex(c) {
-                return None;
-            }
-            asthash::normal_form(c, false).ok().map(|f| f.nodes)
-        })
-    }))
+    let digests = py.detach(|| asthash::digest_batch(&codes, false, threads));
+    Ok(digests.into_iter().map(|d| d.map(|(_, n)| n)).collect())
 }
 
 /// The normal form text that `ast_hash` hashes, for debugging and the equivalence tests.
