@@ -186,6 +186,21 @@ fn lossy_strings(items: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         .collect()
 }
 
+/// The str items of a Python iterable, kept alive so that their text can be
+/// borrowed while the GIL is released (CPython caches a str's UTF-8 form inside
+/// the object; only strings with lone surrogates need a lossy copy).
+fn str_items<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, pyo3::types::PyString>>> {
+    if items.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(
+            "expected a list of str, got a single str",
+        ));
+    }
+    items
+        .try_iter()?
+        .map(|item| Ok(item?.cast_into::<pyo3::types::PyString>()?))
+        .collect()
+}
+
 /// AST-normalised 128-bit hashes (32 hex chars) of `codes`; None where a code does
 /// not parse or nests too deeply. `threads=0` uses every core.
 #[pyfunction]
@@ -196,7 +211,8 @@ fn ast_hash(
     include_name: bool,
     threads: usize,
 ) -> PyResult<Vec<Option<String>>> {
-    let codes = lossy_strings(codes)?;
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
     let digests = py.detach(|| asthash::digest_batch(&codes, include_name, threads));
     Ok(digests
         .into_iter()
@@ -212,9 +228,20 @@ fn ast_size(
     codes: &Bound<'_, PyAny>,
     threads: usize,
 ) -> PyResult<Vec<Option<usize>>> {
-    let codes = lossy_strings(codes)?;
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
     let digests = py.detach(|| asthash::digest_batch(&codes, false, threads));
     Ok(digests.into_iter().map(|d| d.map(|(_, n)| n)).collect())
+}
+
+/// Whether each code parses, timed by the benchmark as the parser's floor under
+/// `ast_hash` (same threads, arena and string handling, no walk and no digest).
+#[pyfunction]
+#[pyo3(signature = (codes, threads=0))]
+fn ast_parse_only(py: Python<'_>, codes: &Bound<'_, PyAny>, threads: usize) -> PyResult<Vec<bool>> {
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
+    Ok(py.detach(|| asthash::parse_batch(&codes, threads)))
 }
 
 /// The normal form text that `ast_hash` hashes, for debugging and the equivalence tests.
@@ -344,6 +371,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ast_hash, m)?)?;
     m.add_function(wrap_pyfunction!(ast_size, m)?)?;
     m.add_function(wrap_pyfunction!(ast_normal_form, m)?)?;
+    m.add_function(wrap_pyfunction!(ast_parse_only, m)?)?;
     m.add_function(wrap_pyfunction!(extract_functions, m)?)?;
     m.add_function(wrap_pyfunction!(extract_functions_batch, m)?)?;
     m.add_class::<FunctionRecord>()?;
