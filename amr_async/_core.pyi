@@ -53,6 +53,9 @@ def ast_hash(codes: list[str], include_name: bool = False, threads: int = 0) -> 
 def ast_size(codes: list[str], threads: int = 0) -> list[int | None]:
     """AST node count of each code's normal form (None where it does not parse)."""
 
+def ast_parse_only(codes: list[str], threads: int = 0) -> list[bool]:
+    """Whether each code parses, run as ast_hash runs its parse: the benchmark's floor."""
+
 def ast_normal_form(code: str, include_name: bool = False) -> str | None:
     """The normal-form text that ast_hash hashes (for debugging and tests)."""
 

@@ -13,6 +13,11 @@ Figures (medians of repetitions, ratios within this run):
                          loaded machine; both sides run on one thread)
   ast_hash_mismatches    functions whose Rust and reference hashes differ (the sweep
                          covers every function collected)
+  ast_parse_floor_per_s_1core  ruff's parse alone over the same functions, run as
+                         ast_hash runs it (same thread, arena, strings; no walk, no
+                         digest): the most ast_hash could reach with a free walk
+  ast_parse_floor_fraction  CPU of the parse alone / CPU of the whole hash, median
+                         of the per-repetition ratios
   extract_per_s          answers/s (prose + two fenced blocks), one thread
   topk_{f32,int8}_vs_bound  one exact top-10 query over n x 384 divided by the
                          memory bound (bytes scanned / read bandwidth measured here)
@@ -107,10 +112,14 @@ def bench_ast(quick: bool, out: dict[str, object]) -> None:
     # is the median of the per-repetition ratios.
     sub = units[: min(len(units), 2000 if quick else 4000)]
     walls, cpus, ratios, cpu_ratios, py_rates = [], [], [], [], []
+    floor_walls, floor_fractions = [], []
     for _ in range(3 if quick else 5):
         wall, cpu = timed(lambda: _core.ast_hash(units, threads=1))
         walls.append(wall)
         cpus.append(cpu)
+        floor_wall, floor_cpu = timed(lambda: _core.ast_parse_only(units, threads=1))
+        floor_walls.append(floor_wall)
+        floor_fractions.append(floor_cpu / cpu)
         rust_wall, rust_cpu = timed(lambda: _core.ast_hash(sub, threads=1))
         py_wall, py_cpu = timed(lambda: ast_reference.ast_hash(sub))
         ratios.append(py_wall / rust_wall)
@@ -118,6 +127,8 @@ def bench_ast(quick: bool, out: dict[str, object]) -> None:
         py_rates.append(len(sub) / py_wall)
     out["ast_hash_per_s_1core"] = round(len(units) / statistics.median(walls))
     out["ast_hash_cpu_per_s_1core"] = round(len(units) / statistics.median(cpus))
+    out["ast_parse_floor_per_s_1core"] = round(len(units) / statistics.median(floor_walls))
+    out["ast_parse_floor_fraction"] = round(statistics.median(floor_fractions), 3)
     out["ast_hash_python_per_s"] = round(statistics.median(py_rates))
     out["ast_hash_speedup"] = round(statistics.median(ratios), 1)
     out["ast_hash_cpu_speedup"] = round(statistics.median(cpu_ratios), 1)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amr_async import ast_reference, core
+from amr_async import _core, ast_reference, core
 from amr_async.function_corpus import evalplus_functions, stdlib_functions
 
 EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
@@ -141,6 +141,34 @@ def test_unparseable_gives_none_and_size_orders_trivial_first() -> None:
     assert trivial < bigger
     with pytest.raises(TypeError):
         core.ast_hash("def f(): pass")  # type: ignore[arg-type]
+
+
+def test_parse_only_and_threads_agree_with_the_hash() -> None:
+    """The benchmark's parse floor refuses what the hash refuses; each worker thread's
+    arena gives the same hashes as one thread's."""
+    units = [
+        *itertools.islice(stdlib_functions(), 400),
+        "def f(:",
+        "x = " + "(" * 3000 + ")" * 3000,
+    ]
+    one = core.ast_hash(units, threads=1)
+    assert core.ast_hash(units, threads=2) == one
+    assert core.ast_size(units, threads=2) == core.ast_size(units, threads=1)
+    for threads in (1, 2):
+        assert _core.ast_parse_only(units, threads=threads) == [h is not None for h in one]
+
+
+def test_lone_surrogates_hash_as_their_lossy_utf8() -> None:
+    """Text that is not valid UTF-8 is copied lossily (each byte of the surrogate's
+    encoding becomes U+FFFD) instead of borrowed; valid text beside it is unaffected."""
+    lone = "def f():\n    return '\ud800'"
+    lossy = lone.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    assert lossy.count("\ufffd") == 3
+    got = core.ast_hash([lone, lossy, "def g(): return 1"])
+    assert got[0] is not None
+    assert got[0] == got[1]
+    assert got[2] == core.ast_hash(["def g(): return 1"])[0]
+    assert _core.ast_parse_only([lone]) == [True]
 
 
 def test_python312_syntax_is_hashed() -> None:

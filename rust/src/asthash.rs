@@ -29,6 +29,8 @@ use ruff_python_ast::{
 };
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use crate::arena;
+
 /// Deepest AST nesting the walks accept; deeper units are refused like a parse
 /// failure (CPython's own parser refuses far shallower nesting).
 pub const MAX_DEPTH: usize = 2_000;
@@ -73,6 +75,14 @@ fn write_form(
     include_name: bool,
     capacity: usize,
 ) -> Result<NormalForm, Unhashable> {
+    let w = walk(body, include_name, capacity)?;
+    Ok(NormalForm {
+        text: w.fill_gaps(),
+        nodes: w.nodes,
+    })
+}
+
+fn walk(body: &[Stmt], include_name: bool, capacity: usize) -> Result<Writer<'_>, Unhashable> {
     let mut w = Writer {
         slots: FxHashMap::with_capacity_and_hasher(32, FxBuildHasher),
         table: Vec::with_capacity(32),
@@ -92,30 +102,174 @@ fn write_form(
             }
         }
     }
-    Ok(NormalForm {
-        text: w.fill_gaps(),
-        nodes: w.nodes,
-    })
+    Ok(w)
 }
 
 /// The 128-bit hash of `code` as 32 lower-case hex characters.
 pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
-    normal_form(code, include_name).map(|f| hash_text(&f.text))
+    ast_digest(code, include_name).map(|(d, _)| hex(&d))
 }
 
-/// BLAKE2b with a 16-byte digest, as hex.
-pub fn hash_text(text: &str) -> String {
+/// The 16-byte hash of `code`'s normal form and the form's size in AST nodes,
+/// without materialising the form: the digest is fed straight from the walk's
+/// buffer and names. Allocates nothing that outlives the call, so it may run in
+/// an [`arena`] scope; there it skips dropping the AST when the whole parse lives
+/// in the arena (the reset frees it at once).
+pub fn ast_digest(code: &str, include_name: bool) -> Result<([u8; 16], usize), Unhashable> {
+    let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
+    let result = walk(&parsed.syntax().body, include_name, code.len() + 64).map(|w| {
+        let digest = w.digest();
+        (digest, w.nodes)
+    });
+    if arena::in_scope() && !arena::spilled() {
+        // Every allocation of this scope is in the arena: dropping would only walk
+        // the tree to free nothing.
+        std::mem::forget(parsed);
+    }
+    result
+}
+
+/// Bytes of one arena per hashing thread: a typical function's parse needs tens
+/// of KiB; larger units spill to mimalloc, so this bounds memory per thread.
+const ARENA_BYTES: usize = 1 << 20;
+
+/// [`ast_digest`] of every code on `threads` big-stack threads (`0`: all cores),
+/// each parse in its thread's [`arena`]; `None` where a code has no hash.
+pub fn digest_batch<T: AsRef<str> + Sync>(
+    codes: &[T],
+    include_name: bool,
+    threads: usize,
+) -> Vec<Option<([u8; 16], usize)>> {
+    crate::stack::map_batch_with(
+        codes,
+        threads,
+        || arena::Arena::new(ARENA_BYTES),
+        |arena, code| {
+            let code = code.as_ref();
+            if crate::stack::too_complex(code) {
+                return None;
+            }
+            // SAFETY: `ast_digest` returns only `Copy` values and drops (or forgets)
+            // everything it allocates; the parser and walk touch no lazily allocated
+            // global (audit in the `arena` module docs).
+            unsafe { arena.run(|| ast_digest(code, include_name).ok()) }
+        },
+    )
+}
+
+/// Bytes staged before each BLAKE2b update: a multiple of its 128-byte block, so
+/// full flushes compress straight from the stage.
+const STAGE: usize = 1024;
+
+/// A BLAKE2b-128 state fed through a stack buffer.
+struct Feed {
+    state: blake2b_simd::State,
+    stage: [u8; STAGE],
+    len: usize,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Self {
+            state: blake2b_simd::Params::new().hash_length(16).to_state(),
+            stage: [0; STAGE],
+            len: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        self.state.update(&self.stage[..self.len]);
+        self.len = 0;
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > STAGE {
+            self.flush();
+            if bytes.len() >= STAGE {
+                self.state.update(bytes);
+                return;
+            }
+        }
+        self.stage[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.len == STAGE {
+            self.flush();
+        }
+        self.stage[self.len] = b;
+        self.len += 1;
+    }
+
+    fn decimal(&mut self, mut n: usize) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&buf[i..]);
+    }
+
+    fn finish(mut self) -> [u8; 16] {
+        self.flush();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(self.state.finalize().as_bytes());
+        digest
+    }
+}
+
+/// Whether each code parses, run exactly as [`digest_batch`] runs the parse (same
+/// threads, arena, nesting check) but with no walk and no digest: the benchmark's
+/// floor for the hash.
+pub fn parse_batch<T: AsRef<str> + Sync>(codes: &[T], threads: usize) -> Vec<bool> {
+    crate::stack::map_batch_with(
+        codes,
+        threads,
+        || arena::Arena::new(ARENA_BYTES),
+        |arena, code| {
+            let code = code.as_ref();
+            if crate::stack::too_complex(code) {
+                return false;
+            }
+            let parse = || {
+                let Ok(parsed) = ruff_python_parser::parse_module(code) else {
+                    return false;
+                };
+                if arena::in_scope() && !arena::spilled() {
+                    std::mem::forget(parsed); // as in `ast_digest`
+                }
+                true
+            };
+            // SAFETY: only a bool leaves the scope; see `digest_batch`.
+            unsafe { arena.run(parse) }
+        },
+    )
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
-    let digest = blake2b_simd::Params::new()
-        .hash_length(16)
-        .hash(text.as_bytes());
-    let mut hex = String::with_capacity(32);
-    for &b in digest.as_bytes() {
+    let mut hex = String::with_capacity(2 * digest.len());
+    for &b in digest {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 15)]));
     }
     hex
+}
+
+/// BLAKE2b with a 16-byte digest, as hex.
+pub fn hash_text(text: &str) -> String {
+    // blake2b_simd picks AVX2 at run time; same digest as hashlib.blake2b(digest_size=16).
+    let digest = blake2b_simd::Params::new()
+        .hash_length(16)
+        .hash(text.as_bytes());
+    hex(digest.as_bytes())
 }
 
 /// Append the decimal digits of `n` (the hot path writes many small counts and ids;
@@ -234,11 +388,12 @@ fn cmp_name(op: CmpOp) -> &'static str {
     }
 }
 
-fn ctx_name(ctx: ExprContext) -> &'static str {
+/// An expression context field with the separators around it (one copy).
+fn ctx_field(ctx: ExprContext) -> &'static str {
     match ctx {
-        ExprContext::Load | ExprContext::Invalid => "L",
-        ExprContext::Store => "S",
-        ExprContext::Del => "D",
+        ExprContext::Load | ExprContext::Invalid => ",L,",
+        ExprContext::Store => ",S,",
+        ExprContext::Del => ",D,",
     }
 }
 
@@ -331,20 +486,24 @@ fn is_docstring(s: &Stmt) -> bool {
 }
 
 impl<'a> Writer<'a> {
+    /// Start a node: `kind` is its name with the opening parenthesis, one copy.
+    #[inline]
     fn open(&mut self, kind: &str) {
         self.nodes += 1;
         self.out.push_str(kind);
-        self.out.push('(');
     }
 
+    #[inline]
     fn close(&mut self) {
         self.out.push(')');
     }
 
+    #[inline]
     fn sep(&mut self) {
         self.out.push(',');
     }
 
+    #[inline]
     fn slot(&mut self, name: &'a str) -> u32 {
         let next = self.table.len() as u32;
         let slot = *self.slots.entry(name).or_insert(next);
@@ -359,12 +518,14 @@ impl<'a> Writer<'a> {
     }
 
     /// A field holding a renameable name: a gap filled by [`Self::fill_gaps`].
+    #[inline]
     fn name(&mut self, name: &'a str) {
         let slot = self.slot(name);
         self.gaps.push((self.out.len() as u32, slot));
     }
 
     /// A name at a place that binds it.
+    #[inline]
     fn bound_name(&mut self, name: &'a str) {
         let slot = self.slot(name);
         self.table[slot as usize].bound = true;
@@ -377,12 +538,10 @@ impl<'a> Writer<'a> {
         self.table[slot as usize].kept = true;
     }
 
-    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
-    /// first appearance; all others keep their spelling as `'len:name`.
-    fn fill_gaps(&mut self) -> String {
+    /// The `$n` id of each slot: bound names not kept, numbered by first appearance.
+    fn ids(&self) -> Vec<u32> {
         let mut next_id = 0u32;
-        let ids: Vec<u32> = self
-            .table
+        self.table
             .iter()
             .map(|s| {
                 if s.bound && !s.kept {
@@ -392,7 +551,13 @@ impl<'a> Writer<'a> {
                     UNNUMBERED
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
+    /// first appearance; all others keep their spelling as `'len:name`.
+    fn fill_gaps(&self) -> String {
+        let ids = self.ids();
         let mut text = String::with_capacity(self.out.len() + 8 * self.gaps.len());
         let mut done = 0;
         for &(at, slot) in &self.gaps {
@@ -411,6 +576,36 @@ impl<'a> Writer<'a> {
         text
     }
 
+    /// BLAKE2b-128 of [`Self::fill_gaps`]'s text, staged through a small buffer
+    /// instead of materialising the whole text (one `update` per filled gap cost more
+    /// than the copy it saved).
+    fn digest(&self) -> [u8; 16] {
+        let ids = self.ids();
+        let mut feed = Feed::new();
+        let out = self.out.as_bytes();
+        let mut done = 0;
+        for &(at, slot) in &self.gaps {
+            let at = at as usize;
+            feed.push(&out[done..at]);
+            done = at;
+            let name = self.table[slot as usize].name;
+            match ids[slot as usize] {
+                UNNUMBERED => {
+                    feed.byte(b'\'');
+                    feed.decimal(char_count(name));
+                    feed.byte(b':');
+                    feed.push(name.as_bytes());
+                }
+                id => {
+                    feed.byte(b'$');
+                    feed.decimal(id as usize);
+                }
+            }
+        }
+        feed.push(&out[done..]);
+        feed.finish()
+    }
+
     /// A plain string field (attribute, keyword, module name): `'len:text`.
     fn literal_str(&mut self, s: &str) {
         push_literal_str(&mut self.out, s);
@@ -424,6 +619,7 @@ impl<'a> Writer<'a> {
         push_decimal(&mut self.out, v.unsigned_abs() as usize);
     }
 
+    #[inline]
     fn none(&mut self) {
         self.out.push('~');
     }
@@ -471,14 +667,14 @@ impl<'a> Writer<'a> {
     }
 
     fn arg(&mut self, p: &'a ast::Parameter) {
-        self.open("arg");
+        self.open("arg(");
         self.bound_name(p.name.id.as_str());
         self.sep();
         self.close();
     }
 
     fn arguments(&mut self, p: Option<&'a Parameters>, d: usize) -> Result<(), Unhashable> {
-        self.open("arguments");
+        self.open("arguments(");
         let empty: &[ast::ParameterWithDefault] = &[];
         let (posonly, args, kwonly) = p.map_or((empty, empty, empty), |p| {
             (&p.posonlyargs[..], &p.args[..], &p.kwonlyargs[..])
@@ -532,7 +728,7 @@ impl<'a> Writer<'a> {
     fn keywords(&mut self, kws: &'a [ast::Keyword], d: usize) -> Result<(), Unhashable> {
         self.out.push('[');
         for k in kws {
-            self.open("keyword");
+            self.open("keyword(");
             match &k.arg {
                 Some(a) => self.literal_str(a.id.as_str()),
                 None => self.none(),
@@ -566,17 +762,17 @@ impl<'a> Writer<'a> {
         for t in &tp.type_params {
             match t {
                 TypeParam::TypeVar(v) => {
-                    self.open("TypeVar");
+                    self.open("TypeVar(");
                     self.bound_name(v.name.id.as_str());
                     self.sep();
                     self.opt_expr(v.bound.as_deref(), d)?;
                 }
                 TypeParam::ParamSpec(v) => {
-                    self.open("ParamSpec");
+                    self.open("ParamSpec(");
                     self.bound_name(v.name.id.as_str());
                 }
                 TypeParam::TypeVarTuple(v) => {
-                    self.open("TypeVarTuple");
+                    self.open("TypeVarTuple(");
                     self.bound_name(v.name.id.as_str());
                 }
             }
@@ -592,7 +788,7 @@ impl<'a> Writer<'a> {
     fn alias_list(&mut self, names: &'a [ast::Alias]) {
         self.out.push('[');
         for a in names {
-            self.open("alias");
+            self.open("alias(");
             self.literal_str(a.name.id.as_str());
             self.sep();
             match &a.asname {
@@ -624,7 +820,7 @@ impl<'a> Writer<'a> {
         d: usize,
     ) -> Result<(), Unhashable> {
         let d = deeper(d)?;
-        self.open("If");
+        self.open("If(");
         self.expr(test, d)?;
         self.sep();
         self.stmt_list(body, d)?;
@@ -652,9 +848,9 @@ impl<'a> Writer<'a> {
         match s {
             Stmt::FunctionDef(f) => {
                 self.open(if f.is_async {
-                    "AsyncFunctionDef"
+                    "AsyncFunctionDef("
                 } else {
-                    "FunctionDef"
+                    "FunctionDef("
                 });
                 self.bound_name(f.name.id.as_str());
                 self.sep();
@@ -667,7 +863,7 @@ impl<'a> Writer<'a> {
                 self.type_params(f.type_params.as_deref(), d)?;
             }
             Stmt::ClassDef(c) => {
-                self.open("ClassDef");
+                self.open("ClassDef(");
                 self.bound_name(c.name.id.as_str());
                 self.sep();
                 let (args, kws): (&[Expr], &[ast::Keyword]) = c
@@ -685,17 +881,17 @@ impl<'a> Writer<'a> {
                 self.type_params(c.type_params.as_deref(), d)?;
             }
             Stmt::Return(r) => {
-                self.open("Return");
+                self.open("Return(");
                 self.opt_expr(r.value.as_deref(), d)?;
                 self.sep();
             }
             Stmt::Delete(x) => {
-                self.open("Delete");
+                self.open("Delete(");
                 self.expr_list(&x.targets, d)?;
                 self.sep();
             }
             Stmt::TypeAlias(t) => {
-                self.open("TypeAlias");
+                self.open("TypeAlias(");
                 self.expr(&t.name, d)?;
                 self.sep();
                 self.type_params(t.type_params.as_deref(), d)?;
@@ -703,14 +899,14 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Assign(a) => {
-                self.open("Assign");
+                self.open("Assign(");
                 self.expr_list(&a.targets, d)?;
                 self.sep();
                 self.expr(&a.value, d)?;
                 self.sep();
             }
             Stmt::AugAssign(a) => {
-                self.open("AugAssign");
+                self.open("AugAssign(");
                 self.expr(&a.target, d)?;
                 self.sep();
                 self.operator(operator_name(a.op));
@@ -719,7 +915,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::AnnAssign(a) => {
-                self.open("AnnAssign");
+                self.open("AnnAssign(");
                 self.expr(&a.target, d)?;
                 self.sep();
                 self.opt_expr(a.value.as_deref(), d)?;
@@ -728,7 +924,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::For(f) => {
-                self.open(if f.is_async { "AsyncFor" } else { "For" });
+                self.open(if f.is_async { "AsyncFor(" } else { "For(" });
                 self.expr(&f.target, d)?;
                 self.sep();
                 self.expr(&f.iter, d)?;
@@ -739,7 +935,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::While(w) => {
-                self.open("While");
+                self.open("While(");
                 self.expr(&w.test, d)?;
                 self.sep();
                 self.stmt_list(&w.body, d)?;
@@ -749,10 +945,10 @@ impl<'a> Writer<'a> {
             }
             Stmt::If(i) => return self.if_chain(&i.test, &i.body, &i.elif_else_clauses, depth),
             Stmt::With(w) => {
-                self.open(if w.is_async { "AsyncWith" } else { "With" });
+                self.open(if w.is_async { "AsyncWith(" } else { "With(" });
                 self.out.push('[');
                 for item in &w.items {
-                    self.open("withitem");
+                    self.open("withitem(");
                     self.expr(&item.context_expr, d)?;
                     self.sep();
                     self.opt_expr(item.optional_vars.as_deref(), d)?;
@@ -766,12 +962,12 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Match(m) => {
-                self.open("Match");
+                self.open("Match(");
                 self.expr(&m.subject, d)?;
                 self.sep();
                 self.out.push('[');
                 for c in &m.cases {
-                    self.open("match_case");
+                    self.open("match_case(");
                     self.pattern(&c.pattern, d)?;
                     self.sep();
                     self.opt_expr(c.guard.as_deref(), d)?;
@@ -785,19 +981,19 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Raise(r) => {
-                self.open("Raise");
+                self.open("Raise(");
                 self.opt_expr(r.exc.as_deref(), d)?;
                 self.sep();
                 self.opt_expr(r.cause.as_deref(), d)?;
                 self.sep();
             }
             Stmt::Try(t) => {
-                self.open(if t.is_star { "TryStar" } else { "Try" });
+                self.open(if t.is_star { "TryStar(" } else { "Try(" });
                 self.stmt_list(&t.body, d)?;
                 self.sep();
                 self.out.push('[');
                 for ExceptHandler::ExceptHandler(h) in &t.handlers {
-                    self.open("ExceptHandler");
+                    self.open("ExceptHandler(");
                     self.opt_expr(h.type_.as_deref(), d)?;
                     self.sep();
                     self.opt_name(h.name.as_ref());
@@ -815,7 +1011,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Stmt::Assert(a) => {
-                self.open("Assert");
+                self.open("Assert(");
                 self.expr(&a.test, d)?;
                 self.sep();
                 self.opt_expr(a.msg.as_deref(), d)?;
@@ -828,7 +1024,7 @@ impl<'a> Writer<'a> {
                         |n| n.id.as_str(),
                     ));
                 }
-                self.open("Import");
+                self.open("Import(");
                 self.alias_list(&i.names);
                 self.sep();
             }
@@ -836,7 +1032,7 @@ impl<'a> Writer<'a> {
                 for a in &i.names {
                     self.keep(a.asname.as_ref().unwrap_or(&a.name).id.as_str());
                 }
-                self.open("ImportFrom");
+                self.open("ImportFrom(");
                 match &i.module {
                     Some(m) => self.literal_str(m.id.as_str()),
                     None => self.none(),
@@ -851,7 +1047,7 @@ impl<'a> Writer<'a> {
                 for n in &g.names {
                     self.keep(n.id.as_str());
                 }
-                self.open("Global");
+                self.open("Global(");
                 self.ident_list(&g.names);
                 self.sep();
             }
@@ -859,31 +1055,32 @@ impl<'a> Writer<'a> {
                 for n in &g.names {
                     self.keep(n.id.as_str());
                 }
-                self.open("Nonlocal");
+                self.open("Nonlocal(");
                 self.ident_list(&g.names);
                 self.sep();
             }
             Stmt::Expr(e) => {
-                self.open("Expr");
+                self.open("Expr(");
                 self.expr(&e.value, d)?;
                 self.sep();
             }
-            Stmt::Pass(_) => self.open("Pass"),
-            Stmt::Break(_) => self.open("Break"),
-            Stmt::Continue(_) => self.open("Continue"),
+            Stmt::Pass(_) => self.open("Pass("),
+            Stmt::Break(_) => self.open("Break("),
+            Stmt::Continue(_) => self.open("Continue("),
             Stmt::IpyEscapeCommand(_) => return Err(Unhashable::Unsupported),
         }
         self.close();
         Ok(())
     }
 
+    #[inline]
     fn operator(&mut self, name: &str) {
         self.nodes += 1;
         self.out.push_str(name);
     }
 
     fn constant_str(&mut self, s: &str) {
-        self.open("Constant");
+        self.open("Constant(");
         self.out.push('s');
         push_decimal(&mut self.out, char_count(s));
         self.out.push(':');
@@ -893,7 +1090,7 @@ impl<'a> Writer<'a> {
     }
 
     fn constant_raw(&mut self, token: &str) {
-        self.open("Constant");
+        self.open("Constant(");
         self.out.push_str(token);
         self.sep();
         self.close();
@@ -906,7 +1103,7 @@ impl<'a> Writer<'a> {
     ) -> Result<(), Unhashable> {
         self.out.push('[');
         for g in gens {
-            self.open("comprehension");
+            self.open("comprehension(");
             self.expr(&g.target, d)?;
             self.sep();
             self.expr(&g.iter, d)?;
@@ -943,7 +1140,7 @@ impl<'a> Writer<'a> {
                         }
                     }
                     self.flush_literal(pending);
-                    self.open("FormattedValue");
+                    self.open("FormattedValue(");
                     self.expr(&i.expression, d)?;
                     self.sep();
                     self.int_field(i64::from(conversion as i8));
@@ -951,7 +1148,7 @@ impl<'a> Writer<'a> {
                     match &i.format_spec {
                         Some(spec) => {
                             let d2 = deeper(d)?;
-                            self.open("JoinedStr");
+                            self.open("JoinedStr(");
                             self.out.push('[');
                             let mut inner = String::new();
                             self.joined_values(&spec.elements, &mut inner, d2)?;
@@ -984,18 +1181,16 @@ impl<'a> Writer<'a> {
         let d = deeper(depth)?;
         match e {
             Expr::Name(n) => {
-                self.open("Name");
+                self.open("Name(");
                 if matches!(n.ctx, ExprContext::Load) {
                     self.name(n.id.as_str());
                 } else {
                     self.bound_name(n.id.as_str());
                 }
-                self.sep();
-                self.out.push_str(ctx_name(n.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(n.ctx));
             }
             Expr::BoolOp(b) => {
-                self.open("BoolOp");
+                self.open("BoolOp(");
                 self.operator(match b.op {
                     BoolOp::And => "And",
                     BoolOp::Or => "Or",
@@ -1005,14 +1200,14 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Named(n) => {
-                self.open("NamedExpr");
+                self.open("NamedExpr(");
                 self.expr(&n.target, d)?;
                 self.sep();
                 self.expr(&n.value, d)?;
                 self.sep();
             }
             Expr::BinOp(b) => {
-                self.open("BinOp");
+                self.open("BinOp(");
                 self.expr(&b.left, d)?;
                 self.sep();
                 self.operator(operator_name(b.op));
@@ -1021,7 +1216,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::UnaryOp(u) => {
-                self.open("UnaryOp");
+                self.open("UnaryOp(");
                 self.operator(match u.op {
                     UnaryOp::Invert => "Invert",
                     UnaryOp::Not => "Not",
@@ -1033,14 +1228,14 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Lambda(l) => {
-                self.open("Lambda");
+                self.open("Lambda(");
                 self.arguments(l.parameters.as_deref(), d)?;
                 self.sep();
                 self.expr(&l.body, d)?;
                 self.sep();
             }
             Expr::If(i) => {
-                self.open("IfExp");
+                self.open("IfExp(");
                 self.expr(&i.test, d)?;
                 self.sep();
                 self.expr(&i.body, d)?;
@@ -1049,7 +1244,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Dict(x) => {
-                self.open("Dict");
+                self.open("Dict(");
                 self.out.push('[');
                 for item in &x.items {
                     self.opt_expr(item.key.as_ref(), d)?;
@@ -1066,33 +1261,33 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Set(x) => {
-                self.open("Set");
+                self.open("Set(");
                 self.expr_list(&x.elts, d)?;
                 self.sep();
             }
             Expr::ListComp(x) => {
-                self.open("ListComp");
+                self.open("ListComp(");
                 self.expr(&x.elt, d)?;
                 self.sep();
                 self.comprehensions(&x.generators, d)?;
                 self.sep();
             }
             Expr::SetComp(x) => {
-                self.open("SetComp");
+                self.open("SetComp(");
                 self.expr(&x.elt, d)?;
                 self.sep();
                 self.comprehensions(&x.generators, d)?;
                 self.sep();
             }
             Expr::Generator(x) => {
-                self.open("GeneratorExp");
+                self.open("GeneratorExp(");
                 self.expr(&x.elt, d)?;
                 self.sep();
                 self.comprehensions(&x.generators, d)?;
                 self.sep();
             }
             Expr::DictComp(x) => {
-                self.open("DictComp");
+                self.open("DictComp(");
                 self.opt_expr(x.key.as_deref(), d)?;
                 self.sep();
                 self.expr(&x.value, d)?;
@@ -1101,22 +1296,22 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Await(x) => {
-                self.open("Await");
+                self.open("Await(");
                 self.expr(&x.value, d)?;
                 self.sep();
             }
             Expr::Yield(x) => {
-                self.open("Yield");
+                self.open("Yield(");
                 self.opt_expr(x.value.as_deref(), d)?;
                 self.sep();
             }
             Expr::YieldFrom(x) => {
-                self.open("YieldFrom");
+                self.open("YieldFrom(");
                 self.expr(&x.value, d)?;
                 self.sep();
             }
             Expr::Compare(c) => {
-                self.open("Compare");
+                self.open("Compare(");
                 self.expr(&c.left, d)?;
                 self.sep();
                 self.out.push('[');
@@ -1130,7 +1325,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::Call(c) => {
-                self.open("Call");
+                self.open("Call(");
                 self.expr(&c.func, d)?;
                 self.sep();
                 self.expr_list(&c.arguments.args, d)?;
@@ -1139,7 +1334,7 @@ impl<'a> Writer<'a> {
                 self.sep();
             }
             Expr::FString(f) => {
-                self.open("JoinedStr");
+                self.open("JoinedStr(");
                 self.out.push('[');
                 let mut pending = String::new();
                 for part in &f.value {
@@ -1170,7 +1365,7 @@ impl<'a> Writer<'a> {
                 if let Number::Int(i) = &n.value {
                     if let Some(v) = i.as_u64() {
                         // The common case, written in place: no token string.
-                        self.open("Constant");
+                        self.open("Constant(");
                         self.out.push('i');
                         push_hex(&mut self.out, v);
                         self.sep();
@@ -1199,46 +1394,36 @@ impl<'a> Writer<'a> {
                 return Ok(());
             }
             Expr::Attribute(a) => {
-                self.open("Attribute");
+                self.open("Attribute(");
                 self.expr(&a.value, d)?;
                 self.sep();
                 self.literal_str(a.attr.id.as_str());
-                self.sep();
-                self.out.push_str(ctx_name(a.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(a.ctx));
             }
             Expr::Subscript(s) => {
-                self.open("Subscript");
+                self.open("Subscript(");
                 self.expr(&s.value, d)?;
                 self.sep();
                 self.expr(&s.slice, d)?;
-                self.sep();
-                self.out.push_str(ctx_name(s.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(s.ctx));
             }
             Expr::Starred(s) => {
-                self.open("Starred");
+                self.open("Starred(");
                 self.expr(&s.value, d)?;
-                self.sep();
-                self.out.push_str(ctx_name(s.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(s.ctx));
             }
             Expr::List(l) => {
-                self.open("List");
+                self.open("List(");
                 self.expr_list(&l.elts, d)?;
-                self.sep();
-                self.out.push_str(ctx_name(l.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(l.ctx));
             }
             Expr::Tuple(t) => {
-                self.open("Tuple");
+                self.open("Tuple(");
                 self.expr_list(&t.elts, d)?;
-                self.sep();
-                self.out.push_str(ctx_name(t.ctx));
-                self.sep();
+                self.out.push_str(ctx_field(t.ctx));
             }
             Expr::Slice(s) => {
-                self.open("Slice");
+                self.open("Slice(");
                 self.opt_expr(s.lower.as_deref(), d)?;
                 self.sep();
                 self.opt_expr(s.upper.as_deref(), d)?;
@@ -1266,11 +1451,11 @@ impl<'a> Writer<'a> {
         let d = deeper(depth)?;
         match p {
             Pattern::MatchValue(v) => {
-                self.open("MatchValue");
+                self.open("MatchValue(");
                 self.expr(&v.value, d)?;
             }
             Pattern::MatchSingleton(s) => {
-                self.open("MatchSingleton");
+                self.open("MatchSingleton(");
                 self.out.push(match s.value {
                     ast::Singleton::None => '~',
                     ast::Singleton::True => 'T',
@@ -1278,11 +1463,11 @@ impl<'a> Writer<'a> {
                 });
             }
             Pattern::MatchSequence(s) => {
-                self.open("MatchSequence");
+                self.open("MatchSequence(");
                 self.pattern_list(&s.patterns, d)?;
             }
             Pattern::MatchMapping(m) => {
-                self.open("MatchMapping");
+                self.open("MatchMapping(");
                 self.expr_list(&m.keys, d)?;
                 self.sep();
                 self.pattern_list(&m.patterns, d)?;
@@ -1290,7 +1475,7 @@ impl<'a> Writer<'a> {
                 self.opt_name(m.rest.as_ref());
             }
             Pattern::MatchClass(c) => {
-                self.open("MatchClass");
+                self.open("MatchClass(");
                 self.expr(&c.cls, d)?;
                 self.sep();
                 self.pattern_list(&c.arguments.patterns, d)?;
@@ -1310,11 +1495,11 @@ impl<'a> Writer<'a> {
                 self.out.push(']');
             }
             Pattern::MatchStar(s) => {
-                self.open("MatchStar");
+                self.open("MatchStar(");
                 self.opt_name(s.name.as_ref());
             }
             Pattern::MatchAs(a) => {
-                self.open("MatchAs");
+                self.open("MatchAs(");
                 match &a.pattern {
                     Some(p) => self.pattern(p, d)?,
                     None => self.none(),
@@ -1323,7 +1508,7 @@ impl<'a> Writer<'a> {
                 self.opt_name(a.name.as_ref());
             }
             Pattern::MatchOr(o) => {
-                self.open("MatchOr");
+                self.open("MatchOr(");
                 self.pattern_list(&o.patterns, d)?;
             }
         }

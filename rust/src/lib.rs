@@ -2,6 +2,7 @@
 //! borrows or copies its buffers, releases the GIL for the work, and converts back.
 //! The logic is in the plain Rust modules declared below, each with its own tests.
 
+pub mod arena;
 pub mod asthash;
 pub mod embed;
 pub mod extract;
@@ -17,9 +18,10 @@ use std::borrow::Cow;
 /// Measured (2026-11-26): the same driver over 21,169 stdlib/EvalPlus functions,
 /// four alternating runs of each build, load average ~7 on 2 cores: 18.3/17.4/19.8/
 /// 18.2 us CPU per hash with mimalloc against 22.2/20.5/23.8/22.7 us with the system
-/// allocator, i.e. 15-20% less CPU per hash. Kept.
+/// allocator, i.e. 15-20% less CPU per hash. Kept. `ScopedArena` serves the AST hash's
+/// parse from a bump arena instead (see `arena`) and passes everything else to mimalloc.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: arena::ScopedArena<mimalloc::MiMalloc> = arena::ScopedArena::new(mimalloc::MiMalloc);
 
 use half::f16;
 use numpy::{
@@ -184,6 +186,21 @@ fn lossy_strings(items: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         .collect()
 }
 
+/// The str items of a Python iterable, kept alive so that their text can be
+/// borrowed while the GIL is released (CPython caches a str's UTF-8 form inside
+/// the object; only strings with lone surrogates need a lossy copy).
+fn str_items<'py>(items: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, pyo3::types::PyString>>> {
+    if items.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(
+            "expected a list of str, got a single str",
+        ));
+    }
+    items
+        .try_iter()?
+        .map(|item| Ok(item?.cast_into::<pyo3::types::PyString>()?))
+        .collect()
+}
+
 /// AST-normalised 128-bit hashes (32 hex chars) of `codes`; None where a code does
 /// not parse or nests too deeply. `threads=0` uses every core.
 #[pyfunction]
@@ -194,15 +211,13 @@ fn ast_hash(
     include_name: bool,
     threads: usize,
 ) -> PyResult<Vec<Option<String>>> {
-    let codes = lossy_strings(codes)?;
-    Ok(py.detach(|| {
-        stack::map_batch(&codes, threads, |c| {
-            if stack::too_complex(c) {
-                return None;
-            }
-            asthash::ast_hash(c, include_name).ok()
-        })
-    }))
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
+    let digests = py.detach(|| asthash::digest_batch(&codes, include_name, threads));
+    Ok(digests
+        .into_iter()
+        .map(|d| d.map(|(d, _)| asthash::hex(&d)))
+        .collect())
 }
 
 /// AST node counts of the normal forms of `codes` (None where no hash exists).
@@ -213,15 +228,20 @@ fn ast_size(
     codes: &Bound<'_, PyAny>,
     threads: usize,
 ) -> PyResult<Vec<Option<usize>>> {
-    let codes = lossy_strings(codes)?;
-    Ok(py.detach(|| {
-        stack::map_batch(&codes, threads, |c| {
-            if stack::too_complex(c) {
-                return None;
-            }
-            asthash::normal_form(c, false).ok().map(|f| f.nodes)
-        })
-    }))
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
+    let digests = py.detach(|| asthash::digest_batch(&codes, false, threads));
+    Ok(digests.into_iter().map(|d| d.map(|(_, n)| n)).collect())
+}
+
+/// Whether each code parses, timed by the benchmark as the parser's floor under
+/// `ast_hash` (same threads, arena and string handling, no walk and no digest).
+#[pyfunction]
+#[pyo3(signature = (codes, threads=0))]
+fn ast_parse_only(py: Python<'_>, codes: &Bound<'_, PyAny>, threads: usize) -> PyResult<Vec<bool>> {
+    let items = str_items(codes)?;
+    let codes: Vec<Cow<'_, str>> = items.iter().map(|s| s.to_string_lossy()).collect();
+    Ok(py.detach(|| asthash::parse_batch(&codes, threads)))
 }
 
 /// The normal form text that `ast_hash` hashes, for debugging and the equivalence tests.
@@ -351,6 +371,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ast_hash, m)?)?;
     m.add_function(wrap_pyfunction!(ast_size, m)?)?;
     m.add_function(wrap_pyfunction!(ast_normal_form, m)?)?;
+    m.add_function(wrap_pyfunction!(ast_parse_only, m)?)?;
     m.add_function(wrap_pyfunction!(extract_functions, m)?)?;
     m.add_function(wrap_pyfunction!(extract_functions_batch, m)?)?;
     m.add_class::<FunctionRecord>()?;

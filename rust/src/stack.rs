@@ -86,6 +86,38 @@ pub fn map_batch<T: Sync, R: Send>(
     }
 }
 
+/// [`map_batch`] with per-thread state: each worker makes one `S` with `init` and
+/// passes it to every `f` it runs (e.g. an allocation arena reused across items).
+pub fn map_batch_with<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, &T) -> R + Sync + Send,
+) -> Vec<R> {
+    let threads = if threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        threads
+    };
+    let serial = || {
+        let mut state = init();
+        items.iter().map(|item| f(&mut state, item)).collect()
+    };
+    if threads <= 1 || items.len() < 2 {
+        return on_big_stack(serial);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(STACK_BYTES)
+        .thread_name(|i| format!("amr-parse-{i}"))
+        .build();
+    match pool {
+        // `map_init` makes a state per split job, not per item: a few per thread.
+        Ok(pool) => pool.install(|| items.par_iter().map_init(&init, &f).collect()),
+        Err(_) => on_big_stack(serial),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +144,17 @@ mod tests {
             items.iter().map(|x| x * 2).collect::<Vec<_>>()
         );
         assert_eq!(map_batch(&items, 1, |x| x + 1)[999], 1000);
+        for threads in [1, 2] {
+            let out = map_batch_with(
+                &items,
+                threads,
+                || 0usize,
+                |seen, x| {
+                    *seen += 1;
+                    x * 3
+                },
+            );
+            assert_eq!(out, items.iter().map(|x| x * 3).collect::<Vec<_>>());
+        }
     }
 }
