@@ -31,9 +31,12 @@
 //!   `str::leading_quote`, which neither the parser nor the walk calls; blake2b's
 //!   CPU detection caches in an atomic, not on the heap; `stacker` (the parser's
 //!   stack probe) keeps a `Cell` and maps its stacks with `mmap`.
-//! - A panic inside the scope allocates its payload there and carries it out, so a
-//!   panicking scope abandons its buffer (leaks it, never reuses it) instead of
-//!   resetting it; the next scope allocates a fresh one.
+//! - A panic inside the scope allocates its payload there. [`Arena::run`] catches
+//!   it on this thread, copies its message out after closing the scope, forgets the
+//!   arena payload and panics again with the copy: rayon and `join` carry a payload
+//!   to another thread, whose free would hand the inner allocator an arena address.
+//!   The buffer is then abandoned (leaked, never reused) in case anything else of
+//!   the unwound scope survives.
 //! - Debug builds fill a buffer with `0xA5` at every reset, so an escaped pointer
 //!   shows up as garbage in `cargo test` rather than as silent reuse.
 
@@ -221,8 +224,22 @@ impl Arena {
             end: start + self.size,
             spilled: false,
         });
-        let _close = Close(self);
-        f()
+        let close = Close(self);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => value,
+            Err(payload) => {
+                close.abandon();
+                // The scope is closed: the message is copied to the inner allocator.
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic inside an arena scope".to_owned());
+                // Arena memory (or, after a spill, a leak): never freed outside the scope.
+                std::mem::forget(payload);
+                std::panic::resume_unwind(Box::new(message))
+            }
+        }
     }
 }
 
@@ -238,16 +255,23 @@ pub fn in_scope() -> bool {
     SCOPE.get().end != 0
 }
 
-/// Closes the scope when `run` returns or unwinds.
+/// Closes the scope when `run` returns.
 struct Close<'a>(&'a mut Arena);
+
+impl Close<'_> {
+    /// Close the scope after a panic and abandon the buffer: what the unwound code
+    /// left behind may still point into it, so it is leaked, never reused.
+    fn abandon(self) {
+        SCOPE.set(CLOSED);
+        self.0.buf = ptr::null_mut();
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for Close<'_> {
     fn drop(&mut self) {
         SCOPE.set(CLOSED);
-        if std::thread::panicking() {
-            // The panic payload may live in the buffer: abandon it, never reuse it.
-            self.0.buf = ptr::null_mut();
-        } else if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) {
             // SAFETY: the buffer is ours and `size` bytes long.
             unsafe { ptr::write_bytes(self.0.buf, 0xA5, self.0.size) };
         }
@@ -333,19 +357,53 @@ mod tests {
 
     #[test]
     fn threads_keep_their_own_scopes() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        // The other thread is spawned outside the scope (spawning allocates what both
+        // threads share) and allocates while this thread's scope is open.
+        static GO: AtomicBool = AtomicBool::new(false);
+        static THEIRS: AtomicUsize = AtomicUsize::new(0);
+        let other = std::thread::spawn(|| {
+            while !GO.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            assert!(!in_scope());
+            let v = vec![5u8; 1000];
+            THEIRS.store(v.as_ptr() as usize, Ordering::Release);
+            v.len()
+        });
         let mut arena = Arena::new(1 << 16);
-        // SAFETY: the other thread's allocations are its own (no scope there), and
-        // only a Copy value leaves this one.
-        let n = unsafe {
+        // SAFETY: only Copy values leave the scope.
+        let (start, theirs) = unsafe {
             arena.run(|| {
-                let h = std::thread::spawn(|| {
-                    assert!(!in_scope());
-                    vec![5u8; 1000]
-                });
-                h.join().unwrap().len()
+                let start = SCOPE.get().start;
+                GO.store(true, Ordering::Release);
+                while THEIRS.load(Ordering::Acquire) == 0 {
+                    std::hint::spin_loop();
+                }
+                (start, THEIRS.load(Ordering::Acquire))
             })
         };
-        assert_eq!(n, 1000);
+        assert!(
+            theirs.wrapping_sub(start) >= 1 << 16,
+            "the other thread used this arena"
+        );
+        assert_eq!(other.join().unwrap(), 1000);
+    }
+
+    #[test]
+    fn a_panic_payload_leaves_as_the_inner_allocators() {
+        // The payload crosses to another thread and is freed there, as rayon does.
+        let payload = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut arena = Arena::new(1 << 16);
+                // SAFETY: `run` copies the payload out of the arena before re-raising.
+                unsafe { arena.run(|| panic!("boom {}", std::hint::black_box(2))) }
+            })
+            .join()
+            .unwrap_err()
+        });
+        assert_eq!(payload.downcast_ref::<String>().unwrap(), "boom 2");
+        drop(payload);
     }
 
     #[test]
