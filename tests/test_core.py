@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,27 @@ def test_parse_only_and_threads_agree_with_the_hash() -> None:
     assert core.ast_size(units, threads=2) == core.ast_size(units, threads=1)
     for threads in (1, 2):
         assert _core.ast_parse_only(units, threads=threads) == [h is not None for h in one]
+
+
+def test_parsing_works_in_a_forked_child_after_the_parent_parsed() -> None:
+    # The parser threads are kept per process; a forked child has none of the parent's
+    # threads, so it must make its own pool rather than wait on the parent's forever.
+    codes = ["def f(a):\n    return a\n", "def g(b):\n    return b + 1\n"]
+    expected = _core.ast_hash(codes)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            signal.alarm(20)
+            got = [*_core.ast_hash(codes), _core.extract_functions(codes[0])[0].name]
+            os.write(write, repr(got).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    os.waitpid(pid, 0)
+    assert out == repr([*expected, "f"])
 
 
 def test_lone_surrogates_hash_as_their_lossy_utf8() -> None:
