@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db.add_argument(
         "--index",
         default="auto",
-        choices=["auto", "exact", "hnsw", "usearch"],
+        choices=["auto", "exact", "hnsw", "usearch", "ivf"],
         help="index of a new DB (default: auto: exact when small, usearch when large)",
     )
     db.add_argument(
