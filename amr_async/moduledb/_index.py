@@ -545,6 +545,10 @@ class IvfIndex:
             return exact_topk(queries, view, k)
         if count > view.count:  # a snapshot: ids added after it are not to be seen
             probed = [ids[ids < view.count] for ids in probed]
+        # Ascending ids read the mapped file in one direction: measured at 100k (int8, 2
+        # shared cores, load 8), 64 lists: kernel 1.01 ms unsorted vs 0.55 ms sorted + 0.14
+        # ms to sort; 256 lists: 6.2 vs 4.3 + 0.6 ms. Results do not depend on the order.
+        probed = [np.sort(ids) for ids in probed]
         rows = np.concatenate(probed) if probed else np.zeros(0, np.int64)
         offsets = np.zeros(q + 1, np.int64)
         np.cumsum([len(p) for p in probed], out=offsets[1:])

@@ -64,11 +64,20 @@ IndexChoice = Literal["auto", "exact", "hnsw", "usearch", "ivf"]
 # ~0.22 µs per row, linear in size; 0.18 µs since the F16C decode loop), usearch 2.1 ms at
 # ef 256 (recall 1.0) / 0.76 ms at ef 64 (0.953), but
 # 21 vs 351 µs per insert and 768 vs ~1,300 B per module; at 100k exact costs ~22 ms.
-# Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), usearch above: hnswlib's queries cost about the
-# same CPU (1.7 vs 2.1 ms at 10k, ef 256) but it needs 2,452 B per module resident (f32 copy
-# of every vector) and reads its whole file on reopen; usearch i8 maps it.
+# Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), an ANN index above.
 AUTO_EXACT_MAX = 20_000
-AUTO_ANN: IndexKind = "usearch"
+# Which ANN index: IVF, decided on the 1M goals (recall 0.95 at p50 1 ms, 10k inserts/s,
+# 1 KB per module, reopen 2 s). Measured 2026-11-26 at 1M, f16 vector file (the default),
+# synthetic rank-32 vectors (no cluster structure: IVF's hardest case), CPU per operation on 2
+# shared cores under load 8-10: IVF (3,200 lists, nprobe 256) recall@10 0.945 at 22.9 ms CPU
+# per query, 70 µs CPU per insert, 796 B per module resident, reopen 0.55 s: meets insert (on
+# CPU), memory and reopen. usearch i8 (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at
+# 11.6 ms (ef 512), 1,149 µs per insert (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
+# The price: about 2x usearch's query CPU at equal recall with f16 rows (a gathered f16 row
+# costs ~250 ns, memory-bound); with an int8 vector file IVF is 0.942 at 11.5 ms, 416 B.
+# At 100k the trade has the same shape (IVF 0.976 at 6.5 ms CPU, 29 µs per insert, 828 B;
+# usearch 0.983 at 4.4 ms, 991 µs, 1,525 B), so IVF takes over where exact stops.
+AUTO_ANN: IndexKind = "ivf"
 
 # ANN indexes are asked for this many times k candidates, re-scored exactly.
 ANN_OVERSAMPLE = 3
