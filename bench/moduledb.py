@@ -501,6 +501,9 @@ def main() -> None:
         "results": results,
         "fastest_at_recall_0_95": fastest_meeting(results, 0.95),
         "best_1m": best,
+        "best_1m_means": "the default configuration at 1M (index=auto, f16 vector file, default "
+        "ef_search/nprobe) on this run's synthetic vectors: index-only figures, not retrieval "
+        "quality (bench/retrieval_quality.py measures that)",
     }
     if best is None:
         summary["best_1m_note"] = "1M not measured in this run (run without --quick)"

@@ -69,10 +69,11 @@ AUTO_EXACT_MAX = 20_000
 # Which ANN index: IVF, decided on the 1M goals (recall 0.95 at p50 1 ms, 10k inserts/s,
 # 1 KB per module, reopen 2 s). Measured 2026-11-26 at 1M, f16 vector file (the default),
 # synthetic rank-32 vectors (no cluster structure: IVF's hardest case), CPU per operation on 2
-# shared cores under load 8-10: IVF (3,200 lists, nprobe 256) recall@10 0.945 at 22.9 ms CPU
-# per query, 70 µs CPU per insert, 796 B per module resident, reopen 0.55 s: meets insert (on
-# CPU), memory and reopen. usearch i8 (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at
-# 11.6 ms (ef 512), 1,149 µs per insert (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
+# shared cores under load 8-10: IVF (3,200 lists) recall@10 0.945 at 20.7 ms CPU per query
+# (nprobe 256; 0.965 at 25.3 ms with nprobe 320, the default), 58-70 µs CPU per insert, 796 B
+# per module resident, reopen 0.49 s: meets insert (on CPU), memory and reopen. usearch i8
+# (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef 512), 1,149 µs per insert
+# (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
 # The price: about 2x usearch's query CPU at equal recall with f16 rows (a gathered f16 row
 # costs ~250 ns, memory-bound); with an int8 vector file IVF is 0.942 at 11.5 ms, 416 B.
 # At 100k the trade has the same shape (IVF 0.976 at 6.5 ms CPU, 29 µs per insert, 828 B;
