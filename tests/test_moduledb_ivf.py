@@ -4,6 +4,7 @@ retraining, snapshots, reopen from its saved file and crash leftovers, empty DBs
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,7 @@ def test_reopen_loads_the_lists_and_drops_rows_beyond_the_metadata(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("reopen retrained instead of loading the saved lists")
 
-    monkeypatch.setattr(IvfIndex, "_train_locked", no_training)
+    monkeypatch.setattr(IvfIndex, "_train", no_training)
     again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
     assert len(again.index) == 2000
     assert again.search_vectors(vecs[:20], k=5) == before
@@ -278,3 +279,35 @@ def test_empty_and_wrong_dimension(tmp_path: Path) -> None:
     assert len(again) == 0
     assert again.search_vectors(unit(1, 16, 0), k=1) == [[]]
     again.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_queries_are_answered_while_the_index_retrains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vecs = unit(2400, 16, 10)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
+    )
+    add_synthetic(store, vecs[:600], batch=600)  # trained at 600
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    old_nlist = index.nlist
+    answers: list[list[list[tuple[float, int]]]] = []
+    original = _index.train_centroids
+
+    def train_while_querying(*args: object, **kwargs: object) -> F32:
+        # A reader in another thread during the retraining: it must not wait for it.
+        reader = threading.Thread(
+            target=lambda: answers.append(store.search_vectors(vecs[:3], k=1))
+        )
+        reader.start()
+        reader.join(timeout=60)
+        assert not reader.is_alive(), "a query waited for the retraining"
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_index, "train_centroids", train_while_querying)
+    add_synthetic(store, vecs[600:], offset=600, batch=1800)  # 2,400 = 4 x 600: retrain
+    assert [[i for _, i in row] for row in answers[0]] == [[0], [1], [2]]  # old lists
+    assert index.nlist == round(4 * 2400**0.5) != old_nlist
+    store.close()

@@ -399,8 +399,9 @@ class IvfIndex:
     data, under the caller's write lock; queries keep the old lists until the swap).
 
     Results are exact over the scanned rows (scores from the stored vectors), so with
-    ``nprobe >= nlist`` they equal the exact scan. Thread-safe: mutation and the lists'
-    gathering hold a lock, the scan runs outside it with the GIL released.
+    ``nprobe >= nlist`` they equal the exact scan. Thread-safe: appends and the lists'
+    gathering hold a lock briefly, training runs outside it (then swaps the state in), and
+    the scan runs outside it with the GIL released.
     """
 
     kind: IndexKind = "ivf"
@@ -422,7 +423,8 @@ class IvfIndex:
         self.min_train = max(1, IVF_MIN_TRAIN if min_train is None else min_train)
         self.lists_per_sqrt = IVF_LISTS_PER_SQRT if lists_per_sqrt is None else lists_per_sqrt
         self._view_of = view_of
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state below: held briefly by queries and appends
+        self._write_lock = threading.Lock()  # one mutation (append or training) at a time
         self._count = 0
         self._trained_at = 0
         self._centroids: F32 | None = None
@@ -470,26 +472,30 @@ class IvfIndex:
 
     def catch_up(self, count: int, block: int = 50_000) -> None:
         """Index rows ``len(self) … count-1`` from the vector file, training once at most."""
-        if count <= self._count:
-            return
-        with self._lock:
+        with self._write_lock:
+            if count <= self._count:
+                return
             if self._must_train(count):
-                self._train_locked(count)  # trains on, and assigns, every row up to count
+                self._swap(self._train(count))  # trains on, and assigns, every row up to count
                 return
             view = self._view_of(count)
             for start in range(self._count, count, block):
                 stop = min(start + block, count)
-                self._append_locked(view.block_f32(start, stop), start)
+                with self._lock:
+                    self._append_locked(view.block_f32(start, stop), start)
 
     def add(self, vectors: F32, start_id: int) -> None:
         if not len(vectors):
             return
-        with self._lock:
+        with self._write_lock:
             end = start_id + len(vectors)
             if self._must_train(end):
-                self._train_locked(end)  # the store wrote these rows to the file already
+                # The store wrote these rows to the file already. Training runs without the
+                # state lock: queries keep the old lists (they cannot see these rows yet).
+                self._swap(self._train(end))
             else:
-                self._append_locked(vectors, start_id)
+                with self._lock:
+                    self._append_locked(vectors, start_id)
 
     def _must_train(self, end: int) -> bool:
         if self._centroids is None:
@@ -508,7 +514,8 @@ class IvfIndex:
             self._lists.append(np.arange(start_id, end, dtype=np.int64), labels)
         self._count = end
 
-    def _train_locked(self, count: int) -> None:
+    def _train(self, count: int) -> tuple[F32, npt.NDArray[np.int32], _Lists, int]:
+        """New centroids from a sample of rows ``0 … count-1``, and every row assigned."""
         view = self._view_of(count)
         nlist = max(1, round(self.lists_per_sqrt * math.sqrt(count)))
         rng = np.random.default_rng(count)
@@ -521,11 +528,13 @@ class IvfIndex:
         for start in range(0, count, 50_000):
             stop = min(start + 50_000, count)
             labels[start:stop] = _assign(view.block_f32(start, stop), centroids)
-        lists = _Lists(labels[:count], len(centroids))
-        # Swap in the new state whole: a query sees the old lists or the new ones.
-        self._centroids, self._labels, self._lists = centroids, labels, lists
-        self._trained_at = count
-        self._count = count
+        return centroids, labels, _Lists(labels[:count], len(centroids)), count
+
+    def _swap(self, state: tuple[F32, npt.NDArray[np.int32], _Lists, int]) -> None:
+        # The new state whole, under the lock: a query sees the old lists or the new ones.
+        with self._lock:
+            self._centroids, self._labels, self._lists, self._count = state
+            self._trained_at = self._count
 
     def search(self, queries: F32, k: int, view: VectorView) -> tuple[F32, I64]:
         """Top-k (scores, ids) per query among ids < view.count; -1 (score -inf) pads.
