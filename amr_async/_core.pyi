@@ -109,3 +109,22 @@ def extract_functions_batch(texts: list[str], threads: int = 0) -> list[list[Fun
 
 def scan_bytes(data: npt.NDArray[np.uint8]) -> int:
     """Read every byte once on all threads and return a checksum (memory-bound probe)."""
+
+def topk_rows(
+    queries: npt.NDArray[np.float32],
+    matrix: npt.NDArray[np.float32] | npt.NDArray[np.float16] | npt.NDArray[np.int8],
+    k: int,
+    rows: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    scales: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Exact dot-product top-k of each query over its own subset of the matrix's rows.
+
+    Query `i` scores the row ids `rows[offsets[i]:offsets[i+1]]` (`offsets` has q + 1
+    non-decreasing entries from 0 to len(rows)), gathered from `matrix` in place: no copy,
+    so a memory-mapped vector file is read only where listed. Scores, order and ties as
+    `topk`. Returns (q × k') scores and row ids with k' = min(k, largest subset); shorter
+    subsets are padded with id -1 and score -inf. Releases the GIL; large subsets are split
+    over every core. Raises ValueError for an id out of range, bad offsets or shapes, and
+    TypeError for another dtype.
+    """

@@ -9,12 +9,13 @@ of 10,000 with pre-computed metadata (no parsing).
 (``reopen_s``), runs single queries at k=10 (``query_p50_ms``/``query_p99_ms``, the store's
 full path: index candidates, re-scoring from the vector file, no metadata fetch) once per
 ef_search of the sweep (HNSW indexes; the default ef first, its figures are the top-level ones)
+or per nprobe (IVF: lists scanned per query, likewise the default first)
 and reports its resident memory growth per module (``rss_bytes_per_module``: RSS after reopen +
 queries minus RSS before opening; mapped files count only the pages touched, so
 ``resident_max_bytes_per_module`` gives index + vector file per module too). Recall is against
 an exact float32 scan of the original vectors.
 
-    .venv/bin/python bench/moduledb.py            # 10k, 100k, 1M x exact, hnsw, usearch, auto
+    .venv/bin/python bench/moduledb.py            # 10k, 100k, 1M x exact, hnsw, usearch, ivf, auto
     .venv/bin/python bench/moduledb.py --quick    # 10k only, under a minute
 
 Last stdout line: one JSON object.
@@ -45,7 +46,12 @@ from amr_async.moduledb._index import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
     HNSW_M,
+    IVF_LISTS_PER_SQRT,
+    IVF_MIN_TRAIN,
+    IVF_NPROBE,
+    IVF_RETRAIN_GROWTH,
     HnswIndex,
+    IvfIndex,
     USearchIndex,
 )
 from amr_async.moduledb._source import FunctionInfo
@@ -160,10 +166,19 @@ def rss_bytes() -> int:
     return 0
 
 
-def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: list[int]) -> None:
+def child(
+    path: str,
+    index: str,
+    queries_file: str,
+    k: int,
+    threads: int,
+    efs: list[int],
+    nprobes: list[int],
+) -> None:
     """Runs in a fresh process: reopen, query one at a time, report latency and memory.
 
-    For an HNSW index the queries run once per ef_search in `efs` (the default first).
+    For an HNSW index the queries run once per ef_search in `efs`, for IVF once per nprobe
+    in `nprobes` (the default first).
     """
     queries = np.load(queries_file)
     before = rss_bytes()
@@ -176,13 +191,16 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: l
     )
     reopen = time.perf_counter() - t0
     graph = store.index if isinstance(store.index, HnswIndex | USearchIndex) else None
+    ivf = store.index if isinstance(store.index, IvfIndex) and store.index.nlist else None
     t0 = time.perf_counter()
     store.search_vectors(queries[:1], k=k)  # first touch of the mapped files
     first = time.perf_counter() - t0
     sweep: list[dict[str, Any]] = []
-    for ef in efs if graph else [0]:
+    for knob in efs if graph else nprobes if ivf else [0]:
         if graph:
-            graph.ef = ef
+            graph.ef = knob
+        if ivf:
+            ivf.nprobe = knob
         lat: list[float] = []
         found: list[list[int]] = []
         c0 = time.process_time()
@@ -195,7 +213,8 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: l
         lat.sort()
         sweep.append(
             {
-                "ef_search": ef if graph else None,
+                "ef_search": knob if graph else None,
+                "nprobe": knob if ivf else None,
                 "query_p50_ms": statistics.median(lat),
                 "query_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
                 "query_cpu_ms": cpu,
@@ -219,6 +238,7 @@ def child(path: str, index: str, queries_file: str, k: int, threads: int, efs: l
                 "rss_bytes_per_module": rss / n,
                 "rss_viewed_bytes_per_module": viewed / n,
                 "index_kind": kind,
+                "nlist": ivf.nlist if ivf else None,
                 "sweep": sweep,
             }
         )
@@ -241,6 +261,7 @@ def measure(
     threads: int,
     exact_queries: int,
     efs: list[int],
+    nprobes: list[int],
     vector_dtype: str,
 ) -> dict[str, Any]:
     path = tmp / f"{index}-{size}"
@@ -261,6 +282,7 @@ def measure(
             str(qfile),
             str(threads),
             ",".join(map(str, efs)),
+            ",".join(map(str, nprobes)),
         ],
         check=False,
         capture_output=True,
@@ -272,6 +294,7 @@ def measure(
     sweep = [
         {
             "ef_search": r["ef_search"],
+            "nprobe": r["nprobe"],
             "query_p50_ms": round(r["query_p50_ms"], 3),
             "query_p99_ms": round(r["query_p99_ms"], 3),
             "query_cpu_ms": round(r["query_cpu_ms"], 3),
@@ -295,6 +318,8 @@ def measure(
         "query_cpu_ms": main["query_cpu_ms"],
         "recall_at_10": main["recall_at_10"],
         "ef_search": main["ef_search"],
+        "nprobe": main["nprobe"],
+        "nlist": res["nlist"],
         "rss_bytes_per_module": round(res["rss_bytes_per_module"], 1),
         "rss_viewed_bytes_per_module": round(res["rss_viewed_bytes_per_module"], 1),
         # Index + vector file per module: the resident size once every page has been touched.
@@ -311,7 +336,7 @@ def measure(
 
 
 def fastest_meeting(results: list[dict[str, Any]], recall: float) -> dict[str, Any]:
-    """Per size: the index and ef_search with the lowest p50 among those reaching `recall`."""
+    """Per size: the index and ef_search (or nprobe) with the lowest p50 reaching `recall`."""
     best: dict[str, Any] = {}
     for r in results:
         if r["index"] == "auto" or r.get("capped"):
@@ -329,7 +354,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="10k only, 100 queries")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes")
-    parser.add_argument("--indexes", default="exact,hnsw,usearch,auto")
+    parser.add_argument("--indexes", default="exact,hnsw,usearch,ivf,auto")
     parser.add_argument("--queries", type=int, default=None, help="default 200; quick 100")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -352,11 +377,27 @@ def main() -> None:
         help=f"ef_search values for the HNSW indexes, the default first "
         f"(default {HNSW_EF_SEARCH},64,128,512; quick {HNSW_EF_SEARCH},64)",
     )
-    parser.add_argument("--child", nargs=5, metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF"))
+    parser.add_argument(
+        "--nprobe",
+        default=None,
+        help=f"nprobe values for IVF, the default first "
+        f"(default {IVF_NPROBE},64,128,512; quick {IVF_NPROBE},64)",
+    )
+    parser.add_argument(
+        "--child", nargs=6, metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE")
+    )
     args = parser.parse_args()
     if args.child:
-        path, index, qfile, threads, efs = args.child
-        child(path, index, qfile, 10, int(threads), [int(e) for e in efs.split(",")])
+        path, index, qfile, threads, efs, nps = args.child
+        child(
+            path,
+            index,
+            qfile,
+            10,
+            int(threads),
+            [int(e) for e in efs.split(",")],
+            [int(e) for e in nps.split(",")],
+        )
         return
     efs = (
         [int(e) for e in args.ef.split(",")]
@@ -365,6 +406,13 @@ def main() -> None:
     )
     if args.quick and not args.ef:
         efs = efs[:2]
+    nprobes = (
+        [int(e) for e in args.nprobe.split(",")]
+        if args.nprobe
+        else [IVF_NPROBE, *[e for e in (64, 128, 512) if e != IVF_NPROBE]]
+    )
+    if args.quick and not args.nprobe:
+        nprobes = nprobes[:2]
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -400,6 +448,7 @@ def main() -> None:
                         args.threads,
                         args.exact_queries,
                         efs,
+                        nprobes,
                         args.vector_dtype,
                     )
                     res = {**res, "size": size, "measured_size": cap, "capped": True}
@@ -415,6 +464,7 @@ def main() -> None:
                         args.threads,
                         args.exact_queries,
                         efs,
+                        nprobes,
                         args.vector_dtype,
                     )
                     done[index] = res
@@ -439,12 +489,21 @@ def main() -> None:
         "queries": args.queries,
         "vector_dtype": args.vector_dtype,
         "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH},
+        "ivf": {
+            "lists_per_sqrt_n": IVF_LISTS_PER_SQRT,
+            "nprobe": IVF_NPROBE,
+            "min_train": IVF_MIN_TRAIN,
+            "retrain_growth": IVF_RETRAIN_GROWTH,
+        },
         "insert_per_s_means": "sustained ModuleStore.add (SQLite + vector file + index) over the "
         "last tenth of the fill, into a DB already 90% full; no parsing, no embedding",
         "auto": {"exact_below": AUTO_EXACT_MAX, "ann": AUTO_ANN},
         "results": results,
         "fastest_at_recall_0_95": fastest_meeting(results, 0.95),
         "best_1m": best,
+        "best_1m_means": "the default configuration at 1M (index=auto, f16 vector file, default "
+        "ef_search/nprobe) on this run's synthetic vectors: index-only figures, not retrieval "
+        "quality (bench/retrieval_quality.py measures that)",
     }
     if best is None:
         summary["best_1m_note"] = "1M not measured in this run (run without --quick)"

@@ -300,9 +300,10 @@ def _add_synthetic(store: ModuleStore, vecs: np.ndarray, offset: int = 0) -> Non
 def test_auto_index_switches_to_ann_past_threshold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from amr_async.moduledb import _store
+    from amr_async.moduledb import _index, _store
 
     monkeypatch.setattr(_store, "AUTO_EXACT_MAX", 1500)
+    monkeypatch.setattr(_index, "IVF_MIN_TRAIN", 1000)
     rng = np.random.default_rng(1)
     vecs = rng.standard_normal((3000, 32)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -310,10 +311,18 @@ def test_auto_index_switches_to_ann_past_threshold(
     _add_synthetic(store, vecs[:1000])
     assert store.index.kind == "exact"
     _add_synthetic(store, vecs[1000:], offset=1000)
-    assert store.index.kind == "usearch"
+    # Crossed at 2,000 modules: the IVF index was trained once on all of them.
+    assert isinstance(store.index, _index.IvfIndex)
+    assert store.index.nlist == round(4 * 2000**0.5)
     assert len(store.index) == 3000
     assert store.search_vectors(vecs[2999:3000], k=1)[0][0][1] == 2999
+    assert store.stats().index == "auto:ivf"
     store.close()
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32)
+    assert isinstance(again.index, _index.IvfIndex)
+    assert len(again.index) == 3000
+    assert again.search_vectors(vecs[2999:3000], k=1)[0][0][1] == 2999
+    again.close()
 
 
 def test_ef_search_is_a_search_time_setting(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from amr_async.moduledb import HashEmbedder, ModuleStore, StoreConfig
+from amr_async.moduledb._index import IvfIndex
 from tests.moduledb_helpers import function_source
 
 CHILD = textwrap.dedent(
@@ -29,6 +30,7 @@ CHILD = textwrap.dedent(
     from tests.moduledb_helpers import modules
 
     path, point, index = sys.argv[1], sys.argv[2], sys.argv[3]
+    _index.IVF_MIN_TRAIN = 50  # IVF trained from the first batch on (default: 10,000)
 
     def freeze(label):
         print(label, flush=True)
@@ -46,14 +48,15 @@ CHILD = textwrap.dedent(
                 freeze("frozen")
         _vectors.VectorFile.append = append
     else:
-        original_add = _index.HnswIndex.add
+        cls = _index.IvfIndex if index == "ivf" else _index.HnswIndex
+        original_add = cls.add
         calls = [0]
         def add(self, vectors, start_id):
             calls[0] += 1
             if calls[0] == 2:
                 freeze("frozen")
             original_add(self, vectors, start_id)
-        _index.HnswIndex.add = add
+        cls.add = add
 
     async def main():
         db = await ModuleDB.open(path, HashEmbedder(384), config=StoreConfig(index=index))
@@ -75,6 +78,8 @@ CHILD = textwrap.dedent(
         ("after-vectors", "exact", 120),
         ("after-vectors", "hnsw", 120),
         ("after-commit", "hnsw", 200),
+        ("after-vectors", "ivf", 120),
+        ("after-commit", "ivf", 200),
     ],
 )
 def test_kill9_during_add_many_leaves_db_consistent(
@@ -112,6 +117,9 @@ def test_kill9_during_add_many_leaves_db_consistent(
         assert len(store) == survivors
         assert store.vectors.file_rows() == survivors  # torn tail and orphan rows cut off
         assert len(store.index) == survivors  # index caught up from the vector file
+        if index == "ivf":  # its saved lists were loaded (trained), not rebuilt from scratch
+            assert isinstance(store.index, IvfIndex)
+            assert store.index.nlist == round(4 * 120**0.5)
         ids = [m.id for m in store.iter_modules()]
         assert ids == list(range(survivors))
         # Every surviving module's stored vector is its own (metadata and vectors agree).

@@ -5,7 +5,7 @@ Layers (data flow):
 - `_source`: parse a function, describe it (name, signature, docstring), normalised AST hash.
 - `_embedders`: text → vectors (`hash`, `minilm`, `openai`), one interface.
 - `_vectors`: the compact memory-mapped vector file (f16, or int8 with per-row scales).
-- `_index`: exact scan, hnswlib and usearch indexes over it.
+- `_index`: exact scan, hnswlib, usearch and IVF indexes over it.
 - `_store`: `ModuleStore`, SQLite metadata + vectors + index, crash-consistent, thread-safe.
 - `_db`: `ModuleDB`, the asyncio API (dedup on admission, snapshots, merge, JSONL).
 """

@@ -4,7 +4,7 @@ A DB is a directory::
 
     modules.sqlite    metadata (WAL); table `modules`, id = row of the vector file
     vectors.f16       vectors (or vectors.int8 + vectors.int8.scales), see `_vectors`
-    index.hnsw        hnswlib index, when used (or index.usearch)
+    index.hnsw        hnswlib index, when used (or index.usearch, index.ivf)
 
 Crash safety: `add` writes the vector rows first, then commits the metadata rows that refer to
 them in one transaction, then updates the index. On open, vector rows beyond the last committed
@@ -41,9 +41,11 @@ from amr_async.moduledb._errors import (
 )
 from amr_async.moduledb._index import (
     HNSW_EF_SEARCH,
+    IVF_NPROBE,
     ExactIndex,
     HnswIndex,
     IndexKind,
+    IvfIndex,
     USearchIndex,
     VectorIndex,
     exact_topk,
@@ -52,7 +54,7 @@ from amr_async.moduledb._source import FunctionInfo
 from amr_async.moduledb._types import Module, SearchHit, Stats, StoredModule
 from amr_async.moduledb._vectors import F32, VectorDType, VectorFile, VectorView
 
-IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
+IndexChoice = Literal["auto", "exact", "hnsw", "usearch", "ivf"]
 
 # With `index="auto"` the DB scans exactly below this many modules and uses the ANN index above
 # it: measured in bench/moduledb.py (see the README's decision). Exact wins on recall (1.0),
@@ -62,11 +64,21 @@ IndexChoice = Literal["auto", "exact", "hnsw", "usearch"]
 # ~0.22 µs per row, linear in size; 0.18 µs since the F16C decode loop), usearch 2.1 ms at
 # ef 256 (recall 1.0) / 0.76 ms at ef 64 (0.953), but
 # 21 vs 351 µs per insert and 768 vs ~1,300 B per module; at 100k exact costs ~22 ms.
-# Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), usearch above: hnswlib's queries cost about the
-# same CPU (1.7 vs 2.1 ms at 10k, ef 256) but it needs 2,452 B per module resident (f32 copy
-# of every vector) and reads its whole file on reopen; usearch i8 maps it.
+# Hence exact up to 20k (≈ 5.8 vs ≈ 2.5 ms), an ANN index above.
 AUTO_EXACT_MAX = 20_000
-AUTO_ANN: IndexKind = "usearch"
+# Which ANN index: IVF, decided on the 1M goals (recall 0.95 at p50 1 ms, 10k inserts/s,
+# 1 KB per module, reopen 2 s). Measured 2026-11-26 at 1M, f16 vector file (the default),
+# synthetic rank-32 vectors (no cluster structure: IVF's hardest case), CPU per operation on 2
+# shared cores under load 8-10: IVF (3,200 lists) recall@10 0.945 at 20.7 ms CPU per query
+# (nprobe 256; 0.965 at 25.3 ms with nprobe 320, the default), 58-70 µs CPU per insert, 796 B
+# per module resident, reopen 0.49 s: meets insert (on CPU), memory and reopen. usearch i8
+# (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef 512), 1,149 µs per insert
+# (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
+# The price: about 2x usearch's query CPU at equal recall with f16 rows (a gathered f16 row
+# costs ~250 ns, memory-bound); with an int8 vector file IVF is 0.942 at 11.5 ms, 416 B.
+# At 100k the trade has the same shape (IVF 0.976 at 6.5 ms CPU, 29 µs per insert, 828 B;
+# usearch 0.983 at 4.4 ms, 991 µs, 1,525 B), so IVF takes over where exact stops.
+AUTO_ANN: IndexKind = "ivf"
 
 # ANN indexes are asked for this many times k candidates, re-scored exactly.
 ANN_OVERSAMPLE = 3
@@ -117,13 +129,15 @@ class StoreConfig:
     Attributes:
         vector_dtype: ``f16`` (768 B per 384-d module) or ``int8`` (388 B, some recall loss).
         index: ``auto`` (exact scan when small, `AUTO_ANN` when large), ``exact``, ``hnsw``,
-            ``usearch``.
+            ``usearch``, ``ivf``.
         durable: fsync vector rows and use SQLite ``synchronous=FULL`` (survives power loss,
             not only a killed process); slower inserts.
         threads: Threads the ANN libraries may use.
         ef_search: Candidate-list size of an HNSW search (higher: better recall, slower);
             None keeps the index default (`HNSW_EF_SEARCH`). A search-time setting: it may
             differ between opens of the same DB.
+        nprobe: Lists an IVF search scans (higher: better recall, slower); None keeps
+            `IVF_NPROBE`. A search-time setting like `ef_search`.
     """
 
     vector_dtype: VectorDType = "f16"
@@ -131,6 +145,7 @@ class StoreConfig:
     durable: bool = False
     threads: int = 2
     ef_search: int | None = None
+    nprobe: int | None = None
 
 
 class ModuleStore:
@@ -164,6 +179,8 @@ class ModuleStore:
         config = config or StoreConfig()
         if config.ef_search is not None and config.ef_search < 1:
             raise ValueError(f"StoreConfig.ef_search must be ≥ 1, got {config.ef_search}")
+        if config.nprobe is not None and config.nprobe < 1:
+            raise ValueError(f"StoreConfig.nprobe must be ≥ 1, got {config.nprobe}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -203,6 +220,7 @@ class ModuleStore:
         self.durable = config.durable
         self.threads = config.threads
         self.ef_search = HNSW_EF_SEARCH if config.ef_search is None else config.ef_search
+        self.nprobe = IVF_NPROBE if config.nprobe is None else config.nprobe
         self.vector_dtype: VectorDType = meta["vector_dtype"]
         self.index_choice: IndexChoice = meta["index"]
         self.vectors = VectorFile(
@@ -235,6 +253,8 @@ class ModuleStore:
             return HnswIndex(self.dim, ef=self.ef_search, threads=self.threads)
         if kind == "usearch":
             return USearchIndex(self.dim, ef=self.ef_search, threads=self.threads)
+        if kind == "ivf":
+            return IvfIndex(self.dim, self.vectors.view, nprobe=self.nprobe)
         return ExactIndex()
 
     def _open_index(self, count: int) -> VectorIndex:
@@ -243,6 +263,15 @@ class ModuleStore:
         index: VectorIndex
         if kind == "exact":
             return ExactIndex(count)  # the vector file is the index: nothing to load
+        if kind == "ivf":
+            # Its file holds one list number per row: rows saved beyond the metadata (a
+            # crash after the save) are dropped, missing ones assigned from the vector file.
+            if path.exists():
+                index = IvfIndex.load(path, self.dim, count, self.vectors.view, nprobe=self.nprobe)
+            else:
+                index = self._new_index(kind)
+            self._catch_up(index, count)
+            return index
         if path.exists():
             if kind == "hnsw":
                 index = HnswIndex.load(path, self.dim, ef=self.ef_search, threads=self.threads)
@@ -256,6 +285,9 @@ class ModuleStore:
         return index
 
     def _catch_up(self, index: VectorIndex, count: int, block: int = 50_000) -> None:
+        if isinstance(index, IvfIndex):
+            index.catch_up(count, block)  # trains once for the whole catch-up
+            return
         view = self.vectors.view(count)
         for start in range(len(index), count, block):
             stop = min(start + block, count)
@@ -451,6 +483,11 @@ class ModuleStore:
                 return _collect(scores, ids, min_similarity)
             cand = self.index.candidates(queries, min(n, k * 16), view)
             cand = np.where(np.isin(cand, allowed), cand, -1)
+        elif isinstance(self.index, IvfIndex):
+            # Exact scores over the probed lists (newer ids filtered out for a snapshot):
+            # nothing to re-score.
+            scores, ids = self.index.search(queries, k, view)
+            return _collect(scores, ids, min_similarity)
         elif self.index.kind == "exact" or len(self.index) - n > _SNAPSHOT_LAG_MAX:
             # Exact scan also for a snapshot far behind the index (its ANN answer would need
             # too many extra candidates to skip the newer ids).
@@ -507,7 +544,11 @@ def _collect(
     scores: F32, ids: npt.NDArray[np.int64], min_similarity: float
 ) -> list[list[tuple[float, int]]]:
     return [
-        [(float(s), int(i)) for s, i in zip(srow, irow, strict=True) if s >= min_similarity]
+        [
+            (float(s), int(i))
+            for s, i in zip(srow, irow, strict=True)
+            if i >= 0 and s >= min_similarity  # -1: padding of a short IVF result
+        ]
         for srow, irow in zip(scores, ids, strict=True)
     ]
 

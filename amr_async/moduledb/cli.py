@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db.add_argument(
         "--index",
         default="auto",
-        choices=["auto", "exact", "hnsw", "usearch"],
-        help="index of a new DB (default: auto: exact when small, usearch when large)",
+        choices=["auto", "exact", "hnsw", "usearch", "ivf"],
+        help="index of a new DB (default: auto: exact when small, ivf when large)",
     )
     db.add_argument(
         "--vector-dtype", default="f16", choices=["f16", "int8"], help="vectors of a new DB"

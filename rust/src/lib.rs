@@ -361,6 +361,72 @@ fn scan_bytes(py: Python<'_>, data: PyReadonlyArray1<'_, u8>) -> PyResult<u64> {
     Ok(py.detach(|| similarity::scan_bytes(bytes)))
 }
 
+/// Exact dot-product top-k of each query over its own subset of `matrix`'s rows:
+/// query `i` scans `rows[offsets[i]:offsets[i+1]]`, gathered in place (no copy).
+#[pyfunction]
+#[pyo3(signature = (queries, matrix, k, rows, offsets, scales=None))]
+fn topk_rows<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    matrix: &Bound<'py, PyAny>,
+    k: usize,
+    rows: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    scales: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<TopKArrays<'py>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    // `rows` (the argument) shadows the helper of that name: call it by path.
+    let q = crate::rows(&queries);
+    let ids = rows_1d(&rows);
+    let bounds = offsets
+        .as_array()
+        .iter()
+        .map(|&o| usize::try_from(o))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| PyValueError::new_err("offsets: must not be negative"))?;
+    let search = |m: topk::Matrix<'_>| py.detach(|| topk::topk_rows(&q, m, dim, k, &ids, &bounds));
+    let (m_dim, result) = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
+        (m.shape()[1], search(topk::Matrix::F32(&crate::rows(&m))))
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f16>>() {
+        (m.shape()[1], search(topk::Matrix::F16(&crate::rows(&m))))
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, i8>>() {
+        let Some(scales) = scales else {
+            return Err(PyValueError::new_err("scales: required for an int8 matrix"));
+        };
+        let s = rows_1d(&scales);
+        (
+            m.shape()[1],
+            search(topk::Matrix::I8 {
+                data: &crate::rows(&m),
+                scales: &s,
+            }),
+        )
+    } else {
+        return Err(PyTypeError::new_err(
+            "matrix: expected a 2-D NumPy array of float32, float16 or int8",
+        ));
+    };
+    if m_dim != dim {
+        let err = similarity::ShapeError::DimensionMismatch {
+            queries: dim,
+            matrix: m_dim,
+        };
+        return Err(PyValueError::new_err(err.to_string()));
+    }
+    let r = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let scores = PyArray1::from_vec(py, r.scores).reshape([nq, r.k])?;
+    let indices = PyArray1::from_vec(py, r.indices).reshape([nq, r.k])?;
+    Ok((scores, indices))
+}
+
+/// A contiguous view of a 1-D array: borrowed when contiguous, else copied once.
+fn rows_1d<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    }
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -376,5 +442,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(extract_functions_batch, m)?)?;
     m.add_class::<FunctionRecord>()?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(topk_rows, m)?)?;
     Ok(())
 }

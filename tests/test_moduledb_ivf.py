@@ -1,0 +1,313 @@
+"""The IVF index: the Rust row-subset kernel, agreement with exact search, training and
+retraining, snapshots, reopen from its saved file and crash leftovers, empty DBs, dimensions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from amr_async import _core
+from amr_async.moduledb import DimensionMismatch, Module, ModuleStore, StoreConfig, _index
+from amr_async.moduledb._index import IvfIndex
+from amr_async.moduledb._source import FunctionInfo
+
+F32 = npt.NDArray[np.float32]
+
+
+def unit(n: int, dim: int, seed: int) -> F32:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def add_synthetic(store: ModuleStore, vecs: F32, offset: int = 0, batch: int = 500) -> None:
+    """Store vectors with minimal metadata (no parsing), in batches."""
+    for start in range(0, len(vecs), batch):
+        chunk = range(offset + start, offset + min(start + batch, len(vecs)))
+        mods = [Module(f"def f{i}():\n    return {i}\n") for i in chunk]
+        infos = [FunctionInfo(f"f{i}", f"def f{i}():", "", f"{i:032x}", 6) for i in chunk]
+        store.add(mods, infos, vecs[start : start + len(mods)])
+
+
+@pytest.fixture
+def small_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train IVF from 500 vectors on (the default waits for 10,000)."""
+    monkeypatch.setattr(_index, "IVF_MIN_TRAIN", 500)
+
+
+# -- the Rust kernel ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "int8"])
+def test_topk_rows_equals_topk_over_a_gathered_copy(dtype: str) -> None:
+    vecs = unit(5000, 40, 0)
+    queries = unit(3, 40, 1)
+    matrix: npt.NDArray[np.generic] = vecs
+    scales = None
+    if dtype == "f16":
+        matrix = vecs.astype(np.float16)
+    elif dtype == "int8":
+        scales = (np.abs(vecs).max(axis=1) / 127).astype(np.float32)
+        matrix = np.rint(vecs / scales[:, None]).astype(np.int8)
+    rng = np.random.default_rng(2)
+    subsets = [np.sort(rng.choice(5000, size, replace=False)) for size in (3000, 40, 3)]
+    rows = np.concatenate(subsets).astype(np.int64)
+    offsets = np.array([0, 3000, 3040, 3043], np.int64)
+    scores, ids = _core.topk_rows(queries, matrix, 10, rows, offsets, scales)
+    assert scores.shape == ids.shape == (3, 10)
+    for j, subset in enumerate(subsets):
+        sub_scales = None if scales is None else np.ascontiguousarray(scales[subset])
+        want_s, want_i = _core.topk(queries[j : j + 1], matrix[subset], 10, sub_scales)
+        n = want_i.shape[1]
+        assert ids[j, :n].tolist() == subset[want_i[0]].tolist()
+        assert scores[j, :n].tolist() == want_s[0].tolist()
+        assert ids[j, n:].tolist() == [-1] * (10 - n)  # a 3-row subset is padded
+        assert np.all(np.isneginf(scores[j, n:]))
+
+
+def test_topk_rows_refuses_bad_input_by_name() -> None:
+    m = unit(10, 8, 0)
+    q = unit(1, 8, 1)
+    with pytest.raises(ValueError, match="row id 10 out of range"):
+        _core.topk_rows(q, m, 3, np.array([1, 10], np.int64), np.array([0, 2], np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        _core.topk_rows(q, m, 3, np.array([1, 2], np.int64), np.array([0, 1], np.int64))
+    with pytest.raises(ValueError, match="offsets: must not be negative"):
+        _core.topk_rows(q, m, 3, np.array([1], np.int64), np.array([-1, 1], np.int64))
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        _core.topk_rows(unit(1, 4, 0), m, 3, np.array([1], np.int64), np.array([0, 1], np.int64))
+    with pytest.raises(ValueError, match="scales"):
+        _core.topk_rows(
+            q, m.astype(np.int8), 3, np.array([1], np.int64), np.array([0, 1], np.int64)
+        )
+    s, i = _core.topk_rows(q, m, 3, np.zeros(0, np.int64), np.array([0, 0], np.int64))
+    assert s.shape == i.shape == (1, 0)
+
+
+# -- the index in the store -----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("small_train")
+@pytest.mark.parametrize("dtype", ["f16", "int8"])
+def test_probing_every_list_equals_the_exact_scan(tmp_path: Path, dtype: str) -> None:
+    vecs = unit(3000, 32, 3)
+    queries = unit(30, 32, 4)
+    exact = ModuleStore(
+        tmp_path / "exact",
+        embedder="synthetic",
+        dim=32,
+        config=StoreConfig(index="exact", vector_dtype=dtype),  # type: ignore[arg-type]
+    )
+    add_synthetic(exact, vecs)
+    config = StoreConfig(index="ivf", vector_dtype=dtype, nprobe=100_000)  # type: ignore[arg-type]
+    ivf = ModuleStore(tmp_path / "ivf", embedder="synthetic", dim=32, config=config)
+    add_synthetic(ivf, vecs)
+    assert isinstance(ivf.index, IvfIndex)
+    assert ivf.index.nlist > 1
+    assert len(ivf.index) == 3000
+    # Same ids in the same order; scores equal up to float rounding (a batch of int8 queries
+    # is scored on decoded blocks, summed in another order).
+    got, want = ivf.search_vectors(queries, k=10), exact.search_vectors(queries, k=10)
+    assert [[i for _, i in row] for row in got] == [[i for _, i in row] for row in want]
+    assert np.allclose([s for row in got for s, _ in row], [s for row in want for s, _ in row])
+    # k above the size: every row, once (order may differ only within rounding ties).
+    got = ivf.search_vectors(queries, k=5000)
+    assert all(sorted(i for _, i in row) == list(range(3000)) for row in got)
+    # One query at a time takes the same arithmetic as the exact scan: equal to the bit.
+    for q in queries[:5]:
+        assert ivf.search_vectors(q[None, :], k=10) == exact.search_vectors(q[None, :], k=10)
+    assert ivf.stats().index == "ivf"
+    exact.close()
+    ivf.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_fewer_probes_scan_fewer_rows_with_exact_scores(tmp_path: Path) -> None:
+    vecs = unit(4000, 32, 5)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(index="ivf", nprobe=4)
+    )
+    add_synthetic(store, vecs)
+    assert isinstance(store.index, IvfIndex)
+    # A stored vector is found first (its own list is the nearest), scored by the file.
+    got = store.search_vectors(vecs[:50], k=3)
+    assert [row[0][1] for row in got] == list(range(50))
+    assert all(abs(row[0][0] - 1.0) < 1e-2 for row in got)
+    # With 4 of ~250 lists the scan sees a small part of the DB: results are a subset of
+    # the exact ones' neighbourhood, never rows outside the probed lists.
+    scores, ids = store.index.search(vecs[:1], 4000, store.view())
+    probed = ids[0][ids[0] >= 0]
+    assert 0 < len(probed) < 4000 // 5
+    assert np.all(np.diff(scores[0][: len(probed)]) <= 0)
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_training_waits_for_enough_rows_then_retrains_on_growth(tmp_path: Path) -> None:
+    vecs = unit(2500, 16, 6)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
+    )
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    add_synthetic(store, vecs[:400], batch=400)
+    assert index.nlist == 0  # below the training size: exact scans
+    assert store.search_vectors(vecs[7:8], k=1)[0][0][1] == 7
+    add_synthetic(store, vecs[400:600], offset=400, batch=200)
+    assert index.nlist == round(4 * 600**0.5)
+    add_synthetic(store, vecs[600:], offset=600, batch=300)  # 4 x 600 reached: retrained
+    assert index.nlist == round(4 * 2400**0.5)
+    assert len(index) == 2500
+    # Every row sits in the list of its nearest centroid, each row once: training assigns
+    # the stored (f16) rows, later appends the vectors as given.
+    centroids = index._centroids
+    assert centroids is not None
+    rows = np.concatenate([store.view().block_f32(0, 2400), vecs[2400:]])
+    assert np.array_equal(index._labels[:2500], np.argmax(rows @ centroids.T, axis=1))
+    lists = index._lists
+    assert lists is not None
+    all_ids = np.sort(np.concatenate([lists.bufs[c][: lists.sizes[c]] for c in range(index.nlist)]))
+    assert np.array_equal(all_ids, np.arange(2500))
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_a_snapshot_sees_only_rows_below_its_limit(tmp_path: Path) -> None:
+    vecs = unit(3000, 24, 7)
+    store = ModuleStore(
+        tmp_path / "db",
+        embedder="synthetic",
+        dim=24,
+        config=StoreConfig(index="ivf", nprobe=100_000),
+    )
+    add_synthetic(store, vecs)
+    queries = vecs[2500:2510]  # rows the snapshot must not see
+    got = store.search_vectors(queries, k=10, limit=2000)
+    # A filter takes the exact scan of the allowed rows: the reference on the same vectors.
+    truth = store.search_vectors(queries, k=10, limit=2000, filters={"verdict": "unverified"})
+    assert all(i < 2000 for row in got for _, i in row)
+    assert [[i for _, i in row] for row in got] == [[i for _, i in row] for row in truth]
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_reopen_loads_the_lists_and_drops_rows_beyond_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vecs = unit(2000, 32, 8)
+    config = StoreConfig(index="ivf", nprobe=8)
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    before = store.search_vectors(vecs[:20], k=5)
+    store.close()
+    saved = tmp_path / "db" / "index.ivf"
+    assert saved.stat().st_size > 2000 * 4  # one int32 list number per row, + centroids
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("reopen retrained instead of loading the saved lists")
+
+    monkeypatch.setattr(IvfIndex, "_train", no_training)
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    assert len(again.index) == 2000
+    assert again.search_vectors(vecs[:20], k=5) == before
+    again.close()
+    # As after a crash: the saved index holds rows whose metadata is gone (the store cuts
+    # the vector file back to the metadata on open); the extra list entries are dropped.
+    with sqlite3.connect(tmp_path / "db" / "modules.sqlite") as db:
+        db.execute("DELETE FROM modules WHERE id >= 1500")
+    cut = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    assert len(cut) == 1500
+    assert len(cut.index) == 1500
+    found = cut.search_vectors(vecs[1400:1600], k=3)
+    assert all(i < 1500 for row in found for _, i in row)
+    assert [row[0][1] for row in found[:100]] == list(range(1400, 1500))
+    # The lost rows can be added again and are indexed.
+    monkeypatch.undo()
+    add_synthetic(cut, vecs[1500:], offset=1500)
+    assert [row[0][1] for row in cut.search_vectors(vecs[1990:2000], k=1)] == list(
+        range(1990, 2000)
+    )
+    cut.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_a_damaged_or_foreign_index_file_is_rebuilt(tmp_path: Path) -> None:
+    vecs = unit(1000, 32, 9)
+    config = StoreConfig(index="ivf", nprobe=100_000)
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    want = store.search_vectors(vecs[:5], k=5)
+    store.close()
+    saved = tmp_path / "db" / "index.ivf"
+    for damage in (b"not a numpy file", None):
+        if damage is None:  # a well-formed file of another dimension
+            with saved.open("wb") as f:
+                np.savez(
+                    f,
+                    format=np.int64(1),
+                    centroids=unit(5, 8, 0),
+                    labels=np.zeros(1000, np.int32),
+                    trained_at=np.int64(1000),
+                )
+        else:
+            saved.write_bytes(damage)
+        again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+        assert len(again.index) == 1000
+        assert again.search_vectors(vecs[:5], k=5) == want
+        again.close()
+
+
+def test_empty_and_wrong_dimension(tmp_path: Path) -> None:
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
+    )
+    assert store.search_vectors(unit(2, 16, 0), k=5) == [[], []]
+    with pytest.raises(DimensionMismatch):
+        store.search_vectors(unit(1, 8, 0), k=5)
+    with pytest.raises(DimensionMismatch):
+        add_synthetic(store, unit(3, 8, 0))
+    with pytest.raises(ValueError, match="nprobe"):
+        ModuleStore(tmp_path / "bad", embedder="synthetic", dim=16, config=StoreConfig(nprobe=0))
+    store.close()
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=16)
+    assert again.index.kind == "ivf"
+    assert len(again) == 0
+    assert again.search_vectors(unit(1, 16, 0), k=1) == [[]]
+    again.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_queries_are_answered_while_the_index_retrains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vecs = unit(2400, 16, 10)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
+    )
+    add_synthetic(store, vecs[:600], batch=600)  # trained at 600
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    old_nlist = index.nlist
+    answers: list[list[list[tuple[float, int]]]] = []
+    original = _index.train_centroids
+
+    def train_while_querying(*args: object, **kwargs: object) -> F32:
+        # A reader in another thread during the retraining: it must not wait for it.
+        reader = threading.Thread(
+            target=lambda: answers.append(store.search_vectors(vecs[:3], k=1))
+        )
+        reader.start()
+        reader.join(timeout=60)
+        assert not reader.is_alive(), "a query waited for the retraining"
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_index, "train_centroids", train_while_querying)
+    add_synthetic(store, vecs[600:], offset=600, batch=1800)  # 2,400 = 4 x 600: retrain
+    assert [[i for _, i in row] for row in answers[0]] == [[0], [1], [2]]  # old lists
+    assert index.nlist == round(4 * 2400**0.5) != old_nlist
+    store.close()
