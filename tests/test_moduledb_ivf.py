@@ -13,6 +13,7 @@ import pytest
 
 from amr_async import _core
 from amr_async.moduledb import DimensionMismatch, Module, ModuleStore, StoreConfig, _index
+from amr_async.moduledb._db import NEAR_DUPLICATE_NPROBE
 from amr_async.moduledb._index import IvfIndex
 from amr_async.moduledb._source import FunctionInfo
 
@@ -144,6 +145,35 @@ def test_fewer_probes_scan_fewer_rows_with_exact_scores(tmp_path: Path) -> None:
     probed = ids[0][ids[0] >= 0]
     assert 0 < len(probed) < 4000 // 5
     assert np.all(np.diff(scores[0][: len(probed)]) <= 0)
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_near_duplicate_checks_probe_few_lists_and_still_find_the_original(
+    tmp_path: Path,
+) -> None:
+    vecs = unit(4000, 32, 7)
+    store = ModuleStore(
+        tmp_path / "db", embedder="synthetic", dim=32, config=StoreConfig(index="ivf")
+    )
+    add_synthetic(store, vecs)
+    assert isinstance(store.index, IvfIndex)
+    assert store.index.nlist > NEAR_DUPLICATE_NPROBE
+    # Copies at cosine 0.98 of stored vectors: the few nearest lists hold the original.
+    rng = np.random.default_rng(8)
+    picks = rng.choice(4000, 50, replace=False)
+    base = vecs[picks]
+    noise = rng.standard_normal(base.shape).astype(np.float32)
+    noise -= (noise * base).sum(axis=1, keepdims=True) * base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    copies = 0.98 * base + np.sqrt(1 - 0.98**2) * noise
+    got = store.search_vectors(copies, k=1, min_similarity=0.97, nprobe=NEAR_DUPLICATE_NPROBE)
+    assert [row[0][1] if row else None for row in got] == [int(p) for p in picks]
+    # The per-call nprobe is what limits the scan (the store's own default is far larger).
+    view = store.view()
+    few = store.index.search(vecs[:1], 4000, view, NEAR_DUPLICATE_NPROBE)[1][0]
+    default = store.index.search(vecs[:1], 4000, view)[1][0]
+    assert 0 < (few >= 0).sum() < (default >= 0).sum()
     store.close()
 
 

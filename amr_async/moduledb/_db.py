@@ -35,6 +35,12 @@ from amr_async.moduledb._types import AddResult, Module, Rejection, SearchHit, S
 from amr_async.moduledb._vectors import F32
 
 DEFAULT_NOVELTY_THRESHOLD = 0.97
+# IVF lists the near-duplicate check scans: a module at cosine >= 0.97 to a stored one sits in
+# one of the stored module's nearest lists. Measured 2026-11-26 at 100k (800 lists,
+# synthetic rank-32 vectors, 1,500 copies at cosine 0.97 / 0.98 / 0.995 of stored vectors):
+# nprobe 1 / 2 / 4 / 8 / 16 found 1,379 / 1,485 / 1,499 / 1,500 / 1,500 of them at 0.22 /
+# 0.29 / 0.36 / 0.47 / 0.67 ms of CPU per check, against 9.6 ms at the search default (320).
+NEAR_DUPLICATE_NPROBE = 16
 
 
 class Snapshot:
@@ -254,7 +260,9 @@ class ModuleDB:
     ) -> tuple[list[int], list[Rejection]]:
         """Split `fresh` into novel modules and near-duplicates (runs in a thread)."""
         threshold = self.novelty_threshold
-        stored = self.store.search_vectors(vectors, k=1, min_similarity=threshold)
+        stored = self.store.search_vectors(
+            vectors, k=1, min_similarity=threshold, nprobe=NEAR_DUPLICATE_NPROBE
+        )
         stored_names = self.store.fetch(row[0][1] for row in stored if row)
         within = vectors @ vectors.T
         keep: list[int] = []

@@ -536,10 +536,13 @@ class IvfIndex:
             self._centroids, self._labels, self._lists, self._count = state
             self._trained_at = self._count
 
-    def search(self, queries: F32, k: int, view: VectorView) -> tuple[F32, I64]:
+    def search(
+        self, queries: F32, k: int, view: VectorView, nprobe: int | None = None
+    ) -> tuple[F32, I64]:
         """Top-k (scores, ids) per query among ids < view.count; -1 (score -inf) pads.
 
-        Scores are exact dot products with the stored vectors of the scanned lists.
+        Scores are exact dot products with the stored vectors of the scanned lists;
+        `nprobe` overrides the index's own for this call.
         """
         q = len(queries)
         with self._lock:
@@ -547,7 +550,7 @@ class IvfIndex:
             if centroids is None or lists is None:
                 probed = None
             else:
-                nprobe = min(self.nprobe, len(centroids))
+                nprobe = min(self.nprobe if nprobe is None else max(1, nprobe), len(centroids))
                 near = queries @ centroids.T
                 if nprobe < len(centroids):
                     probe = np.argpartition(-near, nprobe - 1, axis=1)[:, :nprobe]

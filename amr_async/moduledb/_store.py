@@ -453,11 +453,14 @@ class ModuleStore:
         min_similarity: float = -1.0,
         filters: Mapping[str, Any] | None = None,
         limit: int | None = None,
+        nprobe: int | None = None,
     ) -> list[list[tuple[float, int]]]:
         """Top-`k` (score, id) per query among modules with id < `limit` (default: all).
 
         Scores are cosine similarities recomputed from the vector file, best first; results
-        below `min_similarity` are dropped; an empty DB gives empty lists.
+        below `min_similarity` are dropped; an empty DB gives empty lists. `nprobe` sets the
+        IVF lists scanned for this call (default: `StoreConfig.nprobe`; other indexes
+        ignore it).
 
         Raises:
             DimensionMismatch: When the queries' dimension differs.
@@ -486,7 +489,7 @@ class ModuleStore:
         elif isinstance(self.index, IvfIndex):
             # Exact scores over the probed lists (newer ids filtered out for a snapshot):
             # nothing to re-score.
-            scores, ids = self.index.search(queries, k, view)
+            scores, ids = self.index.search(queries, k, view, nprobe)
             return _collect(scores, ids, min_similarity)
         elif self.index.kind == "exact" or len(self.index) - n > _SNAPSHOT_LAG_MAX:
             # Exact scan also for a snapshot far behind the index (its ANN answer would need
