@@ -63,11 +63,62 @@ fn cosine_matrix<'py>(
     PyArray1::from_vec(py, out).reshape([q_rows, m_rows])
 }
 
-/// Exact dot-product top-k of each query row against the rows of `matrix`
-/// (float32, float16, or int8 with one float32 scale per row).
 /// Scores (q × k) and row indices (q × k) of a top-k search.
 type TopKArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
+/// Run `search` over `matrix` (float32, float16, or int8 with one float32 scale per row)
+/// with the GIL released, after checking its dimension against the queries' `dim`, and
+/// return the result as NumPy arrays for `nq` queries.
+fn search_matrix<'py, E: std::fmt::Display + Send>(
+    py: Python<'py>,
+    matrix: &Bound<'py, PyAny>,
+    scales: Option<PyReadonlyArray1<'py, f32>>,
+    (nq, dim): (usize, usize),
+    search: impl Fn(topk::Matrix<'_>) -> Result<topk::TopKResult, E> + Sync,
+) -> PyResult<TopKArrays<'py>> {
+    let check = |m_dim: usize| {
+        if m_dim == dim {
+            return Ok(());
+        }
+        let err = similarity::ShapeError::DimensionMismatch {
+            queries: dim,
+            matrix: m_dim,
+        };
+        Err(PyValueError::new_err(err.to_string()))
+    };
+    let result = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
+        check(m.shape()[1])?;
+        let data = rows(&m);
+        py.detach(|| search(topk::Matrix::F32(&data)))
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f16>>() {
+        check(m.shape()[1])?;
+        let data = rows(&m);
+        py.detach(|| search(topk::Matrix::F16(&data)))
+    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, i8>>() {
+        let Some(scales) = scales else {
+            return Err(PyValueError::new_err("scales: required for an int8 matrix"));
+        };
+        check(m.shape()[1])?;
+        let (data, scales) = (rows(&m), rows_1d(&scales));
+        py.detach(|| {
+            search(topk::Matrix::I8 {
+                data: &data,
+                scales: &scales,
+            })
+        })
+    } else {
+        return Err(PyTypeError::new_err(
+            "matrix: expected a 2-D NumPy array of float32, float16 or int8",
+        ));
+    };
+    let r = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let scores = PyArray1::from_vec(py, r.scores).reshape([nq, r.k])?;
+    let indices = PyArray1::from_vec(py, r.indices).reshape([nq, r.k])?;
+    Ok((scores, indices))
+}
+
+/// Exact dot-product top-k of each query row against the rows of `matrix`
+/// (float32, float16, or int8 with one float32 scale per row).
 #[pyfunction(name = "topk")]
 #[pyo3(signature = (queries, matrix, k, scales=None))]
 fn topk_py<'py>(
@@ -77,56 +128,9 @@ fn topk_py<'py>(
     k: usize,
     scales: Option<PyReadonlyArray1<'py, f32>>,
 ) -> PyResult<TopKArrays<'py>> {
-    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    let shape = (queries.shape()[0], queries.shape()[1]);
     let q = rows(&queries);
-    let (m_dim, result) = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
-        let data = rows(&m);
-        (
-            m.shape()[1],
-            py.detach(|| topk::topk(&q, topk::Matrix::F32(&data), dim, k)),
-        )
-    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f16>>() {
-        let data = rows(&m);
-        (
-            m.shape()[1],
-            py.detach(|| topk::topk(&q, topk::Matrix::F16(&data), dim, k)),
-        )
-    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, i8>>() {
-        let Some(scales) = scales else {
-            return Err(PyValueError::new_err("scales: required for an int8 matrix"));
-        };
-        let data = rows(&m);
-        let s = scales.as_array().iter().copied().collect::<Vec<f32>>();
-        (
-            m.shape()[1],
-            py.detach(|| {
-                topk::topk(
-                    &q,
-                    topk::Matrix::I8 {
-                        data: &data,
-                        scales: &s,
-                    },
-                    dim,
-                    k,
-                )
-            }),
-        )
-    } else {
-        return Err(PyTypeError::new_err(
-            "matrix: expected a 2-D NumPy array of float32, float16 or int8",
-        ));
-    };
-    if m_dim != dim {
-        let err = similarity::ShapeError::DimensionMismatch {
-            queries: dim,
-            matrix: m_dim,
-        };
-        return Err(PyValueError::new_err(err.to_string()));
-    }
-    let r = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let scores = PyArray1::from_vec(py, r.scores).reshape([nq, r.k])?;
-    let indices = PyArray1::from_vec(py, r.indices).reshape([nq, r.k])?;
-    Ok((scores, indices))
+    search_matrix(py, matrix, scales, shape, |m| topk::topk(&q, m, shape.1, k))
 }
 
 /// Feature-hashing embeddings of `texts` (n × dim float32, rows L2-normalised).
@@ -374,7 +378,7 @@ fn topk_rows<'py>(
     offsets: PyReadonlyArray1<'py, i64>,
     scales: Option<PyReadonlyArray1<'py, f32>>,
 ) -> PyResult<TopKArrays<'py>> {
-    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    let shape = (queries.shape()[0], queries.shape()[1]);
     // `rows` (the argument) shadows the helper of that name: call it by path.
     let q = crate::rows(&queries);
     let ids = rows_1d(&rows);
@@ -384,39 +388,9 @@ fn topk_rows<'py>(
         .map(|&o| usize::try_from(o))
         .collect::<Result<Vec<usize>, _>>()
         .map_err(|_| PyValueError::new_err("offsets: must not be negative"))?;
-    let search = |m: topk::Matrix<'_>| py.detach(|| topk::topk_rows(&q, m, dim, k, &ids, &bounds));
-    let (m_dim, result) = if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f32>>() {
-        (m.shape()[1], search(topk::Matrix::F32(&crate::rows(&m))))
-    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, f16>>() {
-        (m.shape()[1], search(topk::Matrix::F16(&crate::rows(&m))))
-    } else if let Ok(m) = matrix.extract::<PyReadonlyArray2<'py, i8>>() {
-        let Some(scales) = scales else {
-            return Err(PyValueError::new_err("scales: required for an int8 matrix"));
-        };
-        let s = rows_1d(&scales);
-        (
-            m.shape()[1],
-            search(topk::Matrix::I8 {
-                data: &crate::rows(&m),
-                scales: &s,
-            }),
-        )
-    } else {
-        return Err(PyTypeError::new_err(
-            "matrix: expected a 2-D NumPy array of float32, float16 or int8",
-        ));
-    };
-    if m_dim != dim {
-        let err = similarity::ShapeError::DimensionMismatch {
-            queries: dim,
-            matrix: m_dim,
-        };
-        return Err(PyValueError::new_err(err.to_string()));
-    }
-    let r = result.map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let scores = PyArray1::from_vec(py, r.scores).reshape([nq, r.k])?;
-    let indices = PyArray1::from_vec(py, r.indices).reshape([nq, r.k])?;
-    Ok((scores, indices))
+    search_matrix(py, matrix, scales, shape, |m| {
+        topk::topk_rows(&q, m, shape.1, k, &ids, &bounds)
+    })
 }
 
 /// A contiguous view of a 1-D array: borrowed when contiguous, else copied once.
