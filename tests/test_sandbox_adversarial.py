@@ -43,6 +43,16 @@ def _stray_processes(tag: str) -> list[str]:
     return found
 
 
+async def _no_strays_left(tag: str) -> None:
+    """Assert no process of the sandbox tagged `tag` is left, once its zygote has had up to
+    10 s to exit after its last job."""
+    for _ in range(200):
+        if not _stray_processes(tag):
+            break
+        await asyncio.sleep(0.05)
+    assert _stray_processes(tag) == []
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     sb = Sandbox(parallelism=2, cache_size=0)
@@ -54,12 +64,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         yield sb
     finally:
         await sb.aclose()
-    # The zygote exits once its jobs are done; give it a moment to go.
-    for _ in range(200):
-        if not _stray_processes(sb.process_tag):
-            break
-        await asyncio.sleep(0.05)
-    assert _stray_processes(sb.process_tag) == []
+    await _no_strays_left(sb.process_tag)
 
 
 async def _one(sb: Sandbox, code: str, test: str, limits: Limits = OK) -> Status:
@@ -453,8 +458,4 @@ async def test_the_jobs_die_with_the_zygote() -> None:
         assert "zygote" in result.module_error
     finally:
         await sb.aclose()
-    for _ in range(200):
-        if not _stray_processes(sb.process_tag):
-            break
-        await asyncio.sleep(0.05)
-    assert _stray_processes(sb.process_tag) == []
+    await _no_strays_left(sb.process_tag)

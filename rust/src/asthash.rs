@@ -133,13 +133,20 @@ pub fn ast_digest(code: &str, include_name: bool) -> Result<([u8; 16], usize), U
 /// of KiB; larger units spill to mimalloc, so this bounds memory per thread.
 const ARENA_BYTES: usize = 1 << 20;
 
-/// [`ast_digest`] of every code on `threads` big-stack threads (`0`: all cores),
-/// each parse in its thread's [`arena`]; `None` where a code has no hash.
-pub fn digest_batch<T: AsRef<str> + Sync>(
+/// `f` of every code on `threads` big-stack threads (`0`: all cores), each call in its
+/// thread's [`arena`]; `refused` where the nesting check refuses the code. `R: Copy` owns
+/// no heap memory, so a result cannot carry an arena allocation out of its scope.
+///
+/// # Safety
+///
+/// `f` must keep [`arena::Arena::run`]'s promise: it drops (or forgets) everything it
+/// allocates and is not the first to touch a lazily allocated global.
+unsafe fn map_in_arenas<T: AsRef<str> + Sync, R: Copy + Send + Sync>(
     codes: &[T],
-    include_name: bool,
     threads: usize,
-) -> Vec<Option<([u8; 16], usize)>> {
+    refused: R,
+    f: impl Fn(&str) -> R + Sync + Send,
+) -> Vec<R> {
     crate::stack::map_batch_with(
         codes,
         threads,
@@ -147,14 +154,28 @@ pub fn digest_batch<T: AsRef<str> + Sync>(
         |arena, code| {
             let code = code.as_ref();
             if crate::stack::too_complex(code) {
-                return None;
+                return refused;
             }
-            // SAFETY: `ast_digest` returns only `Copy` values and drops (or forgets)
-            // everything it allocates; the parser and walk touch no lazily allocated
-            // global (audit in the `arena` module docs).
-            unsafe { arena.run(|| ast_digest(code, include_name).ok()) }
+            // SAFETY: the caller's promise for `f`; only a `Copy` value leaves the scope.
+            unsafe { arena.run(|| f(code)) }
         },
     )
+}
+
+/// [`ast_digest`] of every code on `threads` big-stack threads (`0`: all cores),
+/// each parse in its thread's [`arena`]; `None` where a code has no hash.
+pub fn digest_batch<T: AsRef<str> + Sync>(
+    codes: &[T],
+    include_name: bool,
+    threads: usize,
+) -> Vec<Option<([u8; 16], usize)>> {
+    // SAFETY: `ast_digest` drops (or forgets) everything it allocates; the parser and
+    // walk touch no lazily allocated global (audit in the `arena` module docs).
+    unsafe {
+        map_in_arenas(codes, threads, None, |code| {
+            ast_digest(code, include_name).ok()
+        })
+    }
 }
 
 /// Bytes staged before each BLAKE2b update: a multiple of its 128-byte block, so
@@ -228,28 +249,17 @@ impl Feed {
 /// threads, arena, nesting check) but with no walk and no digest: the benchmark's
 /// floor for the hash.
 pub fn parse_batch<T: AsRef<str> + Sync>(codes: &[T], threads: usize) -> Vec<bool> {
-    crate::stack::map_batch_with(
-        codes,
-        threads,
-        || arena::Arena::new(ARENA_BYTES),
-        |arena, code| {
-            let code = code.as_ref();
-            if crate::stack::too_complex(code) {
-                return false;
-            }
-            let parse = || {
-                let Ok(parsed) = ruff_python_parser::parse_module(code) else {
-                    return false;
-                };
-                if arena::in_scope() && !arena::spilled() {
-                    std::mem::forget(parsed); // as in `ast_digest`
-                }
-                true
-            };
-            // SAFETY: only a bool leaves the scope; see `digest_batch`.
-            unsafe { arena.run(parse) }
-        },
-    )
+    let parse = |code: &str| {
+        let Ok(parsed) = ruff_python_parser::parse_module(code) else {
+            return false;
+        };
+        if arena::in_scope() && !arena::spilled() {
+            std::mem::forget(parsed); // as in `ast_digest`
+        }
+        true
+    };
+    // SAFETY: as in `digest_batch` (the same parse, no walk).
+    unsafe { map_in_arenas(codes, threads, false, parse) }
 }
 
 /// Lower-case hex of a digest.
