@@ -4,13 +4,16 @@ One emulator (a test double) runs in its own process at zero latency with no lim
 this process, at the same concurrency and request count, three loops post the same chat
 request:
 
-    bare    aiohttp session + orjson: post bytes, read, parse (the floor)
-    client  amr_async.teacher.OpenAIClient.send (request encoding, classification, headers)
-    sdk     openai.AsyncOpenAI with its aiohttp transport, max_retries=0
+    bare     aiohttp session + orjson: post bytes, read, parse (aiohttp's floor)
+    client   amr_async.teacher.OpenAIClient.send on its default transport, the lean
+             HTTP/1.1 pool on httptools (request encoding, classification, headers)
+    aiohttp  the same client handed an aiohttp session (`transport="aiohttp"`)
+    sdk      openai.AsyncOpenAI with its aiohttp transport, max_retries=0
 
 Each mode runs `--reps` times in rotating order; figures are medians. The server is shared,
 so ratios compare the clients under identical conditions. Last line of stdout: one JSON
-object (`bare_rps`, `client_rps`, `sdk_rps`, `client_vs_bare`, `client_vs_sdk`, `cores`, ...).
+object (`bare_rps`, `client_rps`, `sdk_rps`, `client_vs_bare`, `client_vs_sdk`, `cores`,
+`aiohttp_client_cpu_us_per_req`, `lean_saves_cpu_us_per_req`, ...).
 
     .venv/bin/python bench/client_overhead.py [--quick]
 """
@@ -116,6 +119,21 @@ async def bare_mode(base: str, n: int, concurrency: int) -> tuple[float, float, 
 
 async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
     request = ChatRequest(model=MODEL, messages=(Message("user", PROMPT),), max_tokens=256)
+    client = OpenAIClient(
+        base_url=base, api_key="sk-bench", config=ClientConfig(max_connections=concurrency)
+    )
+    try:
+
+        async def one() -> bool:
+            return (await client.send(request)).kind.is_success
+
+        return await drive(n, concurrency, one)
+    finally:
+        await client.aclose()
+
+
+async def aiohttp_client_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
+    request = ChatRequest(model=MODEL, messages=(Message("user", PROMPT),), max_tokens=256)
     session = open_session(ClientConfig(max_connections=concurrency))
     client = OpenAIClient(base_url=base, api_key="sk-bench", session=session)
     try:
@@ -156,6 +174,7 @@ async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, float, i
 MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float, int]]]] = {
     "bare": bare_mode,
     "client": client_mode,
+    "aiohttp": aiohttp_client_mode,
     "sdk": sdk_mode,
 }
 
@@ -196,6 +215,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "bare_cpu_us_per_req": round(statistics.median(cpu["bare"]), 1),
         "client_cpu_us_per_req": round(statistics.median(cpu["client"]), 1),
         "sdk_cpu_us_per_req": round(statistics.median(cpu["sdk"]), 1),
+        "aiohttp_client_rps": round(statistics.median(rates["aiohttp"]), 1),
+        "aiohttp_client_cpu_us_per_req": round(statistics.median(cpu["aiohttp"]), 1),
+        # What the lean transport saves per call against the same client on aiohttp.
+        "lean_saves_cpu_us_per_req": round(
+            statistics.median(cpu["aiohttp"]) - statistics.median(cpu["client"]), 1
+        ),
+        "loadavg": round(os.getloadavg()[0], 2),
         "concurrency": args.concurrency,
         "requests": args.requests,
         "reps": args.reps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -37,19 +38,28 @@ REQ = ChatRequest(
 )
 
 
-def _client(provider: Provider, running: RunningEmulator, **kw: object) -> TeacherClient:
+def _client(
+    provider: Provider,
+    running: RunningEmulator,
+    transport: Literal["lean", "aiohttp"] = "lean",
+    timeouts: Timeouts | None = None,
+) -> TeacherClient:
     base = running.openai_base_url if provider is Provider.OPENAI else running.anthropic_base_url
-    return make_client(provider, base_url=base, api_key=KEY, **kw)  # type: ignore[arg-type]
+    config = ClientConfig(transport=transport, timeouts=timeouts or Timeouts())
+    return make_client(provider, base_url=base, api_key=KEY, config=config)
 
 
 BOTH = pytest.mark.parametrize("provider", [Provider.OPENAI, Provider.ANTHROPIC])
+# Both HTTP transports must give the same outcomes (see ClientConfig.transport).
+TRANSPORTS = pytest.mark.parametrize("transport", ["lean", "aiohttp"])
 
 
 @BOTH
+@TRANSPORTS
 async def test_ok_answer_with_usage_and_request_id(
-    provider: Provider, emulator: RunningEmulator
+    provider: Provider, transport: Literal["lean", "aiohttp"], emulator: RunningEmulator
 ) -> None:
-    client = _client(provider, emulator)
+    client = _client(provider, emulator, transport)
     async with client:  # type: ignore[attr-defined]
         out = await client.send(REQ)
     assert out.kind is OutcomeKind.OK, out.error
@@ -64,11 +74,12 @@ async def test_ok_answer_with_usage_and_request_id(
 
 
 @BOTH
+@TRANSPORTS
 async def test_rate_limit_headers_are_parsed(
-    provider: Provider, start_emulator: StartEmulator
+    provider: Provider, transport: Literal["lean", "aiohttp"], start_emulator: StartEmulator
 ) -> None:
     running = await start_emulator(limits=Limits(rpm=50, tpm=1_000_000))
-    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+    async with _client(provider, running, transport) as client:  # type: ignore[attr-defined]
         await client.send(REQ)
         out = await client.send(REQ)
     rl = out.rate_limits
@@ -87,11 +98,12 @@ async def test_rate_limit_headers_are_parsed(
 
 
 @BOTH
+@TRANSPORTS
 async def test_rpm_exceeded_is_rate_limited_with_retry_hint(
-    provider: Provider, start_emulator: StartEmulator
+    provider: Provider, transport: Literal["lean", "aiohttp"], start_emulator: StartEmulator
 ) -> None:
     running = await start_emulator(limits=Limits(rpm=2))
-    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+    async with _client(provider, running, transport) as client:  # type: ignore[attr-defined]
         kinds = [(await client.send(REQ)).kind for _ in range(3)]
         out = await client.send(REQ)
     assert kinds == [OutcomeKind.OK, OutcomeKind.OK, OutcomeKind.RATE_LIMITED]
@@ -115,12 +127,17 @@ FAULT_KINDS = [
 
 
 @BOTH
+@TRANSPORTS
 @pytest.mark.parametrize(("fault", "kind"), FAULT_KINDS)
 async def test_each_fault_is_classified(
-    provider: Provider, fault: str, kind: OutcomeKind, start_emulator: StartEmulator
+    provider: Provider,
+    transport: Literal["lean", "aiohttp"],
+    fault: str,
+    kind: OutcomeKind,
+    start_emulator: StartEmulator,
 ) -> None:
     running = await start_emulator(faults=FaultRates(**{fault: 1.0}))
-    async with _client(provider, running) as client:  # type: ignore[attr-defined]
+    async with _client(provider, running, transport) as client:  # type: ignore[attr-defined]
         out = await client.send(REQ)
     assert out.kind is kind, out
     assert KEY not in repr(out)
@@ -134,21 +151,31 @@ async def test_each_fault_is_classified(
 
 
 @BOTH
-async def test_hang_times_out(provider: Provider, start_emulator: StartEmulator) -> None:
+@TRANSPORTS
+@pytest.mark.parametrize("limit", ["read", "total"])
+async def test_hang_times_out(
+    provider: Provider,
+    transport: Literal["lean", "aiohttp"],
+    limit: str,
+    start_emulator: StartEmulator,
+) -> None:
     running = await start_emulator(faults=FaultRates(hang=1.0), hang_s=30.0)
-    config = ClientConfig(timeouts=Timeouts(connect=5, read=0.2, total=10))
-    async with _client(provider, running, config=config) as client:  # type: ignore[attr-defined]
+    timeouts = Timeouts(connect=5, read=0.2, total=10)
+    if limit == "total":
+        timeouts = Timeouts(connect=5, read=None, total=0.3)
+    async with _client(provider, running, transport, timeouts) as client:  # type: ignore[attr-defined]
         out = await client.send(REQ)
     assert out.kind is OutcomeKind.TIMEOUT
     assert out.status is None
 
 
 @BOTH
+@TRANSPORTS
 async def test_wrong_key_is_auth_and_key_never_leaks(
-    provider: Provider, start_emulator: StartEmulator
+    provider: Provider, transport: Literal["lean", "aiohttp"], start_emulator: StartEmulator
 ) -> None:
     running = await start_emulator(api_key="sk-the-right-one-xyz")
-    client = _client(provider, running)
+    client = _client(provider, running, transport)
     assert KEY not in repr(client)
     async with client:  # type: ignore[attr-defined]
         out = await client.send(REQ)
@@ -180,12 +207,16 @@ async def test_context_length_is_invalid_request(
 
 
 @BOTH
-async def test_refused_connection(provider: Provider) -> None:
+@TRANSPORTS
+async def test_refused_connection(
+    provider: Provider, transport: Literal["lean", "aiohttp"]
+) -> None:
     with socket.socket() as s:  # a port that nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}" + ("/v1" if provider is Provider.OPENAI else "")
-    async with make_client(provider, base_url=base, api_key=KEY) as client:  # type: ignore[attr-defined]
+    config = ClientConfig(transport=transport)
+    async with make_client(provider, base_url=base, api_key=KEY, config=config) as client:  # type: ignore[attr-defined]
         out = await client.send(REQ)
     assert out.kind is OutcomeKind.CONNECTION
     assert KEY not in repr(out)

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from amr_async.teacher._lean import LeanPool, Target
 from amr_async.teacher.base import ClientConfig, Secret, open_session
 from amr_async.teacher.classify import (
     TRANSPORT_ERRORS,
@@ -91,8 +92,13 @@ class WireClient:
         self._config = config or ClientConfig()
         self._session = session
         self._owns_session = session is None
+        # Without a given session, the configured transport; the lean pool and its prepared
+        # target are made on first use, when the subclass has set its headers.
+        self._lean = session is None and self._config.transport == "lean"
+        self._pool: LeanPool | None = None
+        self._target: Target | None = None
         self._closed = False
-        self._headers: Mapping[str, str] = {}
+        self._headers: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -105,6 +111,15 @@ class WireClient:
             # Created on first use so that it binds to the loop that uses it.
             session = self._session = open_session(self._config)
         return session
+
+    def _ensure_pool(self) -> tuple[LeanPool, Target]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._pool is None:
+            self._pool = LeanPool(self._config)
+        if self._target is None:
+            self._target = self._pool.target(self._url, self._headers)
+        return self._pool, self._target
 
     def _encode(self, request: ChatRequest) -> bytes:
         raise NotImplementedError
@@ -192,9 +207,22 @@ class WireClient:
         Raises:
             RuntimeError: the client was closed.
         """
+        loop = asyncio.get_running_loop()
+        headers: Mapping[str, str]
+        if self._lean:
+            body = self._encode(request)
+            start = loop.time()
+            try:
+                pool, target = self._ensure_pool()
+                status, headers, raw = await pool.post(target, body)
+            except TRANSPORT_ERRORS as exc:
+                kind = classify_exception(exc)
+                return Outcome(
+                    kind=kind, error=describe_exception(exc), latency_s=loop.time() - start
+                )
+            return self._decode(status, headers, raw, loop.time() - start)
         session = self._ensure_session()
         body = self._encode(request)
-        loop = asyncio.get_running_loop()
         start = loop.time()
         try:
             async with session.post(self._url, data=body, headers=self._headers) as resp:
@@ -209,6 +237,9 @@ class WireClient:
     async def aclose(self) -> None:
         """Close the session if this client created it; idempotent."""
         self._closed = True
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import aiohttp
 import orjson
@@ -55,15 +55,22 @@ class ClientConfig:
             request beyond it waits for a free connection.
         timeouts: per-request limits, see `Timeouts`.
         user_agent: sent on every request.
+        transport: the HTTP client a client without a given session uses: "lean" (our
+            keep-alive HTTP/1.1 client on httptools, see `teacher/_lean.py`; the cheaper one
+            per call) or "aiohttp" (for proxies, redirects or anything else it does and
+            the lean one does not). A client handed an aiohttp session always uses it.
     """
 
     max_connections: int = 100
     timeouts: Timeouts = field(default_factory=Timeouts)
     user_agent: str = "amr-async"
+    transport: Literal["lean", "aiohttp"] = "lean"
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.transport not in ("lean", "aiohttp"):
+            raise ValueError(f"transport must be 'lean' or 'aiohttp', got {self.transport!r}")
 
 
 @runtime_checkable

@@ -1,16 +1,19 @@
-"""Mapping of HTTP statuses, error bodies and aiohttp exceptions onto `OutcomeKind`.
+"""Mapping of HTTP statuses, error bodies and transport exceptions onto `OutcomeKind`.
 
-aiohttp's exception tree, and what each branch becomes (most specific first)::
+The exception trees of both transports (aiohttp's and the lean one's, `_lean.py`), and what
+each branch becomes (most specific first)::
 
     TimeoutError (incl. aiohttp.ServerTimeoutError, ConnectionTimeoutError)  -> TIMEOUT
-    aiohttp.InvalidURL                                                       -> INVALID_REQUEST
+    aiohttp.InvalidURL, lean InvalidURLError                                 -> INVALID_REQUEST
     aiohttp.ClientPayloadError (body cut by a dropped connection)            -> CONNECTION
-    aiohttp.ClientResponseError (unparseable status line or headers)         -> MALFORMED_RESPONSE
-    aiohttp.ClientConnectionError, OSError (refused, reset, disconnected)    -> CONNECTION
-    aiohttp.ClientError (anything else the client library raises)            -> CONNECTION
+    aiohttp.ClientResponseError, lean ResponseParseError (unparseable
+        status line, headers or body framing)                                -> MALFORMED_RESPONSE
+    aiohttp.ClientConnectionError, lean ConnectionClosedError, OSError
+        (refused, reset, disconnected, DNS, TLS)                             -> CONNECTION
+    aiohttp.ClientError, lean HttpTransportError (anything else)             -> CONNECTION
 
-This is the only place that knows aiohttp's exception classes; nothing outside teacher/
-sees them.
+This is the only place that knows the transports' exception classes; nothing outside
+teacher/ sees them.
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ import re
 
 import aiohttp
 
+from amr_async.teacher._lean import HttpTransportError, InvalidURLError, ResponseParseError
 from amr_async.teacher.types import OutcomeKind
 
 # What `send` catches: everything a network call can raise that is not a bug of ours.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    HttpTransportError,
+    OSError,
+    TimeoutError,
+)
 
 
 def classify_exception(exc: BaseException) -> OutcomeKind:
@@ -36,8 +45,10 @@ def classify_exception(exc: BaseException) -> OutcomeKind:
     """
     if isinstance(exc, TimeoutError):
         return OutcomeKind.TIMEOUT
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | InvalidURLError):
         return OutcomeKind.INVALID_REQUEST
+    if isinstance(exc, ResponseParseError):
+        return OutcomeKind.MALFORMED_RESPONSE
     if isinstance(exc, aiohttp.ClientPayloadError):
         return OutcomeKind.CONNECTION
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -46,9 +57,9 @@ def classify_exception(exc: BaseException) -> OutcomeKind:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """A short, secret-free description: the class name and aiohttp's message.
+    """A short, secret-free description: the class name and the transport's message.
 
-    aiohttp's messages name host and port at most, never request headers.
+    Both transports' messages name host and port at most, never request headers.
     """
     text = str(exc).strip()
     name = type(exc).__name__
