@@ -160,6 +160,17 @@ def test_pricing_shipped_prefix_cached_and_batch() -> None:
     assert table.cost("no-such-model", usage) is None
 
 
+def test_pricing_lookups_are_remembered_with_the_same_answers() -> None:
+    table = PricingTable.load()
+    first = [table.price(m) for m in ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "no-such-model")]
+    again = [table.price(m) for m in ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "no-such-model")]
+    assert first == again
+    assert first[0] is first[1]  # the dated name falls back to its listed prefix
+    assert first[2] is None
+    assert "no-such-model" not in table
+    assert "gpt-4o-mini-2024-07-18" in table
+
+
 def test_pricing_override_merges_and_errors_name_the_place(tmp_path: Path) -> None:
     good = tmp_path / "prices.toml"
     good.write_text(

@@ -67,10 +67,14 @@ class Price:
 class PricingTable:
     """Model name → `Price`, exact or by longest prefix. Immutable once loaded."""
 
-    __slots__ = ("_prices",)
+    __slots__ = ("_found", "_prices")
 
     def __init__(self, prices: Mapping[str, Price]) -> None:
         self._prices = dict(prices)
+        # Every lookup's answer, by model: a run prices each call twice (dispatcher and
+        # journal) and an unlisted model would otherwise scan the whole table each time.
+        # Bounded by the models a process asks about.
+        self._found: dict[str, Price | None] = {}
 
     @classmethod
     def load(cls, overrides: Iterable[str | Path] = ()) -> PricingTable:
@@ -98,14 +102,19 @@ class PricingTable:
 
     def price(self, model: str) -> Price | None:
         """The price of `model`: exact name, else the longest listed prefix, else None."""
+        try:
+            return self._found[model]
+        except KeyError:
+            pass
         found = self._prices.get(model)
-        if found is not None:
-            return found
-        best = ""
-        for name in self._prices:
-            if model.startswith(name) and len(name) > len(best):
-                best = name
-        return self._prices[best] if best else None
+        if found is None:
+            best = ""
+            for name in self._prices:
+                if model.startswith(name) and len(name) > len(best):
+                    best = name
+            found = self._prices[best] if best else None
+        self._found[model] = found
+        return found
 
     def cost(
         self, model: str, usage: Usage, *, batch: bool = False, cached_in_input: bool = True

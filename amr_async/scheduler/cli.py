@@ -34,7 +34,7 @@ from amr_async.scheduler._metrics import MetricsSnapshot
 from amr_async.scheduler._pricing import PricingError, PricingTable
 from amr_async.scheduler._retry import RetryPolicy
 from amr_async.scheduler._signals import shutdown_on_signals
-from amr_async.teacher.base import ClientConfig, Timeouts, open_session
+from amr_async.teacher.base import ClientConfig, Timeouts
 from amr_async.teacher.factory import make_client
 from amr_async.teacher.types import ChatRequest, Message, Outcome, Provider
 
@@ -102,9 +102,9 @@ async def _dispatch(
     config = ClientConfig(
         max_connections=args.max_in_flight, timeouts=Timeouts(total=args.timeout_s)
     )
-    session = open_session(config)
+    # The client owns its pool (the default lean transport, see ClientConfig.transport).
+    client = make_client(args.provider, base_url=args.base_url, config=config)
     try:
-        client = make_client(args.provider, base_url=args.base_url, session=session)
         dispatcher = Dispatcher(
             [Endpoint(client, limits={"*": limits})],
             retry=retry,
@@ -136,7 +136,7 @@ async def _dispatch(
             return EXIT_STOPPED
         return 0
     finally:
-        await session.close()
+        await client.aclose()
 
 
 def _finished_ids(path: Path) -> set[str]:

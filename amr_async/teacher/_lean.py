@@ -206,7 +206,8 @@ class _Connection(asyncio.Protocol):
             if self._read_timer is not None:
                 self._read_timer.cancel()
                 self._read_timer = None
-        return self._status, self._header_map(), self._body_bytes()
+        headers = self._header_map()
+        return self._status, headers, self._body_bytes(headers)
 
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
@@ -219,20 +220,22 @@ class _Connection(asyncio.Protocol):
         self.lost = True
 
     def _header_map(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in self._headers:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
+        raw = self._headers
+        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in raw}
+        if len(headers) < len(raw):
             # A repeated header is one comma-joined value (RFC 9110 §5.3).
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            headers = {}
+            for raw_name, raw_value in raw:
+                name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
         return headers
 
-    def _body_bytes(self) -> bytes:
+    def _body_bytes(self, headers: dict[str, str]) -> bytes:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        for name, value in self._headers:
-            if name.lower() == b"content-encoding":
-                return _decompress(value.decode("latin-1").strip().lower(), body)
-        return body
+        encoding = headers.get("content-encoding")
+        if encoding is None:
+            return body
+        return _decompress(encoding.strip().lower(), body)
 
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
