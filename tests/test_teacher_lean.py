@@ -299,3 +299,28 @@ async def test_tls_with_verification(tls_files: tuple[Path, Path]) -> None:
             await strict.post(strict.target(URL(base + "/chat/completions"), {}), b"{}")
         await strict.aclose()
     assert server.connections >= 1
+
+
+def test_transport_is_validated() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        ClientConfig(transport="curl")  # type: ignore[arg-type]
+    assert ClientConfig().transport == "lean"
+
+
+async def test_aclose_fails_requests_in_flight_and_refuses_new_ones() -> None:
+    got = asyncio.Event()
+
+    def never(n: int, req: bytes) -> bytes:
+        got.set()
+        return b""
+
+    async with serving(never) as (_, base):
+        pool = LeanPool(ClientConfig())
+        target = pool.target(URL(base + "/chat/completions"), {})
+        task = asyncio.create_task(pool.post(target, b"{}"))
+        await asyncio.wait_for(got.wait(), 10)
+        await pool.aclose()
+        with pytest.raises(ConnectionClosedError):
+            await task
+        with pytest.raises(RuntimeError, match="closed"):
+            await pool.post(target, b"{}")
