@@ -3,7 +3,9 @@
 OpenAIClient      Chat Completions (OpenAI and compatible servers: vLLM, SGLang, llama.cpp, Ollama)
 AnthropicClient   Messages
 TeacherClient     the interface both satisfy: `send(request) -> Outcome`, `aclose()`
-open_session      one shared aiohttp session per engine, pool sized to the concurrency
+ClientConfig      pool size, timeouts, and the HTTP transport: "lean" (the default: our
+                  keep-alive HTTP/1.1 pool on httptools) or "aiohttp"
+open_session      an aiohttp session several clients can share (they then use aiohttp)
 """
 
 from amr_async.teacher.anthropic_messages import AnthropicClient as AnthropicClient

@@ -1,8 +1,10 @@
 """The interface every teacher client shares, its configuration, and the HTTP session.
 
-Every client speaks one provider protocol over one `aiohttp.ClientSession` and returns an
-`Outcome` for every call: it never raises on a bad response, a timeout or a dropped
-connection. Clients may share one session (one keep-alive pool per engine) or own one.
+Every client speaks one provider protocol and returns an `Outcome` for every call: it never
+raises on a bad response, a timeout or a dropped connection. Its HTTP goes through its own
+lean keep-alive pool (`ClientConfig.transport="lean"`, the default, see `_lean.py`), or
+through an `aiohttp.ClientSession` that it owns (`transport="aiohttp"`) or is handed
+(`open_session`: one pool shared by several clients).
 """
 
 from __future__ import annotations
