@@ -7,6 +7,7 @@ import inspect
 import aiohttp
 import pytest
 
+from amr_async.teacher import _lean
 from amr_async.teacher.classify import (
     TRANSPORT_ERRORS,
     classify_exception,
@@ -63,6 +64,17 @@ def _all_aiohttp_errors() -> list[type[BaseException]]:
     return found
 
 
+def test_every_lean_transport_error_is_caught() -> None:
+    classes = [
+        obj
+        for obj in vars(_lean).values()
+        if inspect.isclass(obj) and issubclass(obj, _lean.HttpTransportError)
+    ]
+    assert len(classes) == 5
+    for cls in classes:
+        assert issubclass(cls, TRANSPORT_ERRORS), cls
+
+
 def test_every_aiohttp_error_is_caught_and_mapped() -> None:
     classes = _all_aiohttp_errors()
     assert len(classes) > 10
@@ -81,6 +93,11 @@ def test_every_aiohttp_error_is_caught_and_mapped() -> None:
         (aiohttp.ClientPayloadError("cut"), K.CONNECTION),
         (ConnectionResetError(), K.CONNECTION),
         (aiohttp.InvalidURL("x"), K.INVALID_REQUEST),
+        (_lean.InvalidURLError("x"), K.INVALID_REQUEST),
+        (_lean.ResponseParseError("x"), K.MALFORMED_RESPONSE),
+        (_lean.ConnectionClosedError("x"), K.CONNECTION),
+        (_lean.ConnectError("x"), K.CONNECTION),
+        (_lean.HttpTransportError("x"), K.CONNECTION),
     ],
 )
 def test_exception_table(exc: BaseException, kind: K) -> None:

@@ -22,6 +22,7 @@ from yarl import URL
 
 from amr_async.teacher import ChatRequest, ClientConfig, Message, OpenAIClient, OutcomeKind
 from amr_async.teacher._lean import (
+    ConnectError,
     ConnectionClosedError,
     InvalidURLError,
     LeanPool,
@@ -293,10 +294,11 @@ async def test_tls_with_verification(tls_files: tuple[Path, Path]) -> None:
         target = pool.target(URL(base + "/chat/completions"), {})
         assert [(await pool.post(target, b"{}"))[0] for _ in range(2)] == [200, 200]
         await pool.aclose()
-        # The system's CAs do not know this certificate: refused, as an OSError.
+        # The system's CAs do not know this certificate: refused, naming the place.
         strict = LeanPool(ClientConfig())
-        with pytest.raises(ssl.SSLError):
+        with pytest.raises(ConnectError, match="cannot connect to localhost:") as caught:
             await strict.post(strict.target(URL(base + "/chat/completions"), {}), b"{}")
+        assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
         await strict.aclose()
     assert server.connections >= 1
 

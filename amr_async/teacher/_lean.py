@@ -24,7 +24,8 @@ Errors it raises (mapped onto outcome kinds in `classify.py`)::
     InvalidURLError (ValueError)                    not http(s), or no host
     ResponseParseError                              unparseable status line, headers, chunks
     ConnectionClosedError (ConnectionError)         closed before the whole answer arrived
-    OSError                                         refused, reset, DNS, TLS
+    ConnectError (ConnectionError)                  refused, DNS, TLS (the cause chained)
+    OSError                                         reset while writing
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class ResponseParseError(HttpTransportError):
 
 class ConnectionClosedError(HttpTransportError, ConnectionError):
     """The connection closed before the whole response arrived."""
+
+
+class ConnectError(HttpTransportError, ConnectionError):
+    """No connection could be opened (refused, DNS, TLS); the message names host and port."""
 
 
 Response = tuple[int, dict[str, str], bytes]
@@ -364,14 +369,19 @@ class LeanPool:
         if deadline is not None:
             connect_by = deadline if connect_by is None else min(connect_by, deadline)
         tls = self._ssl_context() if target.tls else None
-        async with asyncio.timeout_at(connect_by):
-            _, conn = await loop.create_connection(
-                lambda: _Connection(loop, target.key),
-                target.host,
-                target.port,
-                ssl=tls,
-                server_hostname=target.host if tls is not None else None,
-            )
+        try:
+            async with asyncio.timeout_at(connect_by):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop, target.key),
+                    target.host,
+                    target.port,
+                    ssl=tls,
+                    server_hostname=target.host if tls is not None else None,
+                )
+        except TimeoutError:
+            raise TimeoutError(f"connecting to {target.host}:{target.port} timed out") from None
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
         self._open.add(conn)
         return conn
 
