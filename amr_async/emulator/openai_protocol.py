@@ -23,6 +23,9 @@ OPENAI_ROUTE = "/v1/chat/completions"
 DEFAULT_MAX_TOKENS = 4096  # what the emulator assumes when the body names no limit
 
 
+_ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
+
+
 def go_duration(seconds: float) -> str:
     """Format like OpenAI's reset headers: `9ms`, `1.5s`, `6m0s`."""
     if seconds < 1.0:
@@ -107,18 +110,22 @@ class OpenAIProtocol(Protocol):
         texts: list[str] = []
         question = ""
         for i, msg in enumerate(messages):
-            where = f"messages[{i}]"
             if not isinstance(msg, dict):
+                where = f"messages[{i}]"
                 raise BadRequest(f"Invalid type for '{where}': expected an object.", where)
             role = msg.get("role")
-            if role not in ("system", "developer", "user", "assistant", "tool"):
+            if role not in _ROLES:
                 raise BadRequest(
                     f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', "
                     "'user', 'tool', and 'developer'.",
-                    f"{where}.role",
+                    f"messages[{i}].role",
                     "invalid_value",
                 )
-            text = content_text(msg.get("content"), f"{where}.content")
+            content = msg.get("content")
+            # A plain string needs no checking (and no place name built for an error).
+            text = (
+                content if type(content) is str else content_text(content, f"messages[{i}].content")
+            )
             texts.append(text)
             if role == "user":
                 question = text

@@ -206,39 +206,29 @@ class Emulator:
         counters.body_hashes[digest] += 1
         seen = counters.body_hashes[digest]
         route = proto.route
-
-        def reply(resp: web.StreamResponse) -> web.StreamResponse:
-            counters.requests[route][str(resp.status)] += 1
-            if resp.status == 429:
-                counters.rate_limited += 1
-            if proto.request_id_header not in resp.headers:
-                # Errors carry a request id and the limits in force, as the real APIs do.
-                resp.headers[proto.request_id_header] = f"req_emu{next(self._ids):016x}"
-                for name, value in self._headers(proto).items():
-                    resp.headers.setdefault(name, value)
-            return resp
+        reply = self._reply
 
         auth = proto.check_auth(request, self.config.api_key)
         if auth is not None:
-            return reply(auth)
+            return reply(proto, auth)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return reply(proto.bad_json())
+            return reply(proto, proto.bad_json())
         try:
             parsed = proto.parse(data, request)
             if parsed.input_tokens > self.config.context_window:
                 raise proto.context_error(parsed.input_tokens, self.config.context_window)
             answer_text = self._answer(digest, parsed)
         except BadRequest as exc:
-            return reply(proto.bad_request(exc))
+            return reply(proto, proto.bad_request(exc))
         except UnknownKindError as exc:
-            return reply(proto.bad_request(BadRequest(str(exc), "messages")))
+            return reply(proto, proto.bad_request(BadRequest(str(exc), "messages")))
 
         limits = proto.limits
         admitted = limits.admit(proto.charges(parsed))
         if isinstance(admitted, Refusal):
-            return reply(proto.rate_limited(admitted, parsed, self._headers(proto)))
+            return reply(proto, proto.rate_limited(admitted, parsed, self._headers(proto)))
         admission: Admission = admitted
         output_tokens: int | None = None
         try:
@@ -247,7 +237,7 @@ class Emulator:
                 counters.faults[fault] += 1
             if fault in ("server_error", "overloaded", "rate_limit", "insufficient_quota"):
                 output_tokens = 0  # nothing generated: the output reservation is released
-                return reply(proto.fault_error(fault, self._headers(proto)))
+                return reply(proto, proto.fault_error(fault, self._headers(proto)))
 
             text, finish = answer_text, "stop"
             for s in parsed.stop:
@@ -286,13 +276,28 @@ class Emulator:
                 body = body[: len(body) // 2]
             counters.input_tokens += parsed.input_tokens
             counters.output_tokens += output_tokens
-            return reply(web.Response(body=body, headers=headers, content_type="application/json"))
+            counters.requests[route]["200"] += 1  # `reply` without its error-only work
+            headers["Content-Type"] = "application/json"
+            return web.Response(body=body, headers=headers)
         except asyncio.CancelledError:
             # The client hung up (a timeout during latency or a hang): aiohttp cancels us.
             counters.requests[route]["cancelled"] += 1
             raise
         finally:
             limits.finish(admission, output_tokens)
+
+    def _reply(self, proto: Protocol, resp: web.StreamResponse) -> web.StreamResponse:
+        """Count a refusal or error answer and give it a request id and the limits."""
+        counters = self.counters
+        counters.requests[proto.route][str(resp.status)] += 1
+        if resp.status == 429:
+            counters.rate_limited += 1
+        if proto.request_id_header not in resp.headers:
+            # Errors carry a request id and the limits in force, as the real APIs do.
+            resp.headers[proto.request_id_header] = f"req_emu{next(self._ids):016x}"
+            for name, value in self._headers(proto).items():
+                resp.headers.setdefault(name, value)
+        return resp
 
     async def _reset_midway(
         self, request: web.Request, body: bytes, headers: dict[str, str], route: str
