@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -251,6 +252,30 @@ async def test_isolation_none_still_judges() -> None:
         result = await sb.run(Job(CODE, [AssertTest("assert add(1, 1) == 2")], limits=LIMITS))
     assert result.isolation == "none"
     assert result.passed
+
+
+async def test_isolation_none_gives_each_job_its_own_work_dir_and_removes_it() -> None:
+    # The zygote sets the environment once; each child sets HOME and TMPDIR to its dir.
+    code = (
+        "import os\n"
+        "def where():\n"
+        "    here = os.getcwd()\n"
+        "    assert os.environ['HOME'] == os.environ['TMPDIR'] == here\n"
+        "    assert sorted(os.environ) == ['HOME', 'LANG', 'PATH', 'TMPDIR']\n"
+        "    os.makedirs('a/b')\n"
+        "    open('a/b/f.txt', 'w').write('x')\n"
+        "    return here\n"
+    )
+    async with Sandbox(isolation="none", cache_size=0) as sb:
+        first, second, empty = (
+            await sb.run(Job(code, [CallTest((), NOT_GIVEN)], entry_point="where", limits=LIMITS)),
+            await sb.run(Job(code, [CallTest((), NOT_GIVEN)], entry_point="where", limits=LIMITS)),
+            await sb.run(Job("import os\nhere = os.getcwd()\n", [AssertTest("assert here")])),
+        )
+    assert [r.passed for r in (first, second, empty)] == [True] * 3, (first, second, empty)
+    dirs = [Path(r.tests[0].value) for r in (first, second)]
+    assert dirs[0] != dirs[1]
+    assert not any(d.exists() for d in dirs)  # removed, with what the job wrote in them
 
 
 def test_busy_machine_extends_deadlines_but_not_forever() -> None:
