@@ -90,6 +90,9 @@ async def test_main_block_stdin_env_and_private_dirs(sandbox: Sandbox) -> None:
         "        return 'closed'\n"
         "def env_names():\n"
         "    return sorted(os.environ)\n"
+        "def sigint_kills():\n"
+        "    import signal\n"
+        "    return signal.getsignal(signal.SIGINT) is signal.SIG_DFL\n"
         "def scratch():\n"
         "    pathlib.Path('here.txt').write_text('a')\n"
         "    with tempfile.NamedTemporaryFile() as fh:\n"
@@ -102,11 +105,12 @@ async def test_main_block_stdin_env_and_private_dirs(sandbox: Sandbox) -> None:
             AssertTest("assert read_stdin() == 'closed'"),
             AssertTest("assert env_names() == ['HOME', 'LANG', 'PATH', 'TMPDIR']"),
             AssertTest("assert scratch() == 'a'"),
+            AssertTest("assert sigint_kills()"),
         ],
         limits=LIMITS,
     )
     result = await sandbox.run(job)
-    assert [t.status for t in result.tests] == [Status.PASSED] * 3, result.tests
+    assert [t.status for t in result.tests] == [Status.PASSED] * 4, result.tests
 
 
 async def test_output_is_captured(sandbox: Sandbox) -> None:
