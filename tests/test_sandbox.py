@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from amr_async.sandbox import (
     SandboxError,
     Status,
     TestResult,
+    _worker,
     calibrated_time_limits,
 )
 from amr_async.sandbox._sandbox import _starved_by
@@ -358,3 +360,15 @@ async def test_a_held_back_record_of_many_is_not_blamed_for_the_next_hang(
     result = await sandbox.run(Job(code, tests, limits=LIMITS, time_limits=limits))
     assert [t.status for t in result.tests] == [Status.PASSED] * len(quick) + [Status.TIMEOUT]
     assert result.processes_started == 2
+
+
+@pytest.mark.parametrize(
+    ("killed", "output", "cpu"),
+    [(None, "", 0.0), ("deadline", 'quote " backslash \\ \n\t\x00 ü 😀 \ufffd', 1e-05)],
+)
+def test_report_json_matches_json_dumps(killed: str | None, output: str, cpu: float) -> None:
+    # The zygote formats its report by hand; the parent reads it with json.loads.
+    raw = _worker.report_json(-9, killed, output, 123, cpu)
+    expected = {"exit": -9, "killed": killed, "output": output, "output_bytes": 123, "cpu": cpu}
+    assert json.loads(raw) == expected
+    assert raw == json.dumps(expected).encode()
