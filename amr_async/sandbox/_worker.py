@@ -47,7 +47,9 @@ that is safe:
 
 What stays per job: the PID namespace (killing C, its PID 1, kills every process
 of the job, `setsid` orphans included), the mount namespace with its /proc and
-tmpfs, the uid switch, rlimits, the scrubbed environment, the Landlock domain.
+tmpfs, the uid switch, rlimits, the Landlock domain. The scrubbed environment
+(PATH, HOME, TMPDIR, LANG only) and SIGINT's default action are set once in Z
+and inherited; in "none" mode C sets HOME and TMPDIR to its own work dir.
 
 * Z holds each job's control socket to the parent, watches C through a pidfd,
   drains C's stdout/stderr (capped) and SIGKILLs C on the parent's word, on the
