@@ -11,7 +11,10 @@
 4. `empty_job_p50_ms`: the per-job overhead (a job with no tests, cache off),
    and `empty_job_cpu_ms`: the CPU of the sandbox's process tree per empty job
    (the zygote and the job's child, from the zygote's /proc entry; the parent's
-   share is not in it), a figure the machine's load disturbs less.
+   share is not in it), a figure the machine's load disturbs less;
+   `empty_job_zygote_faults` and `empty_job_child_faults`: minor page faults per
+   empty job in the zygote and in the job's child (mostly copy-on-write copies
+   of the zygote's pages; the load does not change them).
 5. The floor: each canonical solution called on its inputs in a bare loop in
    this process (no sandbox, no judging): `bare_seconds` (one core) and
    `bare_cpu_seconds`. `overhead_ratio` is the CPU the sandboxed run spends
@@ -132,12 +135,18 @@ def _is_flip(node: ast.AST) -> bool:
     )
 
 
-def zygote_tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and of its reaped descendants (/proc/PID/stat)."""
+def zygote_tree(pid: int) -> tuple[float, int, int]:
+    """CPU seconds of a process and of its reaped descendants, and their minor faults.
+
+    From /proc/PID/stat: (utime + stime + cutime + cstime in seconds, minflt,
+    cminflt). The faults of a forked job are mostly copy-on-write copies of the
+    zygote's pages, in the zygote (after each fork) and in the child.
+    """
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    # utime, stime, cutime, cstime: fields 14-17 of proc(5), in clock ticks
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    # minflt, cminflt: fields 10 and 11 of proc(5); utime..cstime: 14-17, in clock ticks
+    cpu = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return cpu, int(fields[7]), int(fields[8])
 
 
 def load(path: Path, quick: bool) -> list[dict[str, Any]]:
@@ -294,12 +303,15 @@ async def main() -> None:
         # The zygote reaps each job's child before it reports, so the window holds
         # the CPU of exactly the jobs run in it.
         await sandbox.run(Job("x = None", []))
-        tree_cpu_before = zygote_tree_cpu(zygote)
-        for i in range(30 if args.quick else 100):
+        before = zygote_tree(zygote)
+        for i in range(100 if args.quick else 300):  # CPU comes in clock ticks (10 ms)
             t = time.perf_counter()
             await sandbox.run(Job(f"x = {i}", []))
             empty.append(time.perf_counter() - t)
-        empty_cpu = (zygote_tree_cpu(zygote) - tree_cpu_before) / len(empty)
+        after = zygote_tree(zygote)
+        empty_cpu, zygote_faults, child_faults = (
+            (b - a) / len(empty) for a, b in zip(before, after, strict=True)
+        )
         isolation = sandbox.isolation
 
     if failing:
@@ -314,6 +326,8 @@ async def main() -> None:
         "mutants_caught_fraction": round(caught / max(len(mutant_codes), 1), 4),
         "empty_job_p50_ms": round(statistics.median(empty) * 1000, 2),
         "empty_job_cpu_ms": round(empty_cpu * 1000, 2),
+        "empty_job_zygote_faults": round(zygote_faults, 1),
+        "empty_job_child_faults": round(child_faults, 1),
         "bare_seconds": round(bare_wall, 3),
         "bare_cpu_seconds": round(bare_cpu, 3),
         "bare_floor_seconds": round(bare_cpu / args.parallelism, 3),

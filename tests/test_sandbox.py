@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from amr_async.sandbox import (
     SandboxError,
     Status,
     TestResult,
+    _worker,
     calibrated_time_limits,
 )
 from amr_async.sandbox._sandbox import _starved_by
@@ -89,6 +92,9 @@ async def test_main_block_stdin_env_and_private_dirs(sandbox: Sandbox) -> None:
         "        return 'closed'\n"
         "def env_names():\n"
         "    return sorted(os.environ)\n"
+        "def sigint_kills():\n"
+        "    import signal\n"
+        "    return signal.getsignal(signal.SIGINT) is signal.SIG_DFL\n"
         "def scratch():\n"
         "    pathlib.Path('here.txt').write_text('a')\n"
         "    with tempfile.NamedTemporaryFile() as fh:\n"
@@ -101,11 +107,12 @@ async def test_main_block_stdin_env_and_private_dirs(sandbox: Sandbox) -> None:
             AssertTest("assert read_stdin() == 'closed'"),
             AssertTest("assert env_names() == ['HOME', 'LANG', 'PATH', 'TMPDIR']"),
             AssertTest("assert scratch() == 'a'"),
+            AssertTest("assert sigint_kills()"),
         ],
         limits=LIMITS,
     )
     result = await sandbox.run(job)
-    assert [t.status for t in result.tests] == [Status.PASSED] * 3, result.tests
+    assert [t.status for t in result.tests] == [Status.PASSED] * 4, result.tests
 
 
 async def test_output_is_captured(sandbox: Sandbox) -> None:
@@ -253,6 +260,30 @@ async def test_isolation_none_still_judges() -> None:
     assert result.passed
 
 
+async def test_isolation_none_gives_each_job_its_own_work_dir_and_removes_it() -> None:
+    # The zygote sets the environment once; each child sets HOME and TMPDIR to its dir.
+    code = (
+        "import os\n"
+        "def where():\n"
+        "    here = os.getcwd()\n"
+        "    assert os.environ['HOME'] == os.environ['TMPDIR'] == here\n"
+        "    assert sorted(os.environ) == ['HOME', 'LANG', 'PATH', 'TMPDIR']\n"
+        "    os.makedirs('a/b')\n"
+        "    open('a/b/f.txt', 'w').write('x')\n"
+        "    return here\n"
+    )
+    async with Sandbox(isolation="none", cache_size=0) as sb:
+        first, second, empty = (
+            await sb.run(Job(code, [CallTest((), NOT_GIVEN)], entry_point="where", limits=LIMITS)),
+            await sb.run(Job(code, [CallTest((), NOT_GIVEN)], entry_point="where", limits=LIMITS)),
+            await sb.run(Job("import os\nhere = os.getcwd()\n", [AssertTest("assert here")])),
+        )
+    assert [r.passed for r in (first, second, empty)] == [True] * 3, (first, second, empty)
+    dirs = [Path(r.tests[0].value) for r in (first, second)]
+    assert dirs[0] != dirs[1]
+    assert not any(d.exists() for d in dirs)  # removed, with what the job wrote in them
+
+
 def test_busy_machine_extends_deadlines_but_not_forever() -> None:
     me = os.getpid()
     cpu = time.process_time()
@@ -329,3 +360,15 @@ async def test_a_held_back_record_of_many_is_not_blamed_for_the_next_hang(
     result = await sandbox.run(Job(code, tests, limits=LIMITS, time_limits=limits))
     assert [t.status for t in result.tests] == [Status.PASSED] * len(quick) + [Status.TIMEOUT]
     assert result.processes_started == 2
+
+
+@pytest.mark.parametrize(
+    ("killed", "output", "cpu"),
+    [(None, "", 0.0), ("deadline", 'quote " backslash \\ \n\t\x00 ü 😀 \ufffd', 1e-05)],
+)
+def test_report_json_matches_json_dumps(killed: str | None, output: str, cpu: float) -> None:
+    # The zygote formats its report by hand; the parent reads it with json.loads.
+    raw = _worker.report_json(-9, killed, output, 123, cpu)
+    expected = {"exit": -9, "killed": killed, "output": output, "output_bytes": 123, "cpu": cpu}
+    assert json.loads(raw) == expected
+    assert raw == json.dumps(expected).encode()
