@@ -42,6 +42,7 @@ from amr_async.moduledb._errors import (
 from amr_async.moduledb._index import (
     HNSW_EF_SEARCH,
     IVF_NPROBE,
+    IVF_RERANK,
     ExactIndex,
     HnswIndex,
     IndexKind,
@@ -138,6 +139,9 @@ class StoreConfig:
             differ between opens of the same DB.
         nprobe: Lists an IVF search scans (higher: better recall, slower); None keeps
             `IVF_NPROBE`. A search-time setting like `ef_search`.
+        rerank: Candidates an IVF search ranks by 1-bit codes and re-scores exactly from
+            the vector file (higher: better recall, slower; 0 scans the probed lists
+            exactly); None keeps `IVF_RERANK`. A search-time setting.
     """
 
     vector_dtype: VectorDType = "f16"
@@ -146,6 +150,7 @@ class StoreConfig:
     threads: int = 2
     ef_search: int | None = None
     nprobe: int | None = None
+    rerank: int | None = None
 
 
 class ModuleStore:
@@ -181,6 +186,8 @@ class ModuleStore:
             raise ValueError(f"StoreConfig.ef_search must be ≥ 1, got {config.ef_search}")
         if config.nprobe is not None and config.nprobe < 1:
             raise ValueError(f"StoreConfig.nprobe must be ≥ 1, got {config.nprobe}")
+        if config.rerank is not None and config.rerank < 0:
+            raise ValueError(f"StoreConfig.rerank must be ≥ 0, got {config.rerank}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -221,6 +228,7 @@ class ModuleStore:
         self.threads = config.threads
         self.ef_search = HNSW_EF_SEARCH if config.ef_search is None else config.ef_search
         self.nprobe = IVF_NPROBE if config.nprobe is None else config.nprobe
+        self.rerank = IVF_RERANK if config.rerank is None else config.rerank
         self.vector_dtype: VectorDType = meta["vector_dtype"]
         self.index_choice: IndexChoice = meta["index"]
         self.vectors = VectorFile(
@@ -254,7 +262,7 @@ class ModuleStore:
         if kind == "usearch":
             return USearchIndex(self.dim, ef=self.ef_search, threads=self.threads)
         if kind == "ivf":
-            return IvfIndex(self.dim, self.vectors.view, nprobe=self.nprobe)
+            return IvfIndex(self.dim, self.vectors.view, nprobe=self.nprobe, rerank=self.rerank)
         return ExactIndex()
 
     def _open_index(self, count: int) -> VectorIndex:
@@ -267,7 +275,14 @@ class ModuleStore:
             # Its file holds one list number per row: rows saved beyond the metadata (a
             # crash after the save) are dropped, missing ones assigned from the vector file.
             if path.exists():
-                index = IvfIndex.load(path, self.dim, count, self.vectors.view, nprobe=self.nprobe)
+                index = IvfIndex.load(
+                    path,
+                    self.dim,
+                    count,
+                    self.vectors.view,
+                    nprobe=self.nprobe,
+                    rerank=self.rerank,
+                )
             else:
                 index = self._new_index(kind)
             self._catch_up(index, count)
