@@ -177,11 +177,12 @@ def child(
     efs: list[int],
     nprobes: list[int],
     reranks: list[int],
+    query_bits: list[int],
 ) -> None:
     """Runs in a fresh process: reopen, query one at a time, report latency and memory.
 
     For an HNSW index the queries run once per ef_search in `efs`, for IVF once per nprobe
-    in `nprobes` × rerank in `reranks` (the defaults first).
+    in `nprobes` × rerank in `reranks` × `query_bits` (the defaults first).
     """
     queries = np.load(queries_file)
     before = rss_bytes()
@@ -199,15 +200,16 @@ def child(
     store.search_vectors(queries[:1], k=k)  # first touch of the mapped files
     first = time.perf_counter() - t0
     sweep: list[dict[str, Any]] = []
-    knobs = [(e, 0) for e in efs] if graph else [(0, 0)]
+    knobs = [(e, 0, 0) for e in efs] if graph else [(0, 0, 0)]
     if ivf:
-        knobs = [(n, r) for n in nprobes for r in reranks]
-    for knob, rerank in knobs:
+        knobs = [(n, r, b) for n in nprobes for r in reranks for b in query_bits]
+    for knob, rerank, bits in knobs:
         if graph:
             graph.ef = knob
         if ivf:
             ivf.nprobe = knob
             ivf.rerank = rerank
+            ivf.query_bits = bits
         lat: list[float] = []
         found: list[list[int]] = []
         c0 = time.process_time()
@@ -223,6 +225,7 @@ def child(
                 "ef_search": knob if graph else None,
                 "nprobe": knob if ivf else None,
                 "rerank": rerank if ivf else None,
+                "query_bits": bits if ivf else None,
                 "query_p50_ms": statistics.median(lat),
                 "query_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
                 "query_cpu_ms": cpu,
@@ -271,6 +274,7 @@ def measure(
     efs: list[int],
     nprobes: list[int],
     reranks: list[int],
+    query_bits: list[int],
     vector_dtype: str,
 ) -> dict[str, Any]:
     path = tmp / f"{index}-{size}"
@@ -293,6 +297,7 @@ def measure(
             ",".join(map(str, efs)),
             ",".join(map(str, nprobes)),
             ",".join(map(str, reranks)),
+            ",".join(map(str, query_bits)),
         ],
         check=False,
         capture_output=True,
@@ -306,6 +311,7 @@ def measure(
             "ef_search": r["ef_search"],
             "nprobe": r["nprobe"],
             "rerank": r["rerank"],
+            "query_bits": r["query_bits"],
             "query_p50_ms": round(r["query_p50_ms"], 3),
             "query_p99_ms": round(r["query_p99_ms"], 3),
             "query_cpu_ms": round(r["query_cpu_ms"], 3),
@@ -331,6 +337,7 @@ def measure(
         "ef_search": main["ef_search"],
         "nprobe": main["nprobe"],
         "rerank": main["rerank"],
+        "query_bits": main["query_bits"],
         "nlist": res["nlist"],
         "rss_bytes_per_module": round(res["rss_bytes_per_module"], 1),
         "rss_viewed_bytes_per_module": round(res["rss_viewed_bytes_per_module"], 1),
@@ -403,13 +410,19 @@ def main() -> None:
         f"scans the probed lists exactly (default {IVF_RERANK})",
     )
     parser.add_argument(
+        "--query-bits",
+        default=None,
+        help=f"bits per coordinate of the IVF code-scan query, the default first (default "
+        f"{IVF_QUERY_BITS})",
+    )
+    parser.add_argument(
         "--child",
-        nargs=7,
-        metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE", "RERANK"),
+        nargs=8,
+        metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE", "RERANK", "BITS"),
     )
     args = parser.parse_args()
     if args.child:
-        path, index, qfile, threads, efs, nps, rrs = args.child
+        path, index, qfile, threads, efs, nps, rrs, qbs = args.child
         child(
             path,
             index,
@@ -419,6 +432,7 @@ def main() -> None:
             [int(e) for e in efs.split(",")],
             [int(e) for e in nps.split(",")],
             [int(e) for e in rrs.split(",")],
+            [int(e) for e in qbs.split(",")],
         )
         return
     efs = (
@@ -436,6 +450,9 @@ def main() -> None:
     if args.quick and not args.nprobe:
         nprobes = nprobes[:2]
     reranks = [int(e) for e in args.rerank.split(",")] if args.rerank else [IVF_RERANK]
+    query_bits = (
+        [int(e) for e in args.query_bits.split(",")] if args.query_bits else [IVF_QUERY_BITS]
+    )
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -473,6 +490,7 @@ def main() -> None:
                         efs,
                         nprobes,
                         reranks,
+                        query_bits,
                         args.vector_dtype,
                     )
                     res = {**res, "size": size, "measured_size": cap, "capped": True}
@@ -490,6 +508,7 @@ def main() -> None:
                         efs,
                         nprobes,
                         reranks,
+                        query_bits,
                         args.vector_dtype,
                     )
                     done[index] = res

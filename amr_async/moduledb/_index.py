@@ -339,7 +339,7 @@ _ENCODE_BLOCK = 8192
 
 # Rows assigned per matrix product (bounds the temporary score matrix).
 _ASSIGN_BLOCK = 8192
-_IVF_FORMAT = 2  # 2: + rotation and row-order codes (1 is read: codes encoded on open)
+_IVF_FORMAT = 2  # 2: + rotation, codes grouped by list (1 is read: codes encoded on open)
 
 
 def _assign(vectors: F32, centroids: F32) -> npt.NDArray[np.int32]:
@@ -421,6 +421,18 @@ class _Lists:
         order = np.argsort(labels, kind="stable").astype(np.int64)
         counts = np.bincount(labels, minlength=nlist).astype(np.int64)
         self._build(order, counts, codes[order], factors[order])
+
+    @classmethod
+    def grouped(cls, ids: I64, counts: I64, codes: U64, factors: F32) -> _Lists:
+        """Lists from rows already grouped by list (as `saved` gives them): no sort."""
+        self = cls.__new__(cls)
+        self._build(ids, counts, codes, factors)
+        return self
+
+    def saved(self) -> tuple[I64, I64, U64, F32]:
+        """(ids, sizes, codes, factors) grouped by list, without gaps (for `grouped`)."""
+        slots = self.live_slots()
+        return self.ids[slots], self.size.copy(), self.codes[slots], self.factors[slots]
 
     def _build(self, ids: I64, counts: I64, codes: U64, factors: F32) -> None:
         # Rows arrive grouped by list; each list gets a quarter more room than it holds.
@@ -536,6 +548,7 @@ class IvfIndex:
         lists_per_sqrt: float | None = None,
         rerank: int = IVF_RERANK,
         query_bits: int = IVF_QUERY_BITS,
+        rotation: F32 | None = None,
     ) -> None:
         if nprobe < 1:
             raise ValueError(f"nprobe must be ≥ 1, got {nprobe}")
@@ -547,7 +560,8 @@ class IvfIndex:
         self.nprobe = nprobe
         self.rerank = rerank
         self.query_bits = query_bits
-        self._rotation = random_rotation(dim)
+        # A QR of a dim × dim matrix (~20-300 ms at 384-d): only for a new index.
+        self._rotation = random_rotation(dim) if rotation is None else rotation
         # Module constants read at call time, so tests can shrink them.
         self.min_train = max(1, IVF_MIN_TRAIN if min_train is None else min_train)
         self.lists_per_sqrt = IVF_LISTS_PER_SQRT if lists_per_sqrt is None else lists_per_sqrt
@@ -577,42 +591,61 @@ class IvfIndex:
         A file that does not fit (another dimension or format, unreadable) is ignored: the
         index is derived data and the caller catches it up from the vector file.
         """
-        self = cls(dim, view_of, **kwargs)
         try:
             with np.load(path, allow_pickle=False) as f:
                 fmt = int(f["format"])
                 centroids = np.ascontiguousarray(f["centroids"], np.float32)
                 labels = np.asarray(f["labels"], np.int32)
                 trained_at = int(f["trained_at"])
-                saved: tuple[F32, U64, F32] | None = None
+                saved: tuple[F32, I64, I64, U64, F32] | None = None
                 if fmt == _IVF_FORMAT:
                     saved = (
                         np.ascontiguousarray(f["rotation"], np.float32),
+                        np.asarray(f["list_ids"], np.int64),
+                        np.asarray(f["list_sizes"], np.int64),
                         np.asarray(f["codes"], np.uint64),
                         np.asarray(f["factors"], np.float32),
                     )
         except (OSError, KeyError, ValueError):
-            return self
+            return cls(dim, view_of, **kwargs)
         if fmt not in (1, _IVF_FORMAT) or (len(centroids) and centroids.shape[1] != dim):
-            return self
+            return cls(dim, view_of, **kwargs)
         labels = labels[:count]
         if len(centroids) and len(labels) and int(labels.max()) >= len(centroids):
-            return self
+            return cls(dim, view_of, **kwargs)
+        lists: _Lists | None = None
         if saved is not None:
-            rotation, codes, factors = saved
-            fits = rotation.shape == (dim, dim) and len(codes) >= len(labels)
-            if not fits or codes.shape[1:] != (-(-dim // 64),) or len(factors) < len(labels):
-                return self
-            self._rotation = rotation
-            codes, factors = codes[: len(labels)], factors[: len(labels)]
-        elif len(centroids):  # format 1 (no codes yet): encode the rows once
-            codes, factors = encode(
-                self._view_of(len(labels)).block_f32(0, len(labels)), self._rotation
+            rotation, ids, sizes, codes, factors = saved
+            n = len(ids)
+            fits = (
+                rotation.shape == (dim, dim)
+                and codes.shape == (n, -(-dim // 64))
+                and factors.shape == (n, 2)
+                and len(sizes) == len(centroids)
+                and int(sizes.sum()) == n
+                and (n >= len(labels) or not len(centroids))
             )
+            if not fits:
+                return cls(dim, view_of, **kwargs)
+            self = cls(dim, view_of, rotation=rotation, **kwargs)
+            if n > len(labels):  # saved after rows whose metadata a crash lost: drop them
+                keep = ids < len(labels)
+                owner = np.repeat(np.arange(len(sizes)), sizes)
+                sizes = np.bincount(owner[keep], minlength=len(sizes)).astype(np.int64)
+                ids, codes, factors = ids[keep], codes[keep], factors[keep]
+            if len(centroids):
+                lists = _Lists.grouped(ids, sizes, codes, factors)
+        else:
+            self = cls(dim, view_of, **kwargs)
+            if len(centroids):  # format 1 (no codes yet): encode the rows once
+                codes, factors = encode(
+                    self._view_of(len(labels)).block_f32(0, len(labels)), self._rotation
+                )
+                lists = _Lists(labels, len(centroids), codes, factors)
         if len(centroids):
             self._centroids = centroids
             self._trained_at = trained_at
-            self._lists = _Lists(labels, len(centroids), codes, factors)
+            self._lists = lists
         self._labels = np.concatenate([labels, np.zeros(max(1024, len(labels)), np.int32)])
         self._count = len(labels)
         return self
@@ -788,17 +821,18 @@ class IvfIndex:
         return _pad(self.search(queries, k, view)[1], k)
 
     def save(self, path: Path) -> None:
-        """Write centroids, rotation, list numbers and codes in row order (4 + 56 B per row
-        at 384-d) atomically (tmp file + rename)."""
+        """Write centroids, rotation, list numbers, and ids and codes grouped by list (so a
+        reopen needs no sort; 4 + 64 B per row at 384-d), atomically (tmp file + rename)."""
         with self._lock:
             centroids = (
                 np.zeros((0, self.dim), np.float32) if self._centroids is None else self._centroids
             )
             if self._lists is None:
+                ids, sizes = np.zeros(0, np.int64), np.zeros(len(centroids), np.int64)
                 codes = np.zeros((0, -(-self.dim // 64)), np.uint64)
                 factors = np.zeros((0, 2), np.float32)
             else:
-                codes, factors = self._lists.row_order(self._count)
+                ids, sizes, codes, factors = self._lists.saved()
             tmp = path.with_name(path.name + ".tmp")
             with tmp.open("wb") as f:
                 np.savez(
@@ -808,6 +842,8 @@ class IvfIndex:
                     labels=self._labels[: self._count],
                     trained_at=np.int64(self._trained_at),
                     rotation=self._rotation,
+                    list_ids=ids,
+                    list_sizes=sizes,
                     codes=codes,
                     factors=factors,
                 )

@@ -123,13 +123,13 @@ impl QueryPlanes {
                 plane[j / 64] |= u64::from((u >> p) & 1) << (j % 64);
             }
         }
-        let bias = -(dim as f32 * lo + delta * sum_u as f32);
+        let offset = -(dim as f32 * lo + delta * sum_u as f32);
         Self {
             planes,
             bits,
             lo,
             delta,
-            bias,
+            bias: offset,
         }
     }
 
@@ -216,9 +216,83 @@ impl Pool {
     }
 }
 
+/// `Σ_p 2^p popcount(code & plane_p)` for a fixed number of code words `W` (so the
+/// loops unroll and the planes stay in registers).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn plane_sum<const W: usize>(code: &[u64; W], planes: &[[u64; W]]) -> u32 {
+    let mut s = 0u32;
+    for (p, plane) in planes.iter().enumerate() {
+        let mut c = 0u32;
+        for w in 0..W {
+            c += (code[w] & plane[w]).count_ones();
+        }
+        s += c << p;
+    }
+    s
+}
+
+/// Scan the spans with `W` words per code. Only a row whose estimate can enter the pool
+/// has its id read (the scan streams codes and factors: ~56 B per row at 384-d).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn scan_fixed<const W: usize>(
+    codes: Codes<'_>,
+    query: &QueryPlanes,
+    spans: &[(usize, usize)],
+    r: usize,
+    limit: i64,
+) -> Pool {
+    let planes: Vec<[u64; W]> = query
+        .planes
+        .chunks_exact(W)
+        .map(|p| p.try_into().expect("a plane has W words"))
+        .collect();
+    let (scale, bias, lo2) = (2.0 * query.delta, query.bias, 2.0 * query.lo);
+    let mut pool = Pool::new(r);
+    for &(start, len) in spans {
+        let words = &codes.words[start * W..(start + len) * W];
+        let factors = &codes.factors[2 * start..2 * (start + len)];
+        for (i, (code, fg)) in words
+            .chunks_exact(W)
+            .zip(factors.chunks_exact(2))
+            .enumerate()
+        {
+            let code: &[u64; W] = code.try_into().expect("a code has W words");
+            let s = plane_sum(code, &planes);
+            let est = fg[0] * (scale * s as f32 + bias) + lo2 * fg[1];
+            if est >= pool.threshold {
+                let id = codes.ids[start + i];
+                if (0..limit).contains(&id) {
+                    pool.push(est, id); // ids >= limit: added after the caller's snapshot
+                }
+            }
+        }
+    }
+    pool
+}
+
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn scan_spans_body(
+    codes: Codes<'_>,
+    query: &QueryPlanes,
+    spans: &[(usize, usize)],
+    r: usize,
+    limit: i64,
+) -> Pool {
+    match codes.words_per_row() {
+        6 => scan_fixed::<6>(codes, query, spans, r, limit), // 384-d (MiniLM, hash)
+        12 => scan_fixed::<12>(codes, query, spans, r, limit), // 768-d
+        24 => scan_fixed::<24>(codes, query, spans, r, limit), // 1,536-d (OpenAI small)
+        _ => scan_dynamic(codes, query, spans, r, limit),
+    }
+}
+
+/// Any number of words per code (dimensions without a fixed-size scan).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn scan_dynamic(
     codes: Codes<'_>,
     query: &QueryPlanes,
     spans: &[(usize, usize)],
@@ -229,13 +303,12 @@ fn scan_spans_body(
     let mut pool = Pool::new(r);
     for &(start, len) in spans {
         for row in start..start + len {
-            let id = codes.ids[row];
-            if id >= limit || id < 0 {
-                continue; // added after the caller's snapshot
-            }
             let code = &codes.words[row * words..(row + 1) * words];
             let est = query.estimate(code, codes.factors[2 * row], codes.factors[2 * row + 1]);
-            pool.push(est, id);
+            let id = codes.ids[row];
+            if (0..limit).contains(&id) {
+                pool.push(est, id); // ids >= limit: added after the caller's snapshot
+            }
         }
     }
     pool
@@ -295,7 +368,7 @@ fn check(
             codes.factors.len()
         )));
     }
-    if queries.len() % dim != 0 {
+    if !queries.len().is_multiple_of(dim) {
         return Err(CodesError::Shape(format!(
             "queries: {} values are not rows of dimension {dim}",
             queries.len()
