@@ -128,6 +128,7 @@ def topk_rows(
     over every core. Raises ValueError for an id out of range, bad offsets or shapes, and
     TypeError for another dtype.
     """
+
 def code_topk(
     queries: npt.NDArray[np.float32],
     codes: npt.NDArray[np.uint64],

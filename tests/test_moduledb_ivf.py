@@ -445,6 +445,12 @@ def test_the_code_path_agrees_with_the_exact_path(tmp_path: Path) -> None:
     # Returned scores are exact: those of the stored rows.
     rows = view.block_f32(0, 3000)
     assert np.allclose(coded[0], np.einsum("qd,qkd->qk", queries, rows[coded[1]]), atol=1e-5)
+    # k above the re-rank: the re-rank grows to k.
+    many = index.search(queries[:2], 50, view)
+    assert (many[1] >= 0).all()
+    assert np.all(np.diff(many[0], axis=1) <= 0)  # exact scores, best first
+    for wide, narrow, truth in zip(many[1], coded[1], listed[1], strict=False):
+        assert len(set(wide[:10]) & set(truth)) >= len(set(narrow) & set(truth))
     # A snapshot sees only its rows on the code path too.
     snap = index.search(queries, 10, store.view(2000))
     assert ((snap[1] >= 0) & (snap[1] < 2000)).all()

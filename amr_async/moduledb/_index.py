@@ -307,11 +307,13 @@ class USearchIndex:
 # Lists: IVF_LISTS_PER_SQRT × sqrt(n) at training time (the usual 1-16 × sqrt(n) range).
 IVF_LISTS_PER_SQRT = 4.0
 # Lists scanned per query: the recall/latency knob (`StoreConfig.nprobe`, set per open).
-# 320 is the first of the sweep above recall@10 0.95 at 1M (3,200 lists, f16 file, synthetic
-# rank-32 vectors, load 10): nprobe 64 / 128 / 192 / 256 / 320 / 512 gave 0.733 / 0.869 /
-# 0.915 / 0.945 / 0.965 / 0.991 for 7.0 / 11.3 / 17.1 / 20.7 / 25.3 / 34.6 ms CPU per query.
-# Smaller DBs have fewer lists, so the same nprobe covers more of them (recall 0.998 at 10k).
-IVF_NPROBE = 320
+# With the 1-bit code scan (rerank 256, 4-bit query) at 1M (2,263 lists, f16 file, synthetic
+# rank-32 vectors, 2 shared cores at load 7-8, 2026-11-27): nprobe 192 / 224 / 256 / 320 gave
+# recall@10 0.940 / 0.954 / 0.964 / 0.981 for 3.4-4.0 / 4.3 / 4.2-4.6 / 4.4 ms CPU per query
+# (CPU figures ±15 % under that load); the exact scan of the same lists (rerank 0) had needed
+# 20.7 / 25.3 ms CPU at nprobe 256 / 320. 256 keeps a margin above 0.95.
+# Smaller DBs have fewer lists, so the same nprobe covers more of them (recall 0.99 at 100k).
+IVF_NPROBE = 256
 # Below this many vectors the index is not trained: a query scans every row exactly.
 IVF_MIN_TRAIN = 10_000
 # Retrain (new centroids, every row reassigned) once the index has grown this many times
@@ -329,8 +331,14 @@ IVF_TRAIN_ITERS = 5
 # to the list centroid (0.942 vs 0.941 at 100), so codes do not depend on the centroids and
 # survive retraining unchanged.
 # Candidates re-ranked exactly per query (`StoreConfig.rerank`; 0: scan the lists exactly).
+# At 1M, nprobe 256: rerank 256 / 512 gave recall 0.964 / 0.964 (128 at nprobe 320: 0.977
+# vs 0.981); the exact list scan 0.964-0.965, so 256 loses nothing measurable.
 IVF_RERANK = 256
-# Bits per coordinate of the rotated query in the code estimate (1-8).
+# Bits per coordinate of the rotated query in the code estimate (1-8). At 1M, nprobe 256,
+# rerank 256: 4 bits 0.964 recall at 4.6 ms CPU, 1 bit (sign codes, Hamming-like) 0.945 at
+# 3.3 ms; 1 bit with rerank 512: 0.960 at 3.8 ms. Kernel alone (1M-row arena, 140k rows in
+# 450 spans, load 10): 29-32 ns per row with 4 bits, 18-20 ns with 1 bit, 20 / 8-10 ns when
+# the rows are in cache (the 4-bit scan is compute-bound: 24 AND + POPCNT per 384-d row).
 IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED
@@ -758,9 +766,11 @@ class IvfIndex:
                 else:
                     probe = np.broadcast_to(np.arange(len(centroids)), (q, len(centroids)))
                 spans = lists.spans(probe.reshape(-1))
-                # Codes pay when the lists hold more rows than the re-rank reads anyway.
+                # Codes pay when the lists hold more rows than the re-rank reads anyway; the
+                # re-rank keeps at least k.
                 rows_per_query = int(spans[:, 1].sum()) // max(1, q)
-                use_codes = 0 < rerank < rows_per_query and probes < len(centroids)
+                pool = max(rerank, k)
+                use_codes = rerank > 0 and pool < rows_per_query and probes < len(centroids)
                 if use_codes:
                     arena = (lists.codes, lists.factors, lists.ids)
                     probed = None
@@ -769,7 +779,7 @@ class IvfIndex:
         if centroids is None or lists is None:
             return exact_topk(queries, view, k)
         if probed is None:
-            return self._search_codes(queries, k, view, arena, spans, probes, rerank)
+            return self._search_codes(queries, k, view, arena, spans, probes, pool)
         if count > view.count:  # a snapshot: ids added after it are not to be seen
             probed = [ids[ids < view.count] for ids in probed]
         # Ascending ids read the mapped file in one direction: measured at 100k (int8, 2

@@ -70,15 +70,15 @@ AUTO_EXACT_MAX = 20_000
 # Which ANN index: IVF, decided on the 1M goals (recall 0.95 at p50 1 ms, 10k inserts/s,
 # 1 KB per module, reopen 2 s). Measured 2026-11-26 at 1M, f16 vector file (the default),
 # synthetic rank-32 vectors (no cluster structure: IVF's hardest case), CPU per operation on 2
-# shared cores under load 8-10: IVF (3,200 lists) recall@10 0.945 at 20.7 ms CPU per query
-# (nprobe 256; 0.965 at 25.3 ms with nprobe 320, the default), 58-70 µs CPU per insert, 796 B
-# per module resident, reopen 0.49 s: meets insert (on CPU), memory and reopen. usearch i8
-# (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef 512), 1,149 µs per insert
-# (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
-# The price: about 2x usearch's query CPU at equal recall with f16 rows (a gathered f16 row
-# costs ~250 ns, memory-bound); with an int8 vector file IVF is 0.942 at 11.5 ms, 416 B.
-# At 100k the trade has the same shape (IVF 0.976 at 6.5 ms CPU, 29 µs per insert, 828 B;
-# usearch 0.983 at 4.4 ms, 991 µs, 1,525 B), so IVF takes over where exact stops.
+# shared cores under load 8-10: IVF scanning its lists exactly (3,200 lists) recall@10 0.945
+# at 20.7 ms CPU per query (nprobe 256), 58-70 µs CPU per insert, 796 B per module resident,
+# reopen 0.49 s; usearch i8 (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef
+# 512), 1,149 µs per insert (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
+# 2026-11-27: IVF ranks its lists by 1-bit codes and re-ranks 256 exactly (see `IvfIndex`):
+# at 1M (2,263 lists, nprobe 256, load 7-8) recall 0.964 at 4.2-4.6 ms CPU per query, 4-5x
+# less than the exact list scan and below usearch at 0.95; 50-60 µs CPU per insert, 873 B
+# per module resident, reopen 0.84-2.2 s under that load (codes: +64 B per module on disk).
+# At 100k: 0.99 at 1.7 ms CPU (800 lists, nprobe 256), 33 µs per insert.
 AUTO_ANN: IndexKind = "ivf"
 
 # ANN indexes are asked for this many times k candidates, re-scored exactly.
