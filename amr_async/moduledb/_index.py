@@ -465,11 +465,14 @@ class _Lists:
         )
 
     def row_order(self, count: int) -> tuple[U64, F32]:
-        """Codes and factors of rows ``0 … count-1`` in row order."""
+        """Codes and factors of rows ``0 … count-1`` in row order (rows listed beyond it
+        are left out)."""
         slots = self.live_slots()
         codes = np.empty((count, self.codes.shape[1]), np.uint64)
         factors = np.empty((count, 2), np.float32)
         ids = self.ids[slots]
+        if len(ids) and int(ids.max()) >= count:
+            slots, ids = slots[ids < count], ids[ids < count]
         codes[ids], factors[ids] = self.codes[slots], self.factors[slots]
         return codes, factors
 
@@ -717,7 +720,8 @@ class IvfIndex:
         labels = np.zeros(max(1024, 2 * count), np.int32)
         # Codes do not depend on the lists: the indexed rows keep theirs, new rows get one.
         with self._lock:
-            lists, have = self._lists, self._count if self._lists is not None else 0
+            lists = self._lists
+            have = 0 if lists is None else min(self._count, count)
         codes = np.empty((count, -(-self.dim // 64)), np.uint64)
         factors = np.empty((count, 2), np.float32)
         if lists is not None:
