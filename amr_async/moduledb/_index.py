@@ -12,10 +12,12 @@ across indexes. ids are row numbers of the vector file (= module ids).
   for a query concurrent with an insert (the store holds a lock around it).
 - `USearchIndex` (usearch HNSW with f16 or i8 vectors inside): smaller, and saved files can be
   memory-mapped on reopen (``view``), at some recall cost for i8.
-- `IvfIndex` (inverted file): k-means centroids split the vectors into lists; a query scans
-  the `nprobe` lists nearest to it exactly, gathering their rows from the memory-mapped vector
-  file inside the Rust kernel. Insert = one matrix product against the centroids and an
-  append; it keeps only the centroids and one list number per row (4 B).
+- `IvfIndex` (inverted file): k-means centroids split the vectors into lists; a query ranks
+  the rows of the `nprobe` lists nearest to it by 1-bit codes of the rotated vectors (Rust
+  `code_topk`) and re-scores the best `rerank` exactly from the memory-mapped vector file.
+  Insert = matrix products against the centroids and the rotation, and an append; it keeps
+  the centroids, one list number per row (4 B) and per row a code, two factors and an id
+  grouped by list (64 B at 384-d).
 
 Indexes are derived data: after a crash the store catches an index up from the vector file,
 or rebuilds it when its file is ahead of the metadata.
