@@ -128,3 +128,25 @@ def topk_rows(
     over every core. Raises ValueError for an id out of range, bad offsets or shapes, and
     TypeError for another dtype.
     """
+
+def code_topk(
+    queries: npt.NDArray[np.float32],
+    codes: npt.NDArray[np.uint64],
+    factors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    spans: npt.NDArray[np.int64],
+    bounds: npt.NDArray[np.int64],
+    r: int,
+    bits: int = 4,
+    limit: int = ...,
+) -> npt.NDArray[np.int64]:
+    """Ids of the best `r` rows per query by a 1-bit code estimate of the inner product.
+
+    `queries` (q × d) are already rotated; `codes` (n × ceil(d/64)) hold one sign bit per
+    dimension of each rotated stored vector, `factors` (n × 2) its f = |x|²/|Px|₁ and
+    g = f·popcount(code), `ids` its vector id. Query `i` scans the arena rows of the
+    (start, length) `spans[bounds[i]:bounds[i+1]]`, quantised to `bits` (1-8) bit planes;
+    ids ≥ `limit` are skipped. Returns q × r ids, best estimate first, -1 padding.
+    Releases the GIL; large scans are split over every core. Raises ValueError for bad
+    shapes, spans or bounds.
+    """

@@ -49,6 +49,8 @@ from amr_async.moduledb._index import (
     IVF_LISTS_PER_SQRT,
     IVF_MIN_TRAIN,
     IVF_NPROBE,
+    IVF_QUERY_BITS,
+    IVF_RERANK,
     IVF_RETRAIN_GROWTH,
     HnswIndex,
     IvfIndex,
@@ -174,11 +176,13 @@ def child(
     threads: int,
     efs: list[int],
     nprobes: list[int],
+    reranks: list[int],
+    query_bits: list[int],
 ) -> None:
     """Runs in a fresh process: reopen, query one at a time, report latency and memory.
 
     For an HNSW index the queries run once per ef_search in `efs`, for IVF once per nprobe
-    in `nprobes` (the default first).
+    in `nprobes` × rerank in `reranks` × `query_bits` (the defaults first).
     """
     queries = np.load(queries_file)
     before = rss_bytes()
@@ -196,11 +200,16 @@ def child(
     store.search_vectors(queries[:1], k=k)  # first touch of the mapped files
     first = time.perf_counter() - t0
     sweep: list[dict[str, Any]] = []
-    for knob in efs if graph else nprobes if ivf else [0]:
+    knobs = [(e, 0, 0) for e in efs] if graph else [(0, 0, 0)]
+    if ivf:
+        knobs = [(n, r, b) for n in nprobes for r in reranks for b in query_bits]
+    for knob, rerank, bits in knobs:
         if graph:
             graph.ef = knob
         if ivf:
             ivf.nprobe = knob
+            ivf.rerank = rerank
+            ivf.query_bits = bits
         lat: list[float] = []
         found: list[list[int]] = []
         c0 = time.process_time()
@@ -215,6 +224,8 @@ def child(
             {
                 "ef_search": knob if graph else None,
                 "nprobe": knob if ivf else None,
+                "rerank": rerank if ivf else None,
+                "query_bits": bits if ivf else None,
                 "query_p50_ms": statistics.median(lat),
                 "query_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
                 "query_cpu_ms": cpu,
@@ -262,6 +273,8 @@ def measure(
     exact_queries: int,
     efs: list[int],
     nprobes: list[int],
+    reranks: list[int],
+    query_bits: list[int],
     vector_dtype: str,
 ) -> dict[str, Any]:
     path = tmp / f"{index}-{size}"
@@ -283,6 +296,8 @@ def measure(
             str(threads),
             ",".join(map(str, efs)),
             ",".join(map(str, nprobes)),
+            ",".join(map(str, reranks)),
+            ",".join(map(str, query_bits)),
         ],
         check=False,
         capture_output=True,
@@ -295,6 +310,8 @@ def measure(
         {
             "ef_search": r["ef_search"],
             "nprobe": r["nprobe"],
+            "rerank": r["rerank"],
+            "query_bits": r["query_bits"],
             "query_p50_ms": round(r["query_p50_ms"], 3),
             "query_p99_ms": round(r["query_p99_ms"], 3),
             "query_cpu_ms": round(r["query_cpu_ms"], 3),
@@ -319,6 +336,8 @@ def measure(
         "recall_at_10": main["recall_at_10"],
         "ef_search": main["ef_search"],
         "nprobe": main["nprobe"],
+        "rerank": main["rerank"],
+        "query_bits": main["query_bits"],
         "nlist": res["nlist"],
         "rss_bytes_per_module": round(res["rss_bytes_per_module"], 1),
         "rss_viewed_bytes_per_module": round(res["rss_viewed_bytes_per_module"], 1),
@@ -336,7 +355,8 @@ def measure(
 
 
 def fastest_meeting(results: list[dict[str, Any]], recall: float) -> dict[str, Any]:
-    """Per size: the index and ef_search (or nprobe) with the lowest p50 reaching `recall`."""
+    """Per size: the index and ef_search (or nprobe, rerank) with the lowest p50 reaching
+    `recall`."""
     best: dict[str, Any] = {}
     for r in results:
         if r["index"] == "auto" or r.get("capped"):
@@ -384,11 +404,25 @@ def main() -> None:
         f"(default {IVF_NPROBE},64,128,512; quick {IVF_NPROBE},64)",
     )
     parser.add_argument(
-        "--child", nargs=6, metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE")
+        "--rerank",
+        default=None,
+        help=f"IVF candidates re-ranked exactly after the 1-bit code scan, the default first; 0 "
+        f"scans the probed lists exactly (default {IVF_RERANK})",
+    )
+    parser.add_argument(
+        "--query-bits",
+        default=None,
+        help=f"bits per coordinate of the IVF code-scan query, the default first (default "
+        f"{IVF_QUERY_BITS})",
+    )
+    parser.add_argument(
+        "--child",
+        nargs=8,
+        metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE", "RERANK", "BITS"),
     )
     args = parser.parse_args()
     if args.child:
-        path, index, qfile, threads, efs, nps = args.child
+        path, index, qfile, threads, efs, nps, rrs, qbs = args.child
         child(
             path,
             index,
@@ -397,6 +431,8 @@ def main() -> None:
             int(threads),
             [int(e) for e in efs.split(",")],
             [int(e) for e in nps.split(",")],
+            [int(e) for e in rrs.split(",")],
+            [int(e) for e in qbs.split(",")],
         )
         return
     efs = (
@@ -413,6 +449,10 @@ def main() -> None:
     )
     if args.quick and not args.nprobe:
         nprobes = nprobes[:2]
+    reranks = [int(e) for e in args.rerank.split(",")] if args.rerank else [IVF_RERANK]
+    query_bits = (
+        [int(e) for e in args.query_bits.split(",")] if args.query_bits else [IVF_QUERY_BITS]
+    )
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -449,6 +489,8 @@ def main() -> None:
                         args.exact_queries,
                         efs,
                         nprobes,
+                        reranks,
+                        query_bits,
                         args.vector_dtype,
                     )
                     res = {**res, "size": size, "measured_size": cap, "capped": True}
@@ -465,6 +507,8 @@ def main() -> None:
                         args.exact_queries,
                         efs,
                         nprobes,
+                        reranks,
+                        query_bits,
                         args.vector_dtype,
                     )
                     done[index] = res
@@ -492,6 +536,8 @@ def main() -> None:
         "ivf": {
             "lists_per_sqrt_n": IVF_LISTS_PER_SQRT,
             "nprobe": IVF_NPROBE,
+            "rerank": IVF_RERANK,
+            "query_bits": IVF_QUERY_BITS,
             "min_train": IVF_MIN_TRAIN,
             "retrain_growth": IVF_RETRAIN_GROWTH,
         },

@@ -1,5 +1,6 @@
-"""The IVF index: the Rust row-subset kernel, agreement with exact search, training and
-retraining, snapshots, reopen from its saved file and crash leftovers, empty DBs, dimensions."""
+"""The IVF index: the Rust row-subset and code kernels, agreement with exact search, training
+and retraining, 1-bit codes and their re-rank, snapshots, reopen from its saved file and crash
+leftovers, empty DBs, dimensions."""
 
 from __future__ import annotations
 
@@ -201,8 +202,21 @@ def test_training_waits_for_enough_rows_then_retrains_on_growth(tmp_path: Path) 
     assert np.array_equal(index._labels[:2500], np.argmax(rows @ centroids.T, axis=1))
     lists = index._lists
     assert lists is not None
-    all_ids = np.sort(np.concatenate([lists.bufs[c][: lists.sizes[c]] for c in range(index.nlist)]))
+    all_ids = np.sort(lists.gather(np.arange(index.nlist)))
     assert np.array_equal(all_ids, np.arange(2500))
+    # Each row's code survived the retraining's regrouping and the appends' list moves.
+    codes, factors = lists.row_order(2500)
+    # Rows keep the code they got when indexed: appended rows from the vectors as given,
+    # rows first seen by a training from the stored (f16) rows.
+    given, given_f = _index.encode(vecs, index._rotation)
+    stored, stored_f = _index.encode(rows, index._rotation)
+    as_given = np.all(codes == given, axis=1)
+    assert as_given[600:2100].all()  # appended between the trainings
+    assert as_given[2400:].all()
+    assert np.all(codes[:600] == stored[:600])  # the first training's rows
+    assert np.all(codes[2100:2400] == stored[2100:2400])  # the batch that retrained
+    assert np.allclose(factors[600:2100], given_f[600:2100], rtol=1e-5)
+    assert np.allclose(factors[:600], stored_f[:600], rtol=1e-5)
     store.close()
 
 
@@ -341,3 +355,155 @@ def test_queries_are_answered_while_the_index_retrains(
     assert [[i for _, i in row] for row in answers[0]] == [[0], [1], [2]]  # old lists
     assert index.nlist == round(4 * 2400**0.5) != old_nlist
     store.close()
+
+
+# -- 1-bit codes ----------------------------------------------------------------------------
+
+
+def test_code_estimate_is_unbiased_and_within_the_rabitq_bound() -> None:
+    dim = 384
+    vecs = unit(2000, dim, 20)
+    queries = unit(20, dim, 21)
+    queries[:10] = 0.7 * vecs[:10] + 0.3 * queries[:10]  # some near pairs too
+    rotation = _index.random_rotation(dim)
+    assert np.allclose(rotation @ rotation.T, np.eye(dim), atol=1e-4)
+    codes, factors = _index.encode(vecs, rotation)
+    signs = np.unpackbits(codes.view(np.uint8), axis=1, bitorder="little")[:, :dim] * 2.0 - 1.0
+    assert np.array_equal(signs > 0, vecs @ rotation.T > 0)
+    assert np.allclose(factors[:, 1], factors[:, 0] * (signs > 0).sum(axis=1), rtol=1e-6)
+    est = factors[:, :1] * (signs @ (queries @ rotation.T).T)
+    err = est - vecs @ queries.T
+    # o = <sign(Px)/sqrt(D), Px>; RaBitQ: |error| <= sqrt(1-o²)/o · eps/sqrt(D-1) · |q| with
+    # probability ~95 % for eps = 1.9 (unit vectors here).
+    o = np.abs(vecs @ rotation.T).sum(axis=1) / np.sqrt(dim)
+    bound = np.sqrt(1 - o**2) / o * 1.9 / np.sqrt(dim - 1)
+    assert np.mean(np.abs(err) <= bound[:, None]) > 0.9
+    assert abs(float(err.mean())) < 0.005
+    assert float(np.abs(err).max()) < 0.2
+
+
+def _arena_args(n: int, dim: int, seed: int) -> tuple[F32, npt.NDArray[np.uint64], F32]:
+    vecs = unit(n, dim, seed)
+    codes, factors = _index.encode(vecs, _index.random_rotation(dim))
+    return vecs, codes, factors
+
+
+def test_code_topk_keeps_the_best_estimates_and_refuses_bad_input() -> None:
+    dim = 96  # not a multiple of 64: the padding bits must not count
+    _vecs, codes, factors = _arena_args(3000, dim, 22)
+    rotation = _index.random_rotation(dim)
+    ids = np.arange(3000, dtype=np.int64)[::-1].copy()
+    q = unit(2, dim, 23)
+    spans = np.array([[0, 1000], [1000, 2000], [10, 20]], np.int64)
+    bounds = np.array([0, 2, 3], np.int64)
+    got = _core.code_topk(q @ rotation.T, codes, factors, ids, spans, bounds, 50, 8)
+    assert got.shape == (2, 50)
+    # With an 8-bit query the ranking follows the float estimate f · <sign(Px), Pq>.
+    signs = np.unpackbits(codes.view(np.uint8), axis=1, bitorder="little")[:, :dim] * 2.0 - 1.0
+    est = factors[:, 0] * (signs @ (rotation @ q[0]))
+    best = ids[np.argsort(-est)[:40]]
+    assert len(set(best.tolist()) & set(got[0].tolist())) >= 38
+    assert set(got[1][:20].tolist()) == set(ids[10:30].tolist())
+    assert got[1][20:].tolist() == [-1] * 30  # padded
+    limited = _core.code_topk(q @ rotation.T, codes, factors, ids, spans, bounds, 50, 4, 100)
+    assert all(0 <= i < 100 for i in limited[0] if i >= 0)
+    with pytest.raises(ValueError, match="bits"):
+        _core.code_topk(q @ rotation.T, codes, factors, ids, spans, bounds, 5, 9)
+    with pytest.raises(ValueError, match="reaches past"):
+        _core.code_topk(q @ rotation.T, codes, factors, ids, spans + 2000, bounds, 5)
+    with pytest.raises(ValueError, match="bounds"):
+        _core.code_topk(q @ rotation.T, codes, factors, ids, spans, bounds[:2], 5)
+    with pytest.raises(ValueError, match="codes must be"):
+        _core.code_topk(unit(2, 200, 0), codes, factors, ids, spans, bounds, 5)
+
+
+@pytest.mark.usefixtures("small_train")
+def test_the_code_path_agrees_with_the_exact_path(tmp_path: Path) -> None:
+    vecs = unit(3000, 32, 24)
+    queries = unit(20, 32, 25)
+    config = StoreConfig(index="ivf", nprobe=6, rerank=40)
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    view = store.view()
+    lists = index._lists
+    assert lists is not None
+    # Every list's codes with a re-rank of every row: the exact scan, to the bit.
+    every = lists.spans(np.tile(np.arange(index.nlist), len(queries)))
+    arena = (lists.codes, lists.factors, lists.ids)
+    got = index._search_codes(queries, 10, view, arena, every, index.nlist, 3000)
+    want = _index.exact_topk(queries, view, 10)
+    assert np.array_equal(got[1], want[1])
+    assert np.array_equal(got[0], want[0])
+    # The probed lists: a re-rank of 40 of ~60 rows finds what the exact list scan finds.
+    coded = index.search(queries, 10, view)
+    listed = index.search(queries, 10, view, rerank=0)
+    assert (coded[1] >= 0).all()
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(coded[1], listed[1], strict=True)])
+    assert overlap >= 0.9
+    # Returned scores are exact: those of the stored rows.
+    rows = view.block_f32(0, 3000)
+    assert np.allclose(coded[0], np.einsum("qd,qkd->qk", queries, rows[coded[1]]), atol=1e-5)
+    # k above the re-rank: the re-rank grows to k.
+    many = index.search(queries[:2], 50, view)
+    assert (many[1] >= 0).all()
+    assert np.all(np.diff(many[0], axis=1) <= 0)  # exact scores, best first
+    for wide, narrow, truth in zip(many[1], coded[1], listed[1], strict=False):
+        assert len(set(wide[:10]) & set(truth)) >= len(set(narrow) & set(truth))
+    # A snapshot sees only its rows on the code path too.
+    snap = index.search(queries, 10, store.view(2000))
+    assert ((snap[1] >= 0) & (snap[1] < 2000)).all()
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_codes_survive_reopen_and_a_crash_leftover(tmp_path: Path) -> None:
+    vecs = unit(2000, 32, 26)
+    config = StoreConfig(index="ivf", nprobe=8, rerank=20)
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    assert index._lists is not None
+    codes, _factors = index._lists.row_order(2000)
+    before = store.search_vectors(vecs[:20], k=5)
+    store.close()
+    again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    assert isinstance(again.index, IvfIndex)
+    assert again.index._lists is not None
+    assert np.array_equal(again.index._lists.row_order(2000)[0], codes)
+    assert again.search_vectors(vecs[:20], k=5) == before
+    again.close()
+    # A crash after the index was saved: rows beyond the metadata lose their codes too.
+    with sqlite3.connect(tmp_path / "db" / "modules.sqlite") as db:
+        db.execute("DELETE FROM modules WHERE id >= 1500")
+    cut = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    assert isinstance(cut.index, IvfIndex)
+    assert cut.index._lists is not None
+    assert np.array_equal(cut.index._lists.row_order(1500)[0], codes[:1500])
+    assert all(i < 1500 for row in cut.search_vectors(vecs[1400:1600], k=3) for _, i in row)
+    add_synthetic(cut, vecs[1500:], offset=1500)
+    regained = cut.index._lists.row_order(2000)[0]
+    assert np.array_equal(regained[:1500], codes[:1500])
+    assert np.array_equal(regained[1500:], _index.encode(vecs[1500:], cut.index._rotation)[0])
+    cut.close()
+    # An index file of the previous format (no codes): the codes are encoded on open.
+    saved = tmp_path / "db" / "index.ivf"
+    with np.load(saved) as f:
+        old = {"centroids": f["centroids"], "labels": f["labels"], "trained_at": f["trained_at"]}
+    with saved.open("wb") as out:
+        np.savez(out, format=np.int64(1), **old)
+    upgraded = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    assert isinstance(upgraded.index, IvfIndex)
+    assert upgraded.index._lists is not None
+    assert np.array_equal(
+        upgraded.index._lists.row_order(2000)[0],
+        _index.encode(upgraded.view().block_f32(0, 2000), upgraded.index._rotation)[0],
+    )
+    upgraded.close()
+
+
+def test_rerank_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rerank"):
+        ModuleStore(tmp_path / "bad", embedder="synthetic", dim=16, config=StoreConfig(rerank=-1))

@@ -42,6 +42,7 @@ from amr_async.moduledb._errors import (
 from amr_async.moduledb._index import (
     HNSW_EF_SEARCH,
     IVF_NPROBE,
+    IVF_RERANK,
     ExactIndex,
     HnswIndex,
     IndexKind,
@@ -69,15 +70,15 @@ AUTO_EXACT_MAX = 20_000
 # Which ANN index: IVF, decided on the 1M goals (recall 0.95 at p50 1 ms, 10k inserts/s,
 # 1 KB per module, reopen 2 s). Measured 2026-11-26 at 1M, f16 vector file (the default),
 # synthetic rank-32 vectors (no cluster structure: IVF's hardest case), CPU per operation on 2
-# shared cores under load 8-10: IVF (3,200 lists) recall@10 0.945 at 20.7 ms CPU per query
-# (nprobe 256; 0.965 at 25.3 ms with nprobe 320, the default), 58-70 µs CPU per insert, 796 B
-# per module resident, reopen 0.49 s: meets insert (on CPU), memory and reopen. usearch i8
-# (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef 512), 1,149 µs per insert
-# (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
-# The price: about 2x usearch's query CPU at equal recall with f16 rows (a gathered f16 row
-# costs ~250 ns, memory-bound); with an int8 vector file IVF is 0.942 at 11.5 ms, 416 B.
-# At 100k the trade has the same shape (IVF 0.976 at 6.5 ms CPU, 29 µs per insert, 828 B;
-# usearch 0.983 at 4.4 ms, 991 µs, 1,525 B), so IVF takes over where exact stops.
+# shared cores under load 8-10: IVF scanning its lists exactly (3,200 lists) recall@10 0.945
+# at 20.7 ms CPU per query (nprobe 256), 58-70 µs CPU per insert, 796 B per module resident,
+# reopen 0.49 s; usearch i8 (quiet run): 0.907 at 7.0 ms CPU (ef 256), 0.966 at 11.6 ms (ef
+# 512), 1,149 µs per insert (1,598/s), 1,339 B, reopen 0.24 s: meets reopen only.
+# 2026-11-27: IVF ranks its lists by 1-bit codes and re-ranks 256 exactly (see `IvfIndex`):
+# at 1M (2,263 lists, nprobe 256, load 7-8) recall 0.964 at 4.2-4.6 ms CPU per query, 4-5x
+# less than the exact list scan and below usearch at 0.95; 50-60 µs CPU per insert, 873 B
+# per module resident, reopen 0.84-2.2 s under that load (codes: +64 B per module on disk).
+# At 100k: 0.99 at 1.7 ms CPU (800 lists, nprobe 256), 33 µs per insert.
 AUTO_ANN: IndexKind = "ivf"
 
 # ANN indexes are asked for this many times k candidates, re-scored exactly.
@@ -138,6 +139,9 @@ class StoreConfig:
             differ between opens of the same DB.
         nprobe: Lists an IVF search scans (higher: better recall, slower); None keeps
             `IVF_NPROBE`. A search-time setting like `ef_search`.
+        rerank: Candidates an IVF search ranks by 1-bit codes and re-scores exactly from
+            the vector file (higher: better recall, slower; 0 scans the probed lists
+            exactly); None keeps `IVF_RERANK`. A search-time setting.
     """
 
     vector_dtype: VectorDType = "f16"
@@ -146,6 +150,7 @@ class StoreConfig:
     threads: int = 2
     ef_search: int | None = None
     nprobe: int | None = None
+    rerank: int | None = None
 
 
 class ModuleStore:
@@ -181,6 +186,8 @@ class ModuleStore:
             raise ValueError(f"StoreConfig.ef_search must be ≥ 1, got {config.ef_search}")
         if config.nprobe is not None and config.nprobe < 1:
             raise ValueError(f"StoreConfig.nprobe must be ≥ 1, got {config.nprobe}")
+        if config.rerank is not None and config.rerank < 0:
+            raise ValueError(f"StoreConfig.rerank must be ≥ 0, got {config.rerank}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -221,6 +228,7 @@ class ModuleStore:
         self.threads = config.threads
         self.ef_search = HNSW_EF_SEARCH if config.ef_search is None else config.ef_search
         self.nprobe = IVF_NPROBE if config.nprobe is None else config.nprobe
+        self.rerank = IVF_RERANK if config.rerank is None else config.rerank
         self.vector_dtype: VectorDType = meta["vector_dtype"]
         self.index_choice: IndexChoice = meta["index"]
         self.vectors = VectorFile(
@@ -254,7 +262,7 @@ class ModuleStore:
         if kind == "usearch":
             return USearchIndex(self.dim, ef=self.ef_search, threads=self.threads)
         if kind == "ivf":
-            return IvfIndex(self.dim, self.vectors.view, nprobe=self.nprobe)
+            return IvfIndex(self.dim, self.vectors.view, nprobe=self.nprobe, rerank=self.rerank)
         return ExactIndex()
 
     def _open_index(self, count: int) -> VectorIndex:
@@ -267,7 +275,14 @@ class ModuleStore:
             # Its file holds one list number per row: rows saved beyond the metadata (a
             # crash after the save) are dropped, missing ones assigned from the vector file.
             if path.exists():
-                index = IvfIndex.load(path, self.dim, count, self.vectors.view, nprobe=self.nprobe)
+                index = IvfIndex.load(
+                    path,
+                    self.dim,
+                    count,
+                    self.vectors.view,
+                    nprobe=self.nprobe,
+                    rerank=self.rerank,
+                )
             else:
                 index = self._new_index(kind)
             self._catch_up(index, count)

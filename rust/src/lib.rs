@@ -4,6 +4,7 @@
 
 pub mod arena;
 pub mod asthash;
+pub mod binary;
 pub mod embed;
 pub mod extract;
 pub mod similarity;
@@ -401,6 +402,60 @@ fn rows_1d<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>) -> Cow<
     }
 }
 
+/// Ids of the best `r` rows per query by the 1-bit code estimate (see `binary`).
+#[pyfunction]
+#[pyo3(signature = (queries, codes, factors, ids, spans, bounds, r, bits=4, limit=i64::MAX))]
+#[allow(clippy::too_many_arguments)]
+fn code_topk<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    codes: PyReadonlyArray2<'py, u64>,
+    factors: PyReadonlyArray2<'py, f32>,
+    ids: PyReadonlyArray1<'py, i64>,
+    spans: PyReadonlyArray2<'py, i64>,
+    bounds: PyReadonlyArray1<'py, i64>,
+    r: usize,
+    bits: usize,
+    limit: i64,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    if codes.shape()[1] != dim.div_ceil(64) || factors.shape()[1] != 2 || spans.shape()[1] != 2 {
+        return Err(PyValueError::new_err(format!(
+            "code_topk: codes must be (n, {}) for {dim}-d queries, factors (n, 2), spans (m, 2); \
+             got {:?}, {:?}, {:?}",
+            dim.div_ceil(64),
+            codes.shape(),
+            factors.shape(),
+            spans.shape()
+        )));
+    }
+    let to_usize = |name: &str, v: &[i64]| {
+        v.iter()
+            .map(|&x| usize::try_from(x))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| PyValueError::new_err(format!("code_topk: {name} must not be negative")))
+    };
+    let flat = to_usize("spans", &crate::rows(&spans))?;
+    let spans: Vec<(usize, usize)> = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let bounds = to_usize("bounds", &rows_1d(&bounds))?;
+    let (q, words, factors, ids) = (
+        crate::rows(&queries),
+        crate::rows(&codes),
+        crate::rows(&factors),
+        rows_1d(&ids),
+    );
+    let codes = binary::Codes {
+        words: &words,
+        factors: &factors,
+        ids: &ids,
+        dim,
+    };
+    let out = py
+        .detach(|| binary::code_topk(codes, &q, bits, &spans, &bounds, r, limit))
+        .map_err(|e| PyValueError::new_err(format!("code_topk: {e}")))?;
+    PyArray1::from_vec(py, out).reshape([nq, r])
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -417,5 +472,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FunctionRecord>()?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(topk_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(code_topk, m)?)?;
     Ok(())
 }
