@@ -154,7 +154,7 @@ class Engine:
         cfg, stack = self.config, self._stack
         provider = Provider(cfg.provider)
         self._pricing = await asyncio.to_thread(PricingTable.load, cfg.pricing)
-        client = make_client(provider, base_url=cfg.base_url)
+        client = make_client(provider, base_url=cfg.base_url, config=cfg.client_config())
         stack.push_async_callback(client.aclose)
         self._dispatcher = Dispatcher([Endpoint(client)], pricing=self._pricing)
         stack.push_async_callback(self._dispatcher.aclose, 0.0)

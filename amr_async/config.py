@@ -26,11 +26,14 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES
 from amr_async.teacher.types import Provider
+
+if TYPE_CHECKING:
+    from amr_async.teacher.base import ClientConfig
 
 CONFIG_ENV = "AMR_ASYNC_CONFIG"
 ENV_PREFIX = "AMR_ASYNC_"
@@ -113,6 +116,7 @@ class Config:
     max_tokens: int = 3000
     temperature: float = 0.0
     concurrency: int = 64
+    http_transport: str = "lean"
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     cache: bool = False
     pricing: tuple[str, ...] = ()
@@ -151,6 +155,16 @@ class Config:
             out[key.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def client_config(self) -> ClientConfig:
+        """The wire client's settings: the chosen transport, a pool no smaller than the
+        concurrency (a call beyond the pool waits for a connection, inside its time limit)."""
+        from amr_async.teacher.base import ClientConfig
+
+        return ClientConfig(
+            max_connections=max(self.concurrency, ClientConfig().max_connections),
+            transport="aiohttp" if self.http_transport == "aiohttp" else "lean",
+        )
+
     @property
     def key_env(self) -> str:
         """The environment variable this config's provider reads its API key from."""
@@ -170,6 +184,12 @@ KEYS: tuple[Key, ...] = (
     Key("max_tokens", "int", "output tokens per call", check=_at_least(1)),
     Key("temperature", "float", "sampling temperature", check=_between(0, 2)),
     Key("concurrency", "int", "items in progress at once", check=_at_least(1)),
+    Key(
+        "http_transport",
+        "str",
+        "HTTP client: lean (cheapest per call) or aiohttp (when a proxy is needed)",
+        choices=("lean", "aiohttp"),
+    ),
     Key("max_line_bytes", "int", "reject longer input lines", check=_at_least(1)),
     Key("cache", "bool", "answer calls from other runs' journaled answers (same request key)"),
     Key("pricing", "paths", "pricing TOML files merged over the shipped table"),

@@ -87,6 +87,16 @@ def test_bad_env_and_flag_values_name_their_origin() -> None:
         load(env={"AMR_ASYNC_SANDBOX_PARALLELISM": "0"})
 
 
+def test_http_transport_reaches_the_client_config_with_a_pool_for_the_concurrency() -> None:
+    assert Config().client_config().transport == "lean"
+    chosen = load(env={"AMR_ASYNC_HTTP_TRANSPORT": "aiohttp"}, flags=_flags("--concurrency", "500"))
+    client = chosen.config.client_config()
+    assert (client.transport, client.max_connections) == ("aiohttp", 500)
+    assert Config(concurrency=8).client_config().max_connections == 100  # never below the default
+    with pytest.raises(ConfigError, match=r"http_transport = 'h2' \(from \$AMR_ASYNC_HTTP_TRA"):
+        load(env={"AMR_ASYNC_HTTP_TRANSPORT": "h2"})
+
+
 def test_sandbox_knobs_default_to_one_second_and_four_jobs_per_core() -> None:
     loaded = load(env={}, flags=_flags("--test-timeout", "2.5", "--sandbox-parallelism", "3"))
     assert (loaded.config.test_timeout, loaded.config.sandbox_parallelism) == (2.5, 3)

@@ -248,7 +248,9 @@ async def _run(args: argparse.Namespace, cfg: config.Config, run: RunJournal) ->
     provider = Provider(cfg.provider)
     pricing = PricingTable.load(cfg.pricing)
     # The URL as given (it may carry credentials); the journaled config has them removed.
-    client = make_client(provider, base_url=args.base_url or cfg.base_url)
+    client = make_client(
+        provider, base_url=args.base_url or cfg.base_url, config=cfg.client_config()
+    )
     dispatcher = Dispatcher([Endpoint(client)], pricing=pricing)
     teacher = JournaledTeacher(
         dispatcher.submit,
