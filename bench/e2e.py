@@ -24,7 +24,7 @@ allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
 (CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
 
-    .venv/bin/python bench/e2e.py [--quick] [--profile FILE]
+    .venv/bin/python bench/e2e.py [--quick] [--profile FILE] [--timeline FILE [--only-timeline]]
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # sandbox's zygote and, through it, every job's child.
 # The main thread's CPU (`loop_cpu_s`) is the event loop's, the engine's one-core bound.
 # With a profile path (argv[2], else "-"), the main thread runs under cProfile with a CPU
-# clock (thread time: waiting is not counted) and the stats go to that file.
+# clock (thread time: waiting is not counted) and the stats go to that file. With a
+# timeline path (argv[3], else "-"), `_timeline.py` samples the run every 100 ms into it.
 _LAUNCHER = """
 import cProfile, json, resource, sys, time
 from amr_async.cli import main
@@ -114,11 +115,15 @@ import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.tea
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
+if sys.argv[3] != "-":
+    sys.path.insert(0, BENCH_DIR)
+    from _timeline import install
+    install(sys.argv[3])
 profile = cProfile.Profile(time.thread_time) if sys.argv[2] != "-" else None
 start, own, loop = time.perf_counter(), cpu(resource.RUSAGE_SELF), time.thread_time()
 if profile is not None:
     profile.enable()
-code = main(sys.argv[3:])
+code = main(sys.argv[4:])
 if profile is not None:
     profile.disable()
     profile.dump_stats(sys.argv[2])
@@ -128,7 +133,7 @@ with open(sys.argv[1], "w") as f:
                "loop_cpu_s": time.thread_time() - loop,
                "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN)}, f)
 sys.exit(code)
-"""
+""".replace("BENCH_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
 def _one_run(
@@ -139,11 +144,12 @@ def _one_run(
     isolation: str,
     extra: list[str],
     profile: str = "-",
+    timeline: str = "-",
 ) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
     cmd = [
-        sys.executable, "-c", _LAUNCHER, str(costs), profile, "run", "--strategy", "amr-evol",
+        sys.executable, "-c", _LAUNCHER, str(costs), profile, timeline, "run", "--strategy", "amr-evol",
         "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
         "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
@@ -198,6 +204,18 @@ def main() -> None:
         "cProfile (CPU clock) and write its stats to FILE (read with pstats); figures "
         "come from the unprofiled runs",
     )
+    parser.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="also run the zero-latency case once more with a sampler (bench/_timeline.py) "
+        "writing one JSON line per 100 ms to FILE: items per stage, sandbox jobs, loop busy "
+        "fraction, window events",
+    )
+    parser.add_argument(
+        "--only-timeline",
+        action="store_true",
+        help="with --timeline: skip the three measured runs (diagnosis only; no JSON line)",
+    )
     args = parser.parse_args()
     extra: list[str] = []
     if args.sandbox_parallelism is not None:
@@ -208,6 +226,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
     runs = (("zero", "0", "none"), ("isolated", "0", "auto"), ("lognormal", args.lognormal, "none"))
+    if args.only_timeline:
+        runs = ()
     with tempfile.TemporaryDirectory() as tmp:
         for label, latency, isolation in runs:
             work = Path(tmp) / label
@@ -238,6 +258,18 @@ def main() -> None:
                     str(Path(args.profile).resolve()),
                 )  # fmt: skip
             print(f"profile of the engine's event loop: {args.profile}", file=sys.stderr)
+        if args.timeline:
+            work = Path(tmp) / "timeline"
+            work.mkdir()
+            (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            with _emulator("0", {}) as url:
+                _one_run(
+                    work, url, args.concurrency, args.window, "none", extra,
+                    timeline=str(Path(args.timeline).resolve()),
+                )  # fmt: skip
+            print(f"timeline of the zero-latency run: {args.timeline}", file=sys.stderr)
+    if args.only_timeline:
+        return
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
     n = zero["items"]
     per_item = {key: 1000 * zero[f"{key}_cpu_s"] / n for key in ("engine", "sandbox", "emulator")}

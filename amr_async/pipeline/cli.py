@@ -259,7 +259,7 @@ async def _run(args: argparse.Namespace, cfg: config.Config, run: RunJournal) ->
     )
     try:
         async with contextlib.AsyncExitStack() as stack:
-            strategy = await _strategy(cfg.to_dict(), run.run_id, stack)
+            strategy = await _strategy(cfg.to_dict(), run.run_id, stack, defer_sandbox=True)
             return await _drive(strategy, teacher, cfg, run, dispatcher, args)
     finally:
         with contextlib.suppress(Exception):
@@ -272,8 +272,14 @@ async def _strategy(
     run_id: str | None,
     stack: contextlib.AsyncExitStack,
     db: ModuleDB | None = None,
+    *,
+    defer_sandbox: bool = False,
 ) -> Strategy:
-    """The configured strategy; its sandbox (and DB, unless given open) close with `stack`."""
+    """The configured strategy; its sandbox (and DB, unless given open) close with `stack`.
+
+    With `defer_sandbox`, amr-evol's sandbox starts at the first window (see
+    `AmrEvolStrategy.begin_window`) instead of before the strategy is returned.
+    """
     from amr_async.moduledb import ModuleDB, make_embedder
     from amr_async.sandbox import Sandbox
 
@@ -292,9 +298,14 @@ async def _strategy(
     # A verification job spends most of its time starting processes, not computing (~4 ms
     # of CPU in ~12 ms on a quiet machine), so more jobs than cores keep the cores busy.
     parallelism = cfg["sandbox_parallelism"] or 4 * (os.cpu_count() or 1)
-    sandbox = await stack.enter_async_context(
-        Sandbox(isolation=cfg["isolation"], parallelism=parallelism)
-    )
+    sandbox = Sandbox(isolation=cfg["isolation"], parallelism=parallelism)
+    if name == "amr-evol" and defer_sandbox:
+        # amr-evol starts the zygote (~0.15 s: an interpreter and its imports) at its first
+        # window's snapshot, while the first `direct` calls run, not before them; a start
+        # that fails still stops the run before any item passes its window gate.
+        stack.push_async_callback(sandbox.aclose)
+    else:
+        await stack.enter_async_context(sandbox)
     if name == "ansrepair":
         return AnsRepairStrategy(calls, templates, sandbox, test_timeout_s=cfg["test_timeout"])
     if db is None:

@@ -56,15 +56,23 @@ class RunSettings:
         concurrency: items in progress at once (worker tasks).
         batch_lines: input lines read, validated and looked up per batch.
         max_line_bytes: longer input lines are rejected.
+        lookahead: windowed strategies only: input lines, beyond the window being
+            finished and merged, whose items may start (rounded up to whole windows,
+            at least one). Those run the stages before the window gate while the
+            window finishes; more would compete with it for the cores and delay the
+            merge that every later window waits for (see `_windows_ahead`).
     """
 
     concurrency: int = 64
     batch_lines: int = 256
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    lookahead: int = 64
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         if self.batch_lines < 1:
             raise ValueError(f"batch_lines must be >= 1, got {self.batch_lines}")
 
@@ -155,6 +163,21 @@ class _Stopped(Exception):
     """The run stopped while the item waited for its window: it stays for the resume."""
 
 
+def _windows_ahead(settings: RunSettings, window_size: int) -> int:
+    """How many windows the producer may open beyond the one being finished.
+
+    Each window's gated stages wait for the merge of the window before, so the run is a
+    chain of windows; what runs beside the chain is only the next windows' stages before
+    the gate. Items admitted further ahead do that work early, all at once, in
+    competition with the chain's first window (the sandbox then idles while the engine
+    and the teacher are saturated), and leave nothing to fill the later windows' tails.
+    Measured on the e2e benchmark (window 64, concurrency 256): a lookahead of one
+    window instead of all that the concurrency allows, see the README.
+    """
+    lines = min(settings.lookahead, settings.concurrency)
+    return max(1, -(-lines // window_size))
+
+
 def _gate_index(strategy: Strategy) -> int:
     """Index of the first stage that reads the window's snapshot (0 when not declared)."""
     name = getattr(strategy, "snapshot_stage", None)
@@ -220,7 +243,7 @@ class Runner:
         self._window: _Window | None = None
         self._open_windows: list[_Window] = []
         self._windows: asyncio.Queue[_Window | None] = asyncio.Queue(
-            maxsize=max(2, self.settings.concurrency // max(1, self._window_size()) + 2)
+            maxsize=_windows_ahead(self.settings, self._window_size())
         )
         # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
         # rejects file; written by the workers on the loop, swapped out by the producer.
