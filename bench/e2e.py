@@ -149,8 +149,9 @@ def _one_run(
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
     cmd = [
-        sys.executable, "-c", _LAUNCHER, str(costs), profile, timeline, "run", "--strategy", "amr-evol",
-        "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
+        sys.executable, "-c", _LAUNCHER, str(costs), profile, timeline,
+        "run", "--strategy", "amr-evol", "--input", str(work / "in.jsonl"),
+        "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
         "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
         *extra,
