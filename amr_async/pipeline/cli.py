@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from pathlib import Path
@@ -93,6 +94,43 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(_dry_run(first))
             return ExitCode.OK
+    except (_UsageError, JournalError) as exc:
+        return _refused(exc)
+    warm = _warm_token_counter(first)
+    try:
+        return _start_and_run(args, first)
+    finally:
+        if warm is not None:
+            warm.join()
+
+
+def _warm_token_counter(cfg: config.Config) -> threading.Thread | None:
+    """Build the run's tokenizer tables on a thread while the run is set up.
+
+    The dispatcher counts each request's prompt tokens on the event loop; the first count
+    builds the encoding's tables in the Rust core (tens of ms for cl100k_base, more for
+    o200k_base), which would stall the loop just as the first calls go out. A text longer
+    than the core's keep-the-GIL size is counted without the GIL, so this overlaps the
+    preflight request, the journal's opening and the strategy's set-up.
+    """
+    if cfg.model is None:
+        return None
+    from amr_async.core import count_tokens
+    from amr_async.scheduler import encoding_for
+
+    try:
+        encoding = encoding_for(Provider(cfg.provider), cfg.model)
+    except ValueError:
+        return None  # an unknown provider is reported by the run's own checks
+    thread = threading.Thread(
+        target=count_tokens, args=([" " * 8192], encoding), name="warm-tokens", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _start_and_run(args: argparse.Namespace, first: config.Config) -> int:
+    try:
         journal_path = _journal_path(first)
         if not args.resume:  # every check before the journal file is created
             cfg, resume = _resolve(args, None)
