@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from amr_async.journal import Journal
 from amr_async.pipeline import ExitCode, InputItem, JournaledTeacher, Runner, RunSettings
@@ -137,3 +138,60 @@ async def test_no_journal_baseline_writes_plain_output(tmp_path: Path) -> None:
     assert report.done == 2
     assert report.totals.calls == 4
     assert len((tmp_path / "plain.jsonl").read_bytes().splitlines()) == 2
+
+
+class _Windows(_TwoStages):
+    """`_TwoStages` in windows of two lines, gated at its second stage.
+
+    At each window's opening it records the items that had started their first stage by
+    then, so a test can see how far ahead of the windows the producer let items start.
+    """
+
+    snapshot_stage = "second"
+    window_size = 2
+
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.started_at_open: list[set[str]] = []
+
+    async def begin_window(self) -> None:
+        self.started_at_open.append({r.split(":")[1] for r in RAN if r.startswith("first:")})
+
+    async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
+        pass
+
+
+async def test_items_start_at_most_the_lookahead_beyond_the_window_being_merged(
+    tmp_path: Path,
+) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(10)]  # windows of two: i0 i1 | i2 i3 | ... | i8 i9
+    _input(tmp_path, ids)
+    strategy = _Windows()
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        teacher = JournaledTeacher(_Teacher().send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=strategy,
+            teacher=teacher,
+            input_path=tmp_path / "in.jsonl",
+            rejects_path=tmp_path / "rejects.jsonl",
+            run=run,
+            # Concurrency for every item at once; the lookahead (two lines: one window)
+            # is what holds the later windows back.
+            settings=RunSettings(concurrency=10, batch_lines=10, lookahead=2),
+        )
+        report = await runner.run()
+    assert (report.done, report.exit_code) == (10, ExitCode.OK)
+    assert len(strategy.started_at_open) == 5
+    for w, started in enumerate(strategy.started_at_open):
+        # When window w opens, window w - 1 is merged; only windows w and w + 1 may
+        # have started.
+        assert started <= {f"i{n}" for n in range(2 * w + 4)}, (w, sorted(started))
+    # By the last window's opening every item had been let in (the run was not serial).
+    assert strategy.started_at_open[-1] == set(ids)
+
+
+def test_lookahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lookahead"):
+        RunSettings(lookahead=0)

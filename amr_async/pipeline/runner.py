@@ -58,20 +58,19 @@ class RunSettings:
         max_line_bytes: longer input lines are rejected.
         lookahead: windowed strategies only: input lines, beyond the window being
             finished and merged, whose items may start (rounded up to whole windows,
-            at least one). Those run the stages before the window gate while the
-            window finishes; more would compete with it for the cores and delay the
-            merge that every later window waits for (see `_windows_ahead`).
+            at least one); None: as many windows as `concurrency` items fill, plus two
+            (see `_windows_ahead`).
     """
 
     concurrency: int = 64
     batch_lines: int = 256
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    lookahead: int = 64
+    lookahead: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.lookahead < 1:
+        if self.lookahead is not None and self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         if self.batch_lines < 1:
             raise ValueError(f"batch_lines must be >= 1, got {self.batch_lines}")
@@ -164,16 +163,16 @@ class _Stopped(Exception):
 
 
 def _windows_ahead(settings: RunSettings, window_size: int) -> int:
-    """How many windows the producer may open beyond the one being finished.
+    """How many windows the producer may open beyond the one being finished and merged.
 
-    Each window's gated stages wait for the merge of the window before, so the run is a
-    chain of windows; what runs beside the chain is only the next windows' stages before
-    the gate. Items admitted further ahead do that work early, all at once, in
-    competition with the chain's first window (the sandbox then idles while the engine
-    and the teacher are saturated), and leave nothing to fill the later windows' tails.
-    Measured on the e2e benchmark (window 64, concurrency 256): a lookahead of one
-    window instead of all that the concurrency allows, see the README.
+    Each window's gated stages wait for the merge of the window before, so a run is a
+    chain of windows, and what runs beside the chain is the later windows' stages before
+    the gate. By default items start as far ahead as the concurrency allows: they do
+    that work early, all at once. A `lookahead` of one window instead (its work beside
+    each window's chain) measured no better on the e2e benchmark (README, design notes).
     """
+    if settings.lookahead is None:
+        return max(2, settings.concurrency // window_size + 2)
     lines = min(settings.lookahead, settings.concurrency)
     return max(1, -(-lines // window_size))
 
