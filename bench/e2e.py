@@ -109,9 +109,16 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # clock (thread time: waiting is not counted) and the stats go to that file. With a
 # timeline path (argv[3], else "-"), `_timeline.py` samples the run every 100 ms into it.
 _LAUNCHER = """
-import cProfile, json, resource, sys, time
+import cProfile, dataclasses, json, os, resource, sys, time
 from amr_async.cli import main
 import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
+if "E2E_RESERVE" in os.environ:  # bench/e2e.py --reserve: RunSettings.reserve for A/B runs
+    from amr_async.pipeline.runner import Runner
+    runner_init = Runner.__init__
+    def init(self, *args, settings, **kwargs):
+        settings = dataclasses.replace(settings, reserve=int(os.environ["E2E_RESERVE"]))
+        runner_init(self, *args, settings=settings, **kwargs)
+    Runner.__init__ = init
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
@@ -145,6 +152,7 @@ def _one_run(
     extra: list[str],
     profile: str = "-",
     timeline: str = "-",
+    reserve: int | None = None,
 ) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
@@ -157,6 +165,8 @@ def _one_run(
         *extra,
     ]  # fmt: skip
     env = {**os.environ, "OPENAI_API_KEY": "bench"}
+    if reserve is not None:
+        env["E2E_RESERVE"] = str(reserve)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -199,6 +209,12 @@ def main() -> None:
     parser.add_argument("--sandbox-parallelism", type=int, help="passed to `run` when given")
     parser.add_argument("--test-timeout", type=float, help="passed to `run` when given")
     parser.add_argument(
+        "--reserve",
+        type=int,
+        help="the runner's RunSettings.reserve (0: pre-snapshot stages start at once, "
+        "default: the window size), for A/B runs",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="also run the zero-latency case once more with the engine's event loop under "
@@ -237,8 +253,9 @@ def main() -> None:
             cpu: dict[str, float] = {}
             with _emulator(latency, cpu) as url:
                 results[label] = _one_run(
-                    work, url, args.concurrency, args.window, isolation, extra
-                )
+                    work, url, args.concurrency, args.window, isolation, extra,
+                    reserve=args.reserve,
+                )  # fmt: skip
             r = results[label]
             r["emulator_cpu_s"] = cpu.get("emulator_s", 0.0)
             print(
@@ -256,7 +273,7 @@ def main() -> None:
             with _emulator("0", {}) as url:
                 _one_run(
                     work, url, args.concurrency, args.window, "none", extra,
-                    str(Path(args.profile).resolve()),
+                    str(Path(args.profile).resolve()), reserve=args.reserve,
                 )  # fmt: skip
             print(f"profile of the engine's event loop: {args.profile}", file=sys.stderr)
         if args.timeline:
@@ -266,7 +283,7 @@ def main() -> None:
             with _emulator("0", {}) as url:
                 _one_run(
                     work, url, args.concurrency, args.window, "none", extra,
-                    timeline=str(Path(args.timeline).resolve()),
+                    timeline=str(Path(args.timeline).resolve()), reserve=args.reserve,
                 )  # fmt: skip
             print(f"timeline of the zero-latency run: {args.timeline}", file=sys.stderr)
     if args.only_timeline:
