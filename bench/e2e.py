@@ -212,7 +212,7 @@ def main() -> None:
         "--reserve",
         type=int,
         help="the runner's RunSettings.reserve (0: pre-snapshot stages start at once, "
-        "default: the window size), for A/B runs",
+        "default: a quarter of the window, at least 4), for A/B runs",
     )
     parser.add_argument(
         "--profile",

