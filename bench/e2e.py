@@ -24,7 +24,7 @@ allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
 (CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
 
-    .venv/bin/python bench/e2e.py [--quick] [--profile FILE]
+    .venv/bin/python bench/e2e.py [--quick] [--profile FILE] [--timeline FILE [--only-timeline]]
 """
 
 from __future__ import annotations
@@ -106,19 +106,31 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # sandbox's zygote and, through it, every job's child.
 # The main thread's CPU (`loop_cpu_s`) is the event loop's, the engine's one-core bound.
 # With a profile path (argv[2], else "-"), the main thread runs under cProfile with a CPU
-# clock (thread time: waiting is not counted) and the stats go to that file.
+# clock (thread time: waiting is not counted) and the stats go to that file. With a
+# timeline path (argv[3], else "-"), `_timeline.py` samples the run every 100 ms into it.
 _LAUNCHER = """
-import cProfile, json, resource, sys, time
+import cProfile, dataclasses, json, os, resource, sys, time
 from amr_async.cli import main
 import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
+if "E2E_RESERVE" in os.environ:  # bench/e2e.py --reserve: RunSettings.reserve for A/B runs
+    from amr_async.pipeline.runner import Runner
+    runner_init = Runner.__init__
+    def init(self, *args, settings, **kwargs):
+        settings = dataclasses.replace(settings, reserve=int(os.environ["E2E_RESERVE"]))
+        runner_init(self, *args, settings=settings, **kwargs)
+    Runner.__init__ = init
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
+if sys.argv[3] != "-":
+    sys.path.insert(0, BENCH_DIR)
+    from _timeline import install
+    install(sys.argv[3])
 profile = cProfile.Profile(time.thread_time) if sys.argv[2] != "-" else None
 start, own, loop = time.perf_counter(), cpu(resource.RUSAGE_SELF), time.thread_time()
 if profile is not None:
     profile.enable()
-code = main(sys.argv[3:])
+code = main(sys.argv[4:])
 if profile is not None:
     profile.disable()
     profile.dump_stats(sys.argv[2])
@@ -128,7 +140,7 @@ with open(sys.argv[1], "w") as f:
                "loop_cpu_s": time.thread_time() - loop,
                "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN)}, f)
 sys.exit(code)
-"""
+""".replace("BENCH_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
 def _one_run(
@@ -139,17 +151,22 @@ def _one_run(
     isolation: str,
     extra: list[str],
     profile: str = "-",
+    timeline: str = "-",
+    reserve: int | None = None,
 ) -> dict[str, float]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
     cmd = [
-        sys.executable, "-c", _LAUNCHER, str(costs), profile, "run", "--strategy", "amr-evol",
-        "--input", str(work / "in.jsonl"), "--output", str(out), "--journal", str(journal),
+        sys.executable, "-c", _LAUNCHER, str(costs), profile, timeline,
+        "run", "--strategy", "amr-evol", "--input", str(work / "in.jsonl"),
+        "--output", str(out), "--journal", str(journal),
         "--db", str(db), "--model", "emu", "--base-url", base_url,
         "--concurrency", str(concurrency), "--window", str(window), "--isolation", isolation,
         *extra,
     ]  # fmt: skip
     env = {**os.environ, "OPENAI_API_KEY": "bench"}
+    if reserve is not None:
+        env["E2E_RESERVE"] = str(reserve)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -192,11 +209,29 @@ def main() -> None:
     parser.add_argument("--sandbox-parallelism", type=int, help="passed to `run` when given")
     parser.add_argument("--test-timeout", type=float, help="passed to `run` when given")
     parser.add_argument(
+        "--reserve",
+        type=int,
+        help="the runner's RunSettings.reserve (0: pre-snapshot stages start at once, "
+        "default: a quarter of the window, at least 4), for A/B runs",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="also run the zero-latency case once more with the engine's event loop under "
         "cProfile (CPU clock) and write its stats to FILE (read with pstats); figures "
         "come from the unprofiled runs",
+    )
+    parser.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="also run the zero-latency case once more with a sampler (bench/_timeline.py) "
+        "writing one JSON line per 100 ms to FILE: items per stage, sandbox jobs, loop busy "
+        "fraction, window events",
+    )
+    parser.add_argument(
+        "--only-timeline",
+        action="store_true",
+        help="with --timeline: skip the three measured runs (diagnosis only; no JSON line)",
     )
     args = parser.parse_args()
     extra: list[str] = []
@@ -208,6 +243,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
     runs = (("zero", "0", "none"), ("isolated", "0", "auto"), ("lognormal", args.lognormal, "none"))
+    if args.only_timeline:
+        runs = ()
     with tempfile.TemporaryDirectory() as tmp:
         for label, latency, isolation in runs:
             work = Path(tmp) / label
@@ -216,8 +253,9 @@ def main() -> None:
             cpu: dict[str, float] = {}
             with _emulator(latency, cpu) as url:
                 results[label] = _one_run(
-                    work, url, args.concurrency, args.window, isolation, extra
-                )
+                    work, url, args.concurrency, args.window, isolation, extra,
+                    reserve=args.reserve,
+                )  # fmt: skip
             r = results[label]
             r["emulator_cpu_s"] = cpu.get("emulator_s", 0.0)
             print(
@@ -235,9 +273,21 @@ def main() -> None:
             with _emulator("0", {}) as url:
                 _one_run(
                     work, url, args.concurrency, args.window, "none", extra,
-                    str(Path(args.profile).resolve()),
+                    str(Path(args.profile).resolve()), reserve=args.reserve,
                 )  # fmt: skip
             print(f"profile of the engine's event loop: {args.profile}", file=sys.stderr)
+        if args.timeline:
+            work = Path(tmp) / "timeline"
+            work.mkdir()
+            (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            with _emulator("0", {}) as url:
+                _one_run(
+                    work, url, args.concurrency, args.window, "none", extra,
+                    timeline=str(Path(args.timeline).resolve()), reserve=args.reserve,
+                )  # fmt: skip
+            print(f"timeline of the zero-latency run: {args.timeline}", file=sys.stderr)
+    if args.only_timeline:
+        return
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
     n = zero["items"]
     per_item = {key: 1000 * zero[f"{key}_cpu_s"] / n for key in ("engine", "sandbox", "emulator")}

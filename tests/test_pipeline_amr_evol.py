@@ -7,6 +7,8 @@ quality is measured here: the emulator's answers come from a bank, not from a mo
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,14 @@ from typing import Any
 import orjson
 import pytest
 
+from amr_async.config import Config
 from amr_async.emulator import Bank
 from amr_async.emulator.scripted import ScriptedTeacher
 from amr_async.journal import Journal
 from amr_async.moduledb import HashEmbedder, Module, ModuleDB
 from amr_async.pipeline import JournaledTeacher, Runner, RunSettings
 from amr_async.pipeline._prompts import PromptError, load_templates
+from amr_async.pipeline.cli import _strategy
 from amr_async.pipeline.strategies.amr_evol import AmrEvolConfig, AmrEvolStrategy
 from amr_async.pipeline.strategies.baselines import AnsRepairStrategy, CallSettings, CotStrategy
 from amr_async.sandbox import Sandbox
@@ -488,3 +492,23 @@ async def test_novelty_hashes_agree_with_describe(tmp_path: Path) -> None:
         assert code_hash == expected, code
         assert found == ((added.added[0], "add") if code is codes[0] else None)
     assert [h is None for h, _ in looked_up] == [False, False, False, True, True, True]
+
+
+async def test_run_command_starts_the_sandbox_at_the_first_window(tmp_path: Path) -> None:
+    """`amr-async run` builds amr-evol with the zygote not yet started: it starts at the
+    first window's snapshot (overlapping the first calls), before any item passes the gate,
+    and stops with the strategy's exit stack."""
+    cfg = Config(strategy="amr-evol", model="m", db=str(tmp_path / "db"), isolation="none")
+    async with contextlib.AsyncExitStack() as stack:
+        strategy = await _strategy(cfg.to_dict(), "r", stack, defer_sandbox=True)
+        assert isinstance(strategy, AmrEvolStrategy)
+        sandbox = strategy._shared.sandbox
+        assert sandbox.zygote_pid is None
+        await strategy.begin_window()
+        pid = sandbox.zygote_pid
+        assert pid is not None
+        os.kill(pid, 0)  # the zygote is alive (raises when it is not)
+        await strategy.end_window([])
+        await strategy.begin_window()  # later windows find it started
+        assert sandbox.zygote_pid == pid
+    assert sandbox.zygote_pid is None  # closed with the stack

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from amr_async.journal import Journal
 from amr_async.pipeline import ExitCode, InputItem, JournaledTeacher, Runner, RunSettings
@@ -137,3 +139,140 @@ async def test_no_journal_baseline_writes_plain_output(tmp_path: Path) -> None:
     assert report.done == 2
     assert report.totals.calls == 4
     assert len((tmp_path / "plain.jsonl").read_bytes().splitlines()) == 2
+
+
+class _Windows(_TwoStages):
+    """`_TwoStages` in windows of two lines, gated at its second stage.
+
+    At each window's opening it records the items that had started their first stage by
+    then, so a test can see how far ahead of the windows the producer let items start.
+    """
+
+    snapshot_stage = "second"
+    window_size = 2
+
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.started_at_open: list[set[str]] = []
+
+    async def begin_window(self) -> None:
+        self.started_at_open.append({r.split(":")[1] for r in RAN if r.startswith("first:")})
+
+    async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
+        pass
+
+
+async def test_items_start_at_most_the_lookahead_beyond_the_window_being_merged(
+    tmp_path: Path,
+) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(10)]  # windows of two: i0 i1 | i2 i3 | ... | i8 i9
+    _input(tmp_path, ids)
+    strategy = _Windows()
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        teacher = JournaledTeacher(_Teacher().send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=strategy,
+            teacher=teacher,
+            input_path=tmp_path / "in.jsonl",
+            rejects_path=tmp_path / "rejects.jsonl",
+            run=run,
+            # Concurrency for every item at once; the lookahead (two lines: one window)
+            # is what holds the later windows back.
+            settings=RunSettings(concurrency=10, batch_lines=10, lookahead=2),
+        )
+        report = await runner.run()
+    assert (report.done, report.exit_code) == (10, ExitCode.OK)
+    assert len(strategy.started_at_open) == 5
+    for w, started in enumerate(strategy.started_at_open):
+        # When window w opens, window w - 1 is merged; only windows w and w + 1 may
+        # have started.
+        assert started <= {f"i{n}" for n in range(2 * w + 4)}, (w, sorted(started))
+    # By the last window's opening every item had been let in (the run was not serial).
+    assert strategy.started_at_open[-1] == set(ids)
+
+
+class _WideWindows(_Windows):
+    window_size = 4
+
+
+class _Stalling(_Teacher):
+    """Holds i0's second-stage call (a window's one long job) until every stage in
+    `release_after` has run."""
+
+    def __init__(self, release_after: set[str]) -> None:
+        super().__init__()
+        self.release_after = release_after
+        self.release = asyncio.Event()
+
+    async def send(self, request: ChatRequest) -> Outcome:
+        if self.release_after <= set(RAN):
+            self.release.set()
+        if request.messages[-1].content.startswith("second:do i0:"):
+            await self.release.wait()
+        return await super().send(request)
+
+
+async def test_the_reserve_waits_for_the_open_window_and_fills_its_stall(
+    tmp_path: Path,
+) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(12)]  # windows of four: i0-i3 | i4-i7 | i8-i11
+    _input(tmp_path, ids)
+    later = {f"first:{i}" for i in ids[4:]}
+    double = _Stalling(later)
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=_WideWindows(),
+            teacher=teacher,
+            input_path=tmp_path / "in.jsonl",
+            rejects_path=tmp_path / "rejects.jsonl",
+            run=run,
+            # Concurrency for every item at once; the reserve (four items in progress)
+            # is what orders the work.
+            settings=RunSettings(concurrency=12, batch_lines=12, reserve=4),
+        )
+        # The guard only turns a hang into a failure: the reserve not running during
+        # the stall would never release it.
+        report = await asyncio.wait_for(runner.run(), timeout=60)
+    assert (report.done, report.exit_code) == (12, ExitCode.OK)
+    # No later item started before window 0's items were past their first stage ...
+    first_later = min(RAN.index(x) for x in later)
+    assert {f"second:{i}" for i in ids[:4]} <= set(RAN[:first_later])
+    # ... and all of them ran their first stage while window 0 waited on i0 alone.
+    assert RAN.index("second:i4") > max(RAN.index(x) for x in later)
+
+
+async def test_without_a_reserve_later_items_start_at_once(tmp_path: Path) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(12)]
+    _input(tmp_path, ids)
+    double = _Stalling(set())
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=_WideWindows(),
+            teacher=teacher,
+            input_path=tmp_path / "in.jsonl",
+            rejects_path=tmp_path / "rejects.jsonl",
+            run=run,
+            settings=RunSettings(concurrency=12, batch_lines=12, reserve=0),
+        )
+        report = await runner.run()
+    assert (report.done, report.exit_code) == (12, ExitCode.OK)
+    # Every item's first stage ran before any second stage: nothing held them back.
+    assert {x.split(":")[0] for x in RAN[:12]} == {"first"}
+
+
+def test_reserve_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="reserve"):
+        RunSettings(reserve=-1)
+
+
+def test_lookahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lookahead"):
+        RunSettings(lookahead=0)

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from pathlib import Path
@@ -93,6 +94,43 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(_dry_run(first))
             return ExitCode.OK
+    except (_UsageError, JournalError) as exc:
+        return _refused(exc)
+    warm = _warm_token_counter(first)
+    try:
+        return _start_and_run(args, first)
+    finally:
+        if warm is not None:
+            warm.join()
+
+
+def _warm_token_counter(cfg: config.Config) -> threading.Thread | None:
+    """Build the run's tokenizer tables on a thread while the run is set up.
+
+    The dispatcher counts each request's prompt tokens on the event loop; the first count
+    builds the encoding's tables in the Rust core (tens of ms for cl100k_base, more for
+    o200k_base), which would stall the loop just as the first calls go out. A text longer
+    than the core's keep-the-GIL size is counted without the GIL, so this overlaps the
+    preflight request, the journal's opening and the strategy's set-up.
+    """
+    if cfg.model is None:
+        return None
+    from amr_async.core import count_tokens
+    from amr_async.scheduler import encoding_for
+
+    try:
+        encoding = encoding_for(Provider(cfg.provider), cfg.model)
+    except ValueError:
+        return None  # an unknown provider is reported by the run's own checks
+    thread = threading.Thread(
+        target=count_tokens, args=([" " * 8192], encoding), name="warm-tokens", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _start_and_run(args: argparse.Namespace, first: config.Config) -> int:
+    try:
         journal_path = _journal_path(first)
         if not args.resume:  # every check before the journal file is created
             cfg, resume = _resolve(args, None)
@@ -261,7 +299,7 @@ async def _run(args: argparse.Namespace, cfg: config.Config, run: RunJournal) ->
     )
     try:
         async with contextlib.AsyncExitStack() as stack:
-            strategy = await _strategy(cfg.to_dict(), run.run_id, stack)
+            strategy = await _strategy(cfg.to_dict(), run.run_id, stack, defer_sandbox=True)
             return await _drive(strategy, teacher, cfg, run, dispatcher, args)
     finally:
         with contextlib.suppress(Exception):
@@ -274,8 +312,14 @@ async def _strategy(
     run_id: str | None,
     stack: contextlib.AsyncExitStack,
     db: ModuleDB | None = None,
+    *,
+    defer_sandbox: bool = False,
 ) -> Strategy:
-    """The configured strategy; its sandbox (and DB, unless given open) close with `stack`."""
+    """The configured strategy; its sandbox (and DB, unless given open) close with `stack`.
+
+    With `defer_sandbox`, amr-evol's sandbox starts at the first window (see
+    `AmrEvolStrategy.begin_window`) instead of before the strategy is returned.
+    """
     from amr_async.moduledb import ModuleDB, make_embedder
     from amr_async.sandbox import Sandbox
 
@@ -294,9 +338,14 @@ async def _strategy(
     # A verification job spends most of its time starting processes, not computing (~4 ms
     # of CPU in ~12 ms on a quiet machine), so more jobs than cores keep the cores busy.
     parallelism = cfg["sandbox_parallelism"] or 4 * (os.cpu_count() or 1)
-    sandbox = await stack.enter_async_context(
-        Sandbox(isolation=cfg["isolation"], parallelism=parallelism)
-    )
+    sandbox = Sandbox(isolation=cfg["isolation"], parallelism=parallelism)
+    if name == "amr-evol" and defer_sandbox:
+        # amr-evol starts the zygote (~0.15 s: an interpreter and its imports) at its first
+        # window's snapshot, while the first `direct` calls run, not before them; a start
+        # that fails still stops the run before any item passes its window gate.
+        stack.push_async_callback(sandbox.aclose)
+    else:
+        await stack.enter_async_context(sandbox)
     if name == "ansrepair":
         return AnsRepairStrategy(calls, templates, sandbox, test_timeout_s=cfg["test_timeout"])
     if db is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,17 +56,35 @@ class RunSettings:
         concurrency: items in progress at once (worker tasks).
         batch_lines: input lines read, validated and looked up per batch.
         max_line_bytes: longer input lines are rejected.
+        lookahead: windowed strategies only: input lines, beyond the window being
+            finished and merged, whose items may start (rounded up to whole windows,
+            at least one); None: as many windows as `concurrency` items fill, plus two
+            (see `_windows_ahead`).
+        reserve: windowed strategies only: the stages before the snapshot stage of items
+            whose window is not open yet (the reserve) start only while fewer than this
+            many items are in progress counting the open window's unfinished items and
+            the reserve's running ones, oldest first; so the reserve fills the open
+            window's tail (e.g. one long sandbox job) instead of running all up front.
+            None: a quarter of the window size, at least 4 (16 for windows of 64
+            measured ~9% less wall time than 0 or 64 on the e2e benchmark, median of
+            12 pairs); 0: no priority (the reserve starts at once).
     """
 
     concurrency: int = 64
     batch_lines: int = 256
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    lookahead: int | None = None
+    reserve: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.lookahead is not None and self.lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         if self.batch_lines < 1:
             raise ValueError(f"batch_lines must be >= 1, got {self.batch_lines}")
+        if self.reserve is not None and self.reserve < 0:
+            raise ValueError(f"reserve must be >= 0, got {self.reserve}")
 
 
 @dataclass(slots=True)
@@ -155,6 +173,21 @@ class _Stopped(Exception):
     """The run stopped while the item waited for its window: it stays for the resume."""
 
 
+def _windows_ahead(settings: RunSettings, window_size: int) -> int:
+    """How many windows the producer may open beyond the one being finished and merged.
+
+    Each window's gated stages wait for the merge of the window before, so a run is a
+    chain of windows, and what runs beside the chain is the later windows' stages before
+    the gate. By default items start as far ahead as the concurrency allows: they do
+    that work early, all at once. A `lookahead` of one window instead (its work beside
+    each window's chain) measured no better on the e2e benchmark (README, design notes).
+    """
+    if settings.lookahead is None:
+        return max(2, settings.concurrency // window_size + 2)
+    lines = min(settings.lookahead, settings.concurrency)
+    return max(1, -(-lines // window_size))
+
+
 def _gate_index(strategy: Strategy) -> int:
     """Index of the first stage that reads the window's snapshot (0 when not declared)."""
     name = getattr(strategy, "snapshot_stage", None)
@@ -220,8 +253,14 @@ class Runner:
         self._window: _Window | None = None
         self._open_windows: list[_Window] = []
         self._windows: asyncio.Queue[_Window | None] = asyncio.Queue(
-            maxsize=max(2, self.settings.concurrency // max(1, self._window_size()) + 2)
+            maxsize=_windows_ahead(self.settings, self._window_size())
         )
+        # The reserve (see `RunSettings.reserve`): its items running their pre-snapshot
+        # stages, and the ones waiting to, in input order, with their window.
+        reserve = self.settings.reserve
+        self._reserve_limit = max(4, self._window_size() // 4) if reserve is None else reserve
+        self._reserve_running = 0
+        self._reserve_waiting: deque[tuple[_Window, asyncio.Future[bool]]] = deque()
         # Dropped records (verdict DROPPED) waiting for the producer's next trip to the
         # rejects file; written by the workers on the loop, swapped out by the producer.
         self._dropped: list[Reject] = []
@@ -241,6 +280,7 @@ class Runner:
             # Items waiting for their window's snapshot wake up and leave (resumable).
             for window in self._open_windows:
                 window.opened.set()
+            self._grant_reserve()
 
     def _window_size(self) -> int:
         return self._windowed.window_size if self._windowed is not None else 1
@@ -426,6 +466,7 @@ class Runner:
             if self._stop is None:
                 await self._windowed.begin_window()
             window.opened.set()
+            self._grant_reserve()  # its items waiting in the reserve now go first
             await window.complete.wait()
             await asyncio.gather(*window.finishing, return_exceptions=True)
             self._open_windows.remove(window)
@@ -459,6 +500,7 @@ class Runner:
                 if work.window is not None:
                     work.window.pending -= 1
                     work.window.check()
+                    self._grant_reserve()
 
     async def _process(self, work: _Work) -> None:
         item, state = work.item, work.state
@@ -467,10 +509,18 @@ class Runner:
         stages = self.strategy.stages
         last: str | None = state.stage if state is not None else None
         gated = work.window is None
+        reserved = False  # counted in `_reserve_running`
         try:
             for index, stage in enumerate(stages):
                 if stage.name in outputs:
                     continue  # completed in an earlier attempt
+                if not gated and not reserved and index < self._gate:
+                    assert work.window is not None
+                    reserved = await self._enter_reserve(work.window)
+                    if self._stop is not None:
+                        raise _Stopped
+                if reserved and index >= self._gate:
+                    reserved = self._leave_reserve()
                 if not gated and index >= self._gate:
                     assert work.window is not None
                     await work.window.opened.wait()
@@ -495,6 +545,9 @@ class Runner:
                     ItemResult(item.item_id, item.line_no, item.instruction, error=str(exc))
                 )
             return
+        finally:
+            if reserved:  # failed or stopped inside the reserve
+                self._leave_reserve()
         record, verdict = self.strategy.record(item, outputs)
         if work.window is not None:
             work.window.records[item.item_id] = record
@@ -524,6 +577,50 @@ class Runner:
             await self._on_result(
                 ItemResult(item.item_id, item.line_no, item.instruction, record, verdict)
             )
+
+    # ---------------------------------------------------------------- reserve
+
+    def _reserve_open(self) -> bool:
+        """Whether one more reserve item may run its pre-snapshot stages now."""
+        busy = self._reserve_running
+        for window in self._open_windows:
+            if window.opened.is_set():
+                busy += window.pending
+        return busy < self._reserve_limit
+
+    async def _enter_reserve(self, window: _Window) -> bool:
+        """Wait for the item's turn to run its pre-snapshot stages; True: counted.
+
+        Items of an open window (or any item once stopping) go at once, uncounted.
+        """
+        if window.opened.is_set() or self._reserve_limit == 0:
+            return False
+        if not self._reserve_waiting and self._reserve_open():
+            self._reserve_running += 1
+            return True
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._reserve_waiting.append((window, turn))
+        return await turn
+
+    def _leave_reserve(self) -> bool:
+        """The item's pre-snapshot stages ended: let the next reserve item go. Returns False."""
+        self._reserve_running -= 1
+        self._grant_reserve()
+        return False
+
+    def _grant_reserve(self) -> None:
+        """Wake waiting reserve items: all of a window just opened, else oldest first."""
+        waiting = self._reserve_waiting
+        # In input order, so the items of open windows (windows open in order) lead.
+        while waiting and (self._stop is not None or waiting[0][0].opened.is_set()):
+            _, turn = waiting.popleft()
+            if not turn.done():
+                turn.set_result(False)
+        while waiting and self._reserve_open():
+            _, turn = waiting.popleft()
+            if not turn.done():
+                self._reserve_running += 1
+                turn.set_result(True)
 
     def _take_dropped(self) -> list[Reject]:
         taken, self._dropped = self._dropped, []

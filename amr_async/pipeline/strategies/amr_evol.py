@@ -433,7 +433,16 @@ class AmrEvolStrategy:
         return self._shared.merges
 
     async def begin_window(self) -> None:
-        """Freeze the DB as the next window's items will see it."""
+        """Freeze the DB as the next window's items will see it.
+
+        The sandbox is started here if it is not yet (a no-op after the first window): the
+        runner calls this for the first window while the first items' `direct` calls run,
+        so the zygote's start overlaps them, and no item reaches `verify` before it is up.
+
+        Raises:
+            SandboxError: the sandbox could not start.
+        """
+        await self._shared.sandbox.start()
         self._shared.snapshot = self._shared.db.snapshot()
 
     async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
