@@ -23,6 +23,8 @@ Figures (medians of repetitions, ratios within this run):
                          memory bound (bytes scanned / read bandwidth measured here)
   batch64_{f32,int8}_queries_per_s  64 queries per call
   tokens_mb_per_s        cl100k_base counting, all cores
+  pgo                    whether the extension is `make ext`'s profile-guided build
+                         (its `.venv/.ext-pgo` stamp is newer than the module)
 Last line: one JSON object.
 """
 
@@ -45,6 +47,13 @@ from amr_async import _core, ast_reference, core
 from amr_async.function_corpus import evalplus_functions, functions_in_source, stdlib_files
 
 EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
+
+
+def pgo_build() -> bool:
+    """Whether `_core` is the PGO build: `make ext` stamps `.venv/.ext-pgo` after it."""
+    stamp = Path(sys.prefix) / ".ext-pgo"
+    module = Path(_core.__file__ or "")
+    return stamp.exists() and module.exists() and stamp.stat().st_mtime >= module.stat().st_mtime
 
 
 def median_s(fn: Callable[[], object], reps: int) -> float:
@@ -201,7 +210,7 @@ def main() -> None:
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    out: dict[str, object] = {"cores": os.cpu_count(), "quick": args.quick}
+    out: dict[str, object] = {"cores": os.cpu_count(), "quick": args.quick, "pgo": pgo_build()}
     # Absolute rates on a shared machine depend on its load; ratios much less.
     out["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
     steps: dict[str, Callable[[], None]] = {
