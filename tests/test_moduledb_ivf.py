@@ -180,7 +180,7 @@ def test_near_duplicate_checks_probe_few_lists_and_still_find_the_original(
 
 @pytest.mark.usefixtures("small_train")
 def test_training_waits_for_enough_rows_then_retrains_on_growth(tmp_path: Path) -> None:
-    vecs = unit(2500, 16, 6)
+    vecs = unit(3200, 16, 6)
     store = ModuleStore(
         tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
     )
@@ -191,31 +191,35 @@ def test_training_waits_for_enough_rows_then_retrains_on_growth(tmp_path: Path) 
     assert store.search_vectors(vecs[7:8], k=1)[0][0][1] == 7
     add_synthetic(store, vecs[400:600], offset=400, batch=200)
     assert index.nlist == round(4 * 600**0.5)
-    add_synthetic(store, vecs[600:], offset=600, batch=300)  # 4 x 600 reached: retrained
+    # 4 x 600 reached: a retraining on rows < 2,400 starts, and takes effect at 3,000 rows.
+    add_synthetic(store, vecs[600:2700], offset=600, batch=300)
+    assert index._pending is not None
+    assert index._pending.n == 2400
+    assert index.nlist == round(4 * 600**0.5)
+    add_synthetic(store, vecs[2700:], offset=2700, batch=300)
+    assert index._pending is None
     assert index.nlist == round(4 * 2400**0.5)
-    assert len(index) == 2500
-    # Every row sits in the list of its nearest centroid, each row once: training assigns
-    # the stored (f16) rows, later appends the vectors as given.
+    assert index._trained_at == 2400  # the next retraining starts at 9,600
+    assert len(index) == 3200
+    # Every row sits in the list of its nearest centroid, each row once: the retraining
+    # assigns the stored (f16) rows up to the swap, later appends the vectors as given.
     centroids = index._centroids
     assert centroids is not None
-    rows = np.concatenate([store.view().block_f32(0, 2400), vecs[2400:]])
-    assert np.array_equal(index._labels[:2500], np.argmax(rows @ centroids.T, axis=1))
+    rows = np.concatenate([store.view().block_f32(0, 3000), vecs[3000:]])
+    assert np.array_equal(index._labels[:3200], np.argmax(rows @ centroids.T, axis=1))
     lists = index._lists
     assert lists is not None
     all_ids = np.sort(lists.gather(np.arange(index.nlist)))
-    assert np.array_equal(all_ids, np.arange(2500))
+    assert np.array_equal(all_ids, np.arange(3200))
     # Each row's code survived the retraining's regrouping and the appends' list moves.
-    codes, factors = lists.row_order(2500)
+    codes, factors = lists.row_order(3200)
     # Rows keep the code they got when indexed: appended rows from the vectors as given,
-    # rows first seen by a training from the stored (f16) rows.
+    # rows first seen by the first training from the stored (f16) rows.
     given, given_f = _index.encode(vecs, index._rotation)
     stored, stored_f = _index.encode(rows, index._rotation)
-    as_given = np.all(codes == given, axis=1)
-    assert as_given[600:2100].all()  # appended between the trainings
-    assert as_given[2400:].all()
-    assert np.all(codes[:600] == stored[:600])  # the first training's rows
-    assert np.all(codes[2100:2400] == stored[2100:2400])  # the batch that retrained
-    assert np.allclose(factors[600:2100], given_f[600:2100], rtol=1e-5)
+    assert np.all(codes[600:] == given[600:])
+    assert np.all(codes[:600] == stored[:600])
+    assert np.allclose(factors[600:], given_f[600:], rtol=1e-5)
     assert np.allclose(factors[:600], stored_f[:600], rtol=1e-5)
     store.close()
 
@@ -326,10 +330,10 @@ def test_empty_and_wrong_dimension(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("small_train")
-def test_queries_are_answered_while_the_index_retrains(
+def test_writers_and_readers_go_on_while_the_index_retrains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    vecs = unit(2400, 16, 10)
+    vecs = unit(3000, 16, 10)
     store = ModuleStore(
         tmp_path / "db", embedder="synthetic", dim=16, config=StoreConfig(index="ivf")
     )
@@ -337,24 +341,106 @@ def test_queries_are_answered_while_the_index_retrains(
     index = store.index
     assert isinstance(index, IvfIndex)
     old_nlist = index.nlist
-    answers: list[list[list[tuple[float, int]]]] = []
     original = _index.train_centroids
+    release = threading.Event()
+    started = threading.Event()
 
-    def train_while_querying(*args: object, **kwargs: object) -> F32:
-        # A reader in another thread during the retraining: it must not wait for it.
-        reader = threading.Thread(
-            target=lambda: answers.append(store.search_vectors(vecs[:3], k=1))
-        )
-        reader.start()
-        reader.join(timeout=60)
-        assert not reader.is_alive(), "a query waited for the retraining"
+    def blocked_training(*args: object, **kwargs: object) -> F32:
+        started.set()
+        assert release.wait(timeout=60), "the test never released the training"
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_index, "train_centroids", train_while_querying)
-    add_synthetic(store, vecs[600:], offset=600, batch=1800)  # 2,400 = 4 x 600: retrain
-    assert [[i for _, i in row] for row in answers[0]] == [[0], [1], [2]]  # old lists
+    monkeypatch.setattr(_index, "train_centroids", blocked_training)
+    add_synthetic(store, vecs[600:2400], offset=600, batch=1800)  # 4 x 600: retraining starts
+    assert started.wait(timeout=60)
+    # The training cannot finish, yet writers add rows (up to the swap point, 3,000) and
+    # readers get answers from the old lists, which hold the new rows too.
+    add_synthetic(store, vecs[2400:2999], offset=2400, batch=200)
+    assert index.nlist == old_nlist
+    found = store.search_vectors(vecs[[0, 1, 2, 2998]], k=1)
+    assert [row[0][1] for row in found] == [0, 1, 2, 2998]
+    release.set()
+    add_synthetic(store, vecs[2999:], offset=2999)  # the swap point: waits, then swaps
     assert index.nlist == round(4 * 2400**0.5) != old_nlist
+    assert [row[0][1] for row in store.search_vectors(vecs[:3], k=1)] == [0, 1, 2]
     store.close()
+
+
+def _grow(
+    path: Path, vecs: F32, batches: list[int], *, slow: bool, reopen_at: int | None = None
+) -> tuple[list[list[tuple[float, int]]], dict[str, npt.NDArray[np.generic]]]:
+    """Add `vecs` in the given batch sizes with a slow or a fast trainer (optionally closing
+    and reopening the store at row `reopen_at`); the search results and the saved index."""
+    config = StoreConfig(index="ivf", nprobe=3, rerank=20)
+    store = ModuleStore(path, embedder="synthetic", dim=16, config=config)
+    at = 0
+    found: list[list[tuple[float, int]]] = []
+    for size in batches:
+        add_synthetic(store, vecs[at : at + size], offset=at, batch=size)
+        at += size
+        found += store.search_vectors(vecs[::37], k=10)  # also while the retraining runs
+        index = store.index
+        assert isinstance(index, IvfIndex)
+        pending = index._pending
+        while pending is not None and not slow and pending.thread.is_alive():
+            # The fast trainer: as far as the rows allow before the next add.
+            with pending.cond:
+                if pending.waiting:
+                    break
+            threading.Event().wait(0.001)
+        if at == reopen_at:
+            store.close()
+            store = ModuleStore(path, embedder="synthetic", dim=16, config=config)
+    store.close()
+    with np.load(path / "index.ivf") as f:
+        saved = {name: f[name] for name in f.files}
+    return found, saved
+
+
+@pytest.mark.usefixtures("small_train")
+def test_retraining_gives_the_same_index_whatever_the_trainers_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "_TRAIN_BLOCK", 256)  # blocks beyond 2,400 wait for rows
+    vecs = unit(3400, 16, 11)
+    batches = [600, 1000, 800, 300, 250, 200, 250]  # retraining from 2,400, swap at 3,000
+    fast = _grow(tmp_path / "fast", vecs, batches, slow=False)
+    original = _index.train_centroids
+
+    def slow_training(*args: object, **kwargs: object) -> F32:
+        # Finishes only once the writer has reached the swap point (and waits for it).
+        stop = kwargs.get("stop")
+        index = _index_of[0]
+        background = index._pending is not None  # not the first, synchronous training
+        while (
+            background
+            and len(index) < 3000
+            and not (isinstance(stop, threading.Event) and stop.is_set())
+        ):
+            threading.Event().wait(0.001)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    _index_of: list[IvfIndex] = []
+    real_init = IvfIndex.__init__
+
+    def remember(self: IvfIndex, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        _index_of[:] = [self]
+
+    monkeypatch.setattr(IvfIndex, "__init__", remember)
+    monkeypatch.setattr(_index, "train_centroids", slow_training)
+    slow = _grow(tmp_path / "slow", vecs, batches, slow=True)
+    monkeypatch.setattr(IvfIndex, "__init__", real_init)
+    monkeypatch.setattr(_index, "train_centroids", original)
+    # Closed while the retraining runs (its work lost), reopened: it starts again on the
+    # same rows, with the same seed.
+    reopened = _grow(tmp_path / "reopened", vecs, batches, slow=False, reopen_at=2700)
+    for other in (slow, reopened):
+        assert other[0] == fast[0]
+        assert other[1].keys() == fast[1].keys()
+        for name, array in fast[1].items():
+            assert np.array_equal(other[1][name], array), name
+    assert int(fast[1]["trained_at"]) == 2400
 
 
 # -- 1-bit codes ----------------------------------------------------------------------------

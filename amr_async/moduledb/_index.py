@@ -321,6 +321,12 @@ IVF_MIN_TRAIN = 10_000
 # Retrain (new centroids, every row reassigned) once the index has grown this many times
 # past the size it was trained at: lists stay near IVF_LISTS_PER_SQRT × sqrt(n) rows apart.
 IVF_RETRAIN_GROWTH = 4
+# A retraining on rows 0 … n-1 (n = IVF_RETRAIN_GROWTH × the last training size, a row count
+# that does not depend on batch sizes or timing) runs in a background thread while writers
+# keep appending with the old centroids; the new centroids take effect in the add that brings
+# the index to n + n // IVF_SWAP_AFTER_DIV rows (waiting for the training if it is not done),
+# so search results never depend on how fast the training ran.
+IVF_SWAP_AFTER_DIV = 4
 # k-means: a sample of this many rows per list, this many Lloyd iterations.
 IVF_TRAIN_PER_LIST = 32
 IVF_TRAIN_ITERS = 5
@@ -345,6 +351,10 @@ IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED
 _ENCODE_BLOCK = 8192
+# Rows read from the vector file per block when assigning them to new centroids. Small, as
+# the retraining's last block waits for the swap point's rows (the writer waits for it):
+# 50,000 made the swap of a paced fill at 200k take 2.0 s.
+_TRAIN_BLOCK = 8192
 
 
 # Rows assigned per matrix product (bounds the temporary score matrix).
@@ -393,16 +403,29 @@ def encode(vectors: F32, rotation: F32) -> tuple[U64, F32]:
     return codes, factors
 
 
-def train_centroids(sample: F32, nlist: int, *, iters: int, seed: int) -> F32:
+class _Stopped(Exception):
+    """A background training was told to stop (the index is closing)."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise _Stopped
+
+
+def train_centroids(
+    sample: F32, nlist: int, *, iters: int, seed: int, stop: threading.Event | None = None
+) -> F32:
     """Spherical k-means (Lloyd) on L2-normalised rows: `nlist` unit centroids.
 
     Deterministic for a given sample and seed. An emptied list is re-seeded with a random
-    sample row, so every centroid stays a point of the data's sphere.
+    sample row, so every centroid stays a point of the data's sphere. A set `stop` ends it
+    between iterations (raises `_Stopped`).
     """
     rng = np.random.default_rng(seed)
     nlist = max(1, min(nlist, len(sample)))
     centroids = np.ascontiguousarray(sample[rng.choice(len(sample), nlist, replace=False)])
     for _ in range(iters):
+        _check(stop)
         labels = _assign(sample, centroids)
         sums = np.zeros_like(centroids)
         np.add.at(sums, labels, sample)
@@ -529,14 +552,76 @@ class _Lists:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+class _Retraining:
+    """A retraining of an `IvfIndex` on rows ``0 … n-1`` (see `IVF_SWAP_AFTER_DIV`).
+
+    `run` (in a background thread, or in the writer when it needs the result at once) trains
+    the centroids, then assigns rows ``0 … swap_at-1`` in fixed blocks, waiting for the
+    writer to publish rows beyond n; the writer applies the result when it reaches `swap_at`.
+    """
+
+    def __init__(self, index: IvfIndex, n: int, swap_at: int, view: VectorView, count: int) -> None:
+        self.index = index
+        self.n = n
+        self.swap_at = swap_at
+        self.cond = threading.Condition()
+        self.view = view  # the newest view the writer published (under `cond`)
+        self.count = count  # rows indexed so far (under `cond`)
+        self.stop = threading.Event()
+        self.waiting = False  # the trainer waits for rows not yet indexed (under `cond`)
+        self.result: tuple[F32, npt.NDArray[np.int32]] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, name="ivf-retrain", daemon=True)
+
+    def publish(self, view: VectorView) -> None:
+        """The writer indexed rows up to view.count: the trainer may read them."""
+        with self.cond:
+            self.view, self.count = view, view.count
+            self.cond.notify_all()
+
+    def cancel(self) -> None:
+        """Stop the trainer at its next check and wait for it."""
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def run(self) -> None:
+        try:
+            with self.cond:
+                view = self.view
+            centroids = self.index._centroids_for(view, self.n, self.stop)
+            labels = np.empty(self.swap_at, np.int32)
+            # Fixed blocks of absolute row numbers: the same matrix products whatever the
+            # timing, so the same labels to the bit.
+            for start in range(0, self.swap_at, _TRAIN_BLOCK):
+                stop = min(start + _TRAIN_BLOCK, self.swap_at)
+                with self.cond:
+                    while self.count < stop and not self.stop.is_set():
+                        self.waiting = True
+                        self.cond.wait()
+                    self.waiting = False
+                    view = self.view
+                _check(self.stop)
+                labels[start:stop] = _assign(view.block_f32(start, stop), centroids)
+            self.result = (centroids, labels)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # the writer retries in its own thread (`_apply`)
+            self.error = exc
+
+
 class IvfIndex:
     """Inverted-file index: k-means lists, probed lists ranked by 1-bit codes, re-ranked exactly.
 
     State is the centroids, each row's list number and the lists; the vectors stay in the
     store's vector file, read through `view_of(count)`. Below `min_train` vectors nothing
-    is trained and a query scans everything; the first add reaching it trains on all rows,
-    and growth by `IVF_RETRAIN_GROWTH` since then retrains and reassigns every row (derived
-    data, under the caller's write lock; queries keep the old lists until the swap).
+    is trained and a query scans everything; the first add reaching it trains on all rows.
+    Growth by `IVF_RETRAIN_GROWTH` since then retrains in a background thread while writers
+    append with the old centroids, and a fixed row count later the writer reassigns every
+    row to the new centroids and swaps the lists in (`_after_append`; queries keep the old
+    lists until the swap).
 
     Each row also has a 1-bit code of its randomly rotated vector (`encode`), stored with the
     lists. A query scores the codes of the probed lists (`_core.code_topk`: a 4-bit query,
@@ -586,6 +671,7 @@ class IvfIndex:
         self._centroids: F32 | None = None
         self._labels = np.zeros(1024, np.int32)  # list number per row (capacity doubles)
         self._lists: _Lists | None = None
+        self._pending: _Retraining | None = None  # a retraining in the background
 
     @property
     def nlist(self) -> int:
@@ -664,18 +750,24 @@ class IvfIndex:
         return self
 
     def catch_up(self, count: int, block: int = 50_000) -> None:
-        """Index rows ``len(self) … count-1`` from the vector file, training once at most."""
+        """Index rows ``len(self) … count-1`` from the vector file.
+
+        An untrained index reaching `min_train` trains on every row at once; a trained one
+        appends and retrains as `add` does (a retraining may go on in the background).
+        """
         with self._write_lock:
             if count <= self._count:
+                self._after_append()  # a reopened index may be due a retraining
                 return
             if self._must_train(count):
-                self._swap(self._train(count))  # trains on, and assigns, every row up to count
+                self._swap(self._train(count), count)  # trains on, and assigns, rows < count
                 return
             view = self._view_of(count)
             for start in range(self._count, count, block):
                 stop = min(start + block, count)
                 with self._lock:
                     self._append_locked(view.block_f32(start, stop), start)
+                self._after_append()
 
     def add(self, vectors: F32, start_id: int) -> None:
         if not len(vectors):
@@ -684,16 +776,84 @@ class IvfIndex:
             end = start_id + len(vectors)
             if self._must_train(end):
                 # The store wrote these rows to the file already. Training runs without the
-                # state lock: queries keep the old lists (they cannot see these rows yet).
-                self._swap(self._train(end))
+                # state lock: queries keep the exact scan (they cannot see these rows yet).
+                self._swap(self._train(end), end)
             else:
                 with self._lock:
                     self._append_locked(vectors, start_id)
+                self._after_append()
+
+    def close(self) -> None:
+        """Stop a background retraining (its work is lost: a reopen starts it again)."""
+        with self._write_lock:
+            if self._pending is not None:
+                self._pending.cancel()
+                self._pending = None
 
     def _must_train(self, end: int) -> bool:
-        if self._centroids is None:
-            return end >= self.min_train
-        return end >= IVF_RETRAIN_GROWTH * self._trained_at
+        """Whether an untrained index trains now (retraining goes through `_after_append`)."""
+        return self._centroids is None and end >= self.min_train
+
+    def _after_append(self) -> None:
+        """Start, feed or apply a retraining (under the write lock, after an append).
+
+        Rows ``0 … n-1`` with n = IVF_RETRAIN_GROWTH × the last training size start one; it
+        takes effect once the index holds n + n // IVF_SWAP_AFTER_DIV rows. Both are row
+        counts, so the lists at any size are the same whatever the batches' timing.
+        """
+        while self._centroids is not None:
+            pending = self._pending
+            if pending is None:
+                n = IVF_RETRAIN_GROWTH * self._trained_at
+                if self._count < n:
+                    return
+                swap_at = n + n // IVF_SWAP_AFTER_DIV
+                pending = _Retraining(self, n, swap_at, self._view_of(self._count), self._count)
+                self._pending = pending
+                if self._count < swap_at:
+                    pending.thread.start()
+                    return
+            if self._count < pending.swap_at:
+                pending.publish(self._view_of(self._count))
+                return
+            self._apply(pending)
+
+    def _apply(self, pending: _Retraining) -> None:
+        """Wait for the retraining if need be, assign the rows since, and swap the lists."""
+        view = self._view_of(self._count)
+        pending.publish(view)
+        if pending.thread.ident is not None:  # started: the writer waits only if not done
+            pending.thread.join()
+        else:
+            pending.run()  # one add jumped past the swap point: no thread needed
+        if pending.result is None:  # the thread failed (e.g. out of memory): try once here
+            pending.error = None
+            pending.run()
+            if pending.result is None:
+                self._pending = None
+                raise RuntimeError("IVF retraining failed") from pending.error
+        centroids, head = pending.result
+        count = self._count
+        labels = np.zeros(max(1024, 2 * count), np.int32)
+        labels[: len(head)] = head
+        if count > len(head):  # the rest of the batch that reached the swap point
+            labels[len(head) : count] = _assign(view.block_f32(len(head), count), centroids)
+        assert self._lists is not None  # a trained index has lists
+        # Codes do not depend on the lists: every row keeps its own.
+        codes, factors = self._lists.row_order(count)
+        lists = _Lists(labels[:count], len(centroids), codes, factors)
+        self._pending = None
+        self._swap((centroids, labels, lists, count), pending.n)
+
+    def _centroids_for(self, view: VectorView, n: int, stop: threading.Event | None) -> F32:
+        """k-means centroids from a sample of rows ``0 … n-1`` (seeded by n)."""
+        nlist = max(1, round(self.lists_per_sqrt * math.sqrt(n)))
+        rng = np.random.default_rng(n)
+        size = min(n, IVF_TRAIN_PER_LIST * nlist)
+        sample_ids = np.sort(rng.choice(n, size, replace=False))
+        return train_centroids(
+            view.rows_f32(sample_ids), nlist, iters=IVF_TRAIN_ITERS, seed=n, stop=stop
+        )
 
     def _append_locked(self, vectors: F32, start_id: int) -> None:
         end = start_id + len(vectors)
@@ -712,13 +872,7 @@ class IvfIndex:
     def _train(self, count: int) -> tuple[F32, npt.NDArray[np.int32], _Lists, int]:
         """New centroids from a sample of rows ``0 … count-1``, and every row assigned."""
         view = self._view_of(count)
-        nlist = max(1, round(self.lists_per_sqrt * math.sqrt(count)))
-        rng = np.random.default_rng(count)
-        size = min(count, IVF_TRAIN_PER_LIST * nlist)
-        sample_ids = np.sort(rng.choice(count, size, replace=False))
-        centroids = train_centroids(
-            view.rows_f32(sample_ids), nlist, iters=IVF_TRAIN_ITERS, seed=count
-        )
+        centroids = self._centroids_for(view, count, None)
         labels = np.zeros(max(1024, 2 * count), np.int32)
         # Codes do not depend on the lists: the indexed rows keep theirs, new rows get one.
         with self._lock:
@@ -728,8 +882,8 @@ class IvfIndex:
         factors = np.empty((count, 2), np.float32)
         if lists is not None:
             codes[:have], factors[:have] = lists.row_order(have)
-        for start in range(0, count, 50_000):
-            stop = min(start + 50_000, count)
+        for start in range(0, count, _TRAIN_BLOCK):
+            stop = min(start + _TRAIN_BLOCK, count)
             block = view.block_f32(start, stop)
             labels[start:stop] = _assign(block, centroids)
             if stop > have:
@@ -738,11 +892,11 @@ class IvfIndex:
         lists = _Lists(labels[:count], len(centroids), codes, factors)
         return centroids, labels, lists, count
 
-    def _swap(self, state: tuple[F32, npt.NDArray[np.int32], _Lists, int]) -> None:
+    def _swap(self, state: tuple[F32, npt.NDArray[np.int32], _Lists, int], trained_at: int) -> None:
         # The new state whole, under the lock: a query sees the old lists or the new ones.
         with self._lock:
             self._centroids, self._labels, self._lists, self._count = state
-            self._trained_at = self._count
+            self._trained_at = trained_at
 
     def search(
         self,

@@ -315,6 +315,8 @@ class ModuleStore:
 
     def close(self) -> None:
         """Save the index and close the files. The store is unusable afterwards."""
+        if isinstance(self.index, IvfIndex):
+            self.index.close()  # stop a background retraining (a reopen starts it again)
         self.checkpoint()
         self._db.close()
         self._reader.close()
