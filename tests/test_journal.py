@@ -306,14 +306,19 @@ async def test_full_batch_commits_without_waiting_for_its_window(tmp_path: Path)
     with Journal.open(tmp_path / "j.db", max_rows=10, max_delay_s=600.0) as journal:
         run = journal.start_run(config={})
         before = journal.writer.batches
-        calls = [
-            run.record_call(
-                request_key("openai", _req(f"q{i}")), _ok(), provider="openai", model="m",
-                cost_usd=0.0,
-            )
-            for i in range(30)
-        ]  # fmt: skip
-        await asyncio.gather(*calls)  # would hang for the window if size did not close it
+        # One full batch per round, each awaited before the next: were all 30 queued at
+        # once, a writer thread that falls behind (under load) takes 10 and leaves a
+        # partial rest, and a partial batch rightly waits out its window.
+        for round_ in range(3):
+            calls = [
+                run.record_call(
+                    request_key("openai", _req(f"q{round_}-{i}")), _ok(), provider="openai",
+                    model="m", cost_usd=0.0,
+                )
+                for i in range(10)
+            ]  # fmt: skip
+            # would wait out the 600 s window if the batch's size did not close it
+            await asyncio.wait_for(asyncio.gather(*calls), timeout=60)
         assert journal.writer.batches - before == 3
 
 
