@@ -31,13 +31,15 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Literal
 
 import aiohttp
 import httpx2
 import openai
 import orjson
 
-from amr_async.teacher import ChatRequest, ClientConfig, Message, OpenAIClient, open_session
+from amr_async.teacher import ChatRequest, ClientConfig, Message, OpenAIClient
 
 MODEL = "emu-bench"
 PROMPT = "Say hello in Python."
@@ -117,11 +119,12 @@ async def bare_mode(base: str, n: int, concurrency: int) -> tuple[float, float, 
         return await drive(n, concurrency, one)
 
 
-async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
+async def client_mode(
+    base: str, n: int, concurrency: int, transport: Literal["lean", "aiohttp"] = "lean"
+) -> tuple[float, float, int]:
     request = ChatRequest(model=MODEL, messages=(Message("user", PROMPT),), max_tokens=256)
-    client = OpenAIClient(
-        base_url=base, api_key="sk-bench", config=ClientConfig(max_connections=concurrency)
-    )
+    config = ClientConfig(max_connections=concurrency, transport=transport)
+    client = OpenAIClient(base_url=base, api_key="sk-bench", config=config)
     try:
 
         async def one() -> bool:
@@ -130,21 +133,6 @@ async def client_mode(base: str, n: int, concurrency: int) -> tuple[float, float
         return await drive(n, concurrency, one)
     finally:
         await client.aclose()
-
-
-async def aiohttp_client_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
-    request = ChatRequest(model=MODEL, messages=(Message("user", PROMPT),), max_tokens=256)
-    session = open_session(ClientConfig(max_connections=concurrency))
-    client = OpenAIClient(base_url=base, api_key="sk-bench", session=session)
-    try:
-
-        async def one() -> bool:
-            return (await client.send(request)).kind.is_success
-
-        return await drive(n, concurrency, one)
-    finally:
-        await client.aclose()
-        await session.close()
 
 
 async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, float, int]:
@@ -174,7 +162,7 @@ async def sdk_mode(base: str, n: int, concurrency: int) -> tuple[float, float, i
 MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float, int]]]] = {
     "bare": bare_mode,
     "client": client_mode,
-    "aiohttp": aiohttp_client_mode,
+    "aiohttp": partial(client_mode, transport="aiohttp"),
     "sdk": sdk_mode,
 }
 
