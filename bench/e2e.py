@@ -266,26 +266,19 @@ def main() -> None:
                 f"{r['emulator_cpu_s']:.1f}s emulator",
                 file=sys.stderr,
             )
-        if args.profile:
-            work = Path(tmp) / "profiled"
+        # Diagnosis runs, zero latency: the event loop's profile and the 100 ms timeline.
+        for kind, target in (("profile", args.profile), ("timeline", args.timeline)):
+            if not target:
+                continue
+            work = Path(tmp) / kind
             work.mkdir()
             (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
             with _emulator("0", {}) as url:
                 _one_run(
                     work, url, args.concurrency, args.window, "none", extra,
-                    str(Path(args.profile).resolve()), reserve=args.reserve,
+                    reserve=args.reserve, **{kind: str(Path(target).resolve())},
                 )  # fmt: skip
-            print(f"profile of the engine's event loop: {args.profile}", file=sys.stderr)
-        if args.timeline:
-            work = Path(tmp) / "timeline"
-            work.mkdir()
-            (work / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-            with _emulator("0", {}) as url:
-                _one_run(
-                    work, url, args.concurrency, args.window, "none", extra,
-                    timeline=str(Path(args.timeline).resolve()), reserve=args.reserve,
-                )  # fmt: skip
-            print(f"timeline of the zero-latency run: {args.timeline}", file=sys.stderr)
+            print(f"{kind} of the zero-latency run: {target}", file=sys.stderr)
     if args.only_timeline:
         return
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
