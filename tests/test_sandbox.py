@@ -66,6 +66,15 @@ async def test_assert_and_call_tests(sandbox: Sandbox) -> None:
     assert result.processes_started == 1
 
 
+async def test_probes_spanning_lines_run_as_written(sandbox: Sandbox) -> None:
+    tests = [
+        AssertTest("assert add(\n    'é',\n    'ü') == 'éü'"),
+        AssertTest("assert (add(1, 2)\n        .bit_length()) == 2"),
+    ]
+    result = await sandbox.run(Job(CODE, tests, limits=LIMITS))
+    assert [t.status for t in result.tests] == [Status.PASSED, Status.PASSED]
+
+
 async def test_module_errors_fail_every_test(sandbox: Sandbox) -> None:
     result = await sandbox.run(Job("def f(:\n", [AssertTest("assert f() == 1")], limits=LIMITS))
     assert result.module_error is not None

@@ -161,6 +161,18 @@ def test_asserts_are_split_and_judged_in_the_parent(
     assert _judge(source, *values)[0] is status
 
 
+def test_probe_sources_are_the_tests_own_text() -> None:
+    # Cut from the source (UTF-8 offsets), not re-rendered; a probe split over lines
+    # is parenthesised so that it compiles alone.
+    p = plan_assert(AssertTest('assert f("é",  1) == "ü" and (obj\n    .attr) == 2'))
+    assert [src for _, src in p.probes] == ['f("é",  1)', "(obj\n    .attr)"]
+    for _, src in p.probes:
+        compile(src, "<probe>", "eval")
+    status, message, _ = p.judge([("v", encode("ü")), ("v", encode(3))])
+    assert status is Status.FAILED
+    assert "(obj\n    .attr) = 3" in message
+
+
 def test_unsafe_parent_arithmetic_is_refused_not_run() -> None:
     status, message = _judge("assert f() == 10 ** 10 ** 10", 1)
     assert status is Status.ERROR
