@@ -28,6 +28,14 @@ from amr_async.sandbox._types import Job, JobResult, Limits, Status, TestResult
 Isolation = Literal["auto", "namespaces", "none"]
 
 _WORKER = Path(_worker.__file__).resolve()
+# The zygote imports the worker as a top-level module from its own directory, never the
+# package (`_worker`'s docstring), and so from its cached bytecode: run as a script it
+# was compiled anew, and the compiler's freed memory stayed mapped (8.2 MB anonymous
+# instead of 6.2) for every fork to copy and every exit to unmap.
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import _worker; del sys.path[0]; "
+    "_worker.main(int(sys.argv[2]), sys.argv[3])"
+)
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 # Statuses that depend on the machine's load rather than on the code: never cached.
 _UNCACHEABLE = frozenset({Status.TIMEOUT, Status.CRASHED})
@@ -352,7 +360,9 @@ class Sandbox:
                 proc = await asyncio.create_subprocess_exec(
                     self._python,
                     "-I",
-                    str(_WORKER),
+                    "-c",
+                    _BOOTSTRAP,
+                    str(_WORKER.parent),
                     str(child.fileno()),
                     self._requested,
                     self._tag,

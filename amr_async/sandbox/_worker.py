@@ -1,9 +1,13 @@
 """The processes that run untrusted code: the zygote and one child per job.
 
-Stdlib only: this file runs as a script (``python -I _worker.py FD ISOLATION TAG``;
-TAG only marks the command line of every process it forks) so that the
-package (and the Rust extension) is never imported next to untrusted code. The
-parent imports it as a module for the value codec (`encode`, `decode`).
+Stdlib only: the zygote imports this file as a top-level module from its own
+directory (``python -I -c BOOTSTRAP DIR FD ISOLATION TAG``, see `_sandbox`; TAG
+only marks the command line of every process it forks) so that the package (and
+the Rust extension) is never imported next to untrusted code; `main` runs it.
+Imported rather than run as a script, it loads from cached bytecode: compiled
+anew, the compiler's freed memory stayed mapped in the zygote for every fork to
+copy. Running it as a script (``python -I _worker.py FD ISOLATION TAG``) works
+too. The parent imports it as a module for the value codec (`encode`, `decode`).
 
 Process tree::
 
@@ -92,7 +96,6 @@ import marshal
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -469,9 +472,27 @@ class _RulesetAttr(ctypes.Structure):
     )
 
 
+# The ruleset of every job's Landlock domain, made once (see `_scope_to_this_job`).
+_JOB_SCOPES = _RulesetAttr(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+_JOB_SCOPES_SIZE = ctypes.c_size_t(ctypes.sizeof(_JOB_SCOPES))
+
+
+def _libc() -> Any:
+    """The C library, with every function a child calls looked up and typed here.
+
+    `CDLL.__getattr__` makes (and caches) a function object at a name's first use:
+    done in each child, the lookup of `prctl` alone cost ~35 copy-on-write faults
+    (~0.2 ms of CPU) per job.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for name in ("prctl", "unshare", "setns", "mount", "syscall"):
+        getattr(libc, name)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
 def _landlock_abi(libc: Any) -> int:
     """The kernel's Landlock ABI version (0 when Landlock is absent or disabled)."""
-    libc.syscall.restype = ctypes.c_long
     abi = libc.syscall(
         SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
     )
@@ -484,11 +505,7 @@ def _scope_to_this_job(libc: Any) -> None:
     Jobs share one network namespace, and abstract unix socket names are scoped by
     network namespace; a Landlock domain per job scopes them (and signals) to the job.
     """
-    attr = _RulesetAttr(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(
-        SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
-    )
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(_JOB_SCOPES), _JOB_SCOPES_SIZE, 0)
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
     try:
@@ -971,6 +988,10 @@ class _WorkDirs:
         try:
             os.rmdir(path)  # most jobs leave their work dir empty
         except OSError:
+            # Imported only here: shutil brings zlib, bz2 and lzma (26 of the zygote's
+            # 136 memory mappings), which every fork would copy and every exit unmap.
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -1050,7 +1071,7 @@ def main(sock_fd: int, requested: str) -> None:
     import typing  # noqa: F401
 
     _warm()
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     # A fixed threshold (glibc raises it after each big free otherwise): buffers of
     # 128 KiB and more are mmapped and return to the system when freed, so a big
     # job leaves the zygote's heap, and the cost of every later fork, unchanged.
