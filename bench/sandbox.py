@@ -15,7 +15,17 @@
    `empty_job_zygote_faults` and `empty_job_child_faults`: minor page faults per
    empty job in the zygote and in the job's child (mostly copy-on-write copies
    of the zygote's pages; the load does not change them).
-5. The floor: each canonical solution called on its inputs in a bare loop in
+5. `typical_job_cpu_ms`: the sandbox tree's CPU per job of the kind the pipeline
+   runs (`amr-evol` checks a novel function with the teacher's asserts, fail-fast):
+   each task of the emulator's bank (the HumanEval and MBPP+ reference solutions
+   with their assert lines; a third of them with --quick), 8 jobs in flight;
+   `typical_job_parent_cpu_ms`: this process's CPU per such job (planning the
+   asserts, the protocol, judging), and the minor faults per job.
+   With `--ab-worker DIR` (DIR holding an older `_worker.py`, e.g. from
+   `git show REV:amr_async/sandbox/_worker.py`) the empty and typical measures
+   alternate between that worker, started as a script as before 2026-11-27, and
+   the current one, `--ab-rounds` times each: `ab` in the JSON holds the medians.
+6. The floor: each canonical solution called on its inputs in a bare loop in
    this process (no sandbox, no judging): `bare_seconds` (one core) and
    `bare_cpu_seconds`. `overhead_ratio` is the CPU the sandboxed run spends
    (parent + children) over that bare CPU; `bare_floor_seconds` is the bare CPU
@@ -45,10 +55,27 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from amr_async.sandbox import CallTest, Job, JobResult, Limits, Sandbox, calibrated_time_limits
+import amr_async.sandbox._sandbox as sandbox_impl
+from amr_async.emulator.bank import humaneval_path, load_tasks
+from amr_async.sandbox import (
+    AssertTest,
+    CallTest,
+    Job,
+    JobResult,
+    Limits,
+    Sandbox,
+    calibrated_time_limits,
+)
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1] / "../shared/data/evalplus/HumanEvalPlus.jsonl.gz"
+)
+MBPP = Path(__file__).resolve().parents[1] / "../shared/data/evalplus/MbppPlus.jsonl.gz"
+# Starts an older worker the way it was started before 2026-11-27: as a script
+# (compiled from source), replacing the bootstrap process (same PID, same fds).
+SCRIPT_BOOTSTRAP = (
+    "import os, sys; "
+    "os.execv(sys.executable, [sys.executable, '-I', sys.argv[1] + '/_worker.py', *sys.argv[2:]])"
 )
 
 # Mutation operators: each maps an AST node to a changed copy, or None.
@@ -238,12 +265,76 @@ async def timed(
     return time.perf_counter() - t0, time.process_time() - c0, list(results)
 
 
+def typical_jobs(quick: bool) -> list[Job]:
+    """One job per bank task: its reference solution and its asserts, fail-fast."""
+    tasks = load_tasks(humaneval_path()) + load_tasks(MBPP)
+    jobs = [
+        Job(t.solution, [AssertTest(a) for a in t.asserts], fail_fast=True)
+        for t in tasks
+        if t.asserts
+    ]
+    return jobs[::3] if quick else jobs
+
+
+async def tree_cpu(
+    sandbox: Sandbox, jobs: list[Job], in_flight: int
+) -> tuple[float, float, float, float, int]:
+    """Per job: tree CPU ms, parent CPU ms, zygote and child minor faults; jobs passed."""
+    zygote = sandbox.zygote_pid
+    assert zygote is not None
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(job: Job) -> JobResult:
+        async with gate:
+            return await sandbox.run(job)
+
+    # The zygote reaps each job's child before it reports, so the window holds
+    # the CPU of exactly the jobs run in it.
+    before, c0 = zygote_tree(zygote), time.process_time()
+    results = await asyncio.gather(*(one(j) for j in jobs))
+    after, c1 = zygote_tree(zygote), time.process_time()
+    cpu, zygote_faults, child_faults = (
+        (b - a) / len(jobs) for a, b in zip(before, after, strict=True)
+    )
+    parent = (c1 - c0) / len(jobs)
+    return cpu * 1000, parent * 1000, zygote_faults, child_faults, sum(r.passed for r in results)
+
+
+async def worker_ab(
+    old_dir: Path, rounds: int, empty: list[Job], typical: list[Job]
+) -> dict[str, Any]:
+    """Empty and typical jobs' tree CPU, an older worker and the current one alternated."""
+    current = (sandbox_impl._WORKER, sandbox_impl._BOOTSTRAP)
+    old = (old_dir / "_worker.py", SCRIPT_BOOTSTRAP)  # old_dir is absolute (main)
+    runs: dict[str, list[tuple[float, ...]]] = {}
+    try:
+        for r in range(rounds):
+            order = [("old", old), ("new", current)]
+            for name, (worker, bootstrap) in order if r % 2 == 0 else order[::-1]:
+                sandbox_impl._WORKER, sandbox_impl._BOOTSTRAP = worker, bootstrap
+                async with Sandbox(parallelism=4, cache_size=0) as sandbox:
+                    await sandbox.run(Job("x = None", []))
+                    e = await tree_cpu(sandbox, empty, 1)
+                    t = await tree_cpu(sandbox, typical, 8)
+                runs.setdefault(name, []).append((e[0], t[0], t[1], e[3], t[3]))
+    finally:
+        sandbox_impl._WORKER, sandbox_impl._BOOTSTRAP = current
+    keys = ("empty_cpu_ms", "typical_cpu_ms", "typical_parent_cpu_ms", "empty_child_faults",
+            "typical_child_faults")  # fmt: skip
+    return {
+        name: {k: round(statistics.median(x[i] for x in v), 2) for i, k in enumerate(keys)}
+        for name, v in runs.items()
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a sixth of the tasks, 1 repetition")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--parallelism", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--ab-worker", type=Path, help="directory of an older _worker.py")
+    parser.add_argument("--ab-rounds", type=int, default=4)
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 3)
     rows = load(args.data, args.quick)
@@ -312,7 +403,13 @@ async def main() -> None:
         empty_cpu, zygote_faults, child_faults = (
             (b - a) / len(empty) for a, b in zip(before, after, strict=True)
         )
+        typical = typical_jobs(args.quick)
+        typical_cpu, typical_parent, typical_zf, typical_cf, _ = await tree_cpu(sandbox, typical, 8)
         isolation = sandbox.isolation
+    ab = None
+    if args.ab_worker is not None:
+        empty_jobs = [Job(f"x = {i}", []) for i in range(100 if args.quick else 300)]
+        ab = await worker_ab(args.ab_worker.resolve(), args.ab_rounds, empty_jobs, typical)
 
     if failing:
         print("failing:", failing)
@@ -328,6 +425,12 @@ async def main() -> None:
         "empty_job_cpu_ms": round(empty_cpu * 1000, 2),
         "empty_job_zygote_faults": round(zygote_faults, 1),
         "empty_job_child_faults": round(child_faults, 1),
+        "typical_job_cpu_ms": round(typical_cpu, 2),
+        "typical_job_parent_cpu_ms": round(typical_parent, 2),
+        "typical_job_zygote_faults": round(typical_zf, 1),
+        "typical_job_child_faults": round(typical_cf, 1),
+        "typical_jobs": len(typical),
+        "typical_asserts_per_job": round(sum(len(j.tests) for j in typical) / len(typical), 2),
         "bare_seconds": round(bare_wall, 3),
         "bare_cpu_seconds": round(bare_cpu, 3),
         "bare_floor_seconds": round(bare_cpu / args.parallelism, 3),
@@ -349,7 +452,10 @@ async def main() -> None:
         "isolation": isolation,
         "cores": os.cpu_count(),
         "quick": args.quick,
+        "loadavg": round(os.getloadavg()[0], 2),
     }
+    if ab is not None:
+        out["ab"] = ab
     print(json.dumps(out))
 
 
