@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from amr_async.teacher._wire import Answer, ErrorBody, WireClient
 from amr_async.teacher.base import ClientConfig, Secret, key_from
 from amr_async.teacher.headers import parse_anthropic_rate_limits
 from amr_async.teacher.types import ChatRequest, Provider, RateLimitInfo, Usage
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"

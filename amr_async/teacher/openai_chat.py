@@ -7,15 +7,17 @@ llama.cpp server and Ollama, whose base_url also ends in `/v1`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 
 from amr_async.teacher._wire import Answer, ErrorBody, WireClient
 from amr_async.teacher.base import ClientConfig, Secret, key_from
 from amr_async.teacher.headers import parse_openai_rate_limits
 from amr_async.teacher.types import ChatRequest, Provider, RateLimitInfo, Usage
+
+if TYPE_CHECKING:
+    import aiohttp
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
