@@ -8,7 +8,7 @@ bank of reference solutions (HumanEval, optionally HumanEval+/MBPP+), never from
 no quality figure may ever be taken from a run against it.
 
     serve(config)          async context manager: run in-process, yields base URLs
-    Emulator               the aiohttp application and its counters
+    Emulator               the request handler (routes, limits, faults) and its counters
     EmulatorConfig         Limits, LatencyModel, FaultRates, seed, bug rate, bank paths
     amr-async emulator     the same from the command line, for a separate process
 
