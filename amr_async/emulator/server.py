@@ -241,19 +241,18 @@ class Emulator:
         if isinstance(admitted, Refusal):
             return reply(proto, proto.rate_limited(admitted, parsed, self._headers(proto)))
         admission: Admission = admitted
-        try:
-            fault = self._fault(digest, seen)
-            if fault is not None:
-                counters.faults[fault] += 1
-            if fault not in _NOTHING_GENERATED:
-                text, finish, output_tokens = self._cut(answer_text, parsed, fault)
-                delay = self._delay(digest, seen, output_tokens, fault)
-        except BaseException:
-            limits.finish(admission, None)
-            raise
+        fault = self._fault(digest, seen)
+        if fault is not None:
+            counters.faults[fault] += 1
         if fault in _NOTHING_GENERATED:
             limits.finish(admission, 0)  # nothing generated: the output reservation is released
             return reply(proto, proto.fault_error(fault, self._headers(proto)))
+        try:
+            text, finish, output_tokens = self._cut(answer_text, parsed, fault)
+            delay = self._delay(digest, seen, output_tokens, fault)
+        except BaseException:
+            limits.finish(admission, None)  # a bug of ours: the slot is released all the same
+            raise
         done = partial(self._success, proto, parsed, admission, text, finish, output_tokens, fault)
         if delay > 0:
             return Later(delay, done, partial(self._cancelled, proto, admission, output_tokens))
