@@ -23,7 +23,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 
 class AnthropicClient(WireClient):
-    """Messages API over aiohttp + orjson.
+    """Messages API over the lean HTTP/1.1 transport (or aiohttp) + orjson.
 
     Args:
         base_url: the host root, without `/v1`.

@@ -23,7 +23,7 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 class OpenAIClient(WireClient):
-    """Chat Completions over aiohttp + orjson.
+    """Chat Completions over the lean HTTP/1.1 transport (or aiohttp) + orjson.
 
     Args:
         base_url: up to and including `/v1`.
