@@ -33,7 +33,11 @@ PGO_DIR := $(abspath target/pgo)
 
 all: test
 
+# Bytecode for the package, as a wheel install would have: an editable install has none,
+# and where PYTHONDONTWRITEBYTECODE is set every process would compile the package again
+# (~0.25 CPU-s of each `amr-async` start, measured). Up-to-date files are skipped.
 bootstrap: $(VENV)/.apt $(VENV)/.ext $(VENV)/.minilm
+	@$(BIN)/python -m compileall -q amr_async
 
 # Debian packages listed in APT_PACKAGES (and APT_OPTIONAL, whose failure is only
 # reported); apt-get only when one is missing.

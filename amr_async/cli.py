@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from amr_async import __version__, config
+from amr_async import config
 from amr_async.emulator import cli as emulator_cli
 from amr_async.journal import cli as journal_cli
 from amr_async.moduledb import cli as moduledb_cli
@@ -79,12 +79,38 @@ REGISTRARS: list[Registrar] = [
 ]
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, with the version looked up only when asked (importlib.metadata costs
+    ~0.1 s of every start-up otherwise)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings=option_strings,
+            dest=dest,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        import amr_async
+
+        print(f"amr-async {amr_async.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amr-async",
         description="Distil coding instructions into training responses with AMR-Evol.",
     )
-    parser.add_argument("--version", action="version", version=f"amr-async {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(sub)

@@ -23,13 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-
 from amr_async.scheduler import MetricsSnapshot
 
+# rich (~70 ms of imports) is imported where a panel or table is drawn, not at start-up.
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
     from amr_async.pipeline.runner import Runner
     from amr_async.scheduler import Dispatcher
 
@@ -183,6 +184,8 @@ def render_line(s: Sample) -> str:
 
 def render_panel(s: Sample) -> Table:
     """The live panel (terminal)."""
+    from rich.table import Table
+
     table = Table(title="amr-async run", show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -207,6 +210,8 @@ def render_panel(s: Sample) -> Table:
 
 def summary_table(s: Sample) -> Table:
     """The table printed when the run ends."""
+    from rich.table import Table
+
     table = Table(title="amr-async run: summary")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -268,7 +273,15 @@ class Progress:
         self._start = 0.0
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
-        self._console = Console(file=self._stream, highlight=False)
+        self._console_made: Console | None = None
+
+    @property
+    def _console(self) -> Console:
+        if self._console_made is None:
+            from rich.console import Console
+
+            self._console_made = Console(file=self._stream, highlight=False)
+        return self._console_made
 
     @classmethod
     def for_run(
@@ -309,6 +322,8 @@ class Progress:
     async def __aenter__(self) -> Progress:
         self._start = self._clock()
         if self.mode is Mode.LIVE:
+            from rich.live import Live
+
             self._live = Live(render_panel(self.now()), console=self._console, auto_refresh=False)
             self._live.start()
         if self.mode is not Mode.OFF:

@@ -13,6 +13,7 @@ request:
 Each mode runs `--reps` times in rotating order; figures are medians. The server is shared,
 so ratios compare the clients under identical conditions. Last line of stdout: one JSON
 object (`bare_rps`, `client_rps`, `sdk_rps`, `client_vs_bare`, `client_vs_sdk`, `cores`,
+`emulator_cpu_us_per_req` (the server process, serving our client),
 `aiohttp_client_cpu_us_per_req`, `lean_saves_cpu_us_per_req`, ...).
 
     .venv/bin/python bench/client_overhead.py [--quick]
@@ -45,9 +46,16 @@ MODEL = "emu-bench"
 PROMPT = "Say hello in Python."
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def emulator_process() -> AsyncIterator[str]:
-    """Start `amr-async emulator --port 0` and yield its OpenAI base_url."""
+async def emulator_process() -> AsyncIterator[tuple[str, Callable[[], float]]]:
+    """Start `amr-async emulator --port 0`; yield its OpenAI base_url and its CPU clock."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -62,7 +70,7 @@ async def emulator_process() -> AsyncIterator[str]:
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         if "openai_base_url=" not in line:
             raise RuntimeError(f"emulator did not start: {line!r}")
-        yield line.split("openai_base_url=")[1].split()[0]
+        yield line.split("openai_base_url=")[1].split()[0], partial(_process_cpu_s, proc.pid)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -170,22 +178,26 @@ MODES: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float, int]]]]
 async def main(args: argparse.Namespace) -> dict[str, object]:
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    emulator_cpu: dict[str, list[float]] = {m: [] for m in MODES}
     failures: dict[str, int] = dict.fromkeys(MODES, 0)
     names = list(MODES)
-    async with emulator_process() as base:
+    async with emulator_process() as (base, emulator_cpu_s):
         # Warm-up: connections, the server's answer cache, imports.
         for name in names:
             await MODES[name](base, min(200, args.requests), args.concurrency)
         for rep in range(args.reps):
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
+                server_before = emulator_cpu_s()
                 rps, cpu_us, failed = await MODES[name](base, args.requests, args.concurrency)
+                server_us = (emulator_cpu_s() - server_before) / args.requests * 1e6
+                emulator_cpu[name].append(server_us)
                 rates[name].append(rps)
                 cpu[name].append(cpu_us)
                 failures[name] += failed
                 print(
                     f"rep {rep} {name:6s} {rps:9.0f} req/s {cpu_us:8.0f} cpu-us/req "
-                    f"failures {failed}",
+                    f"(emulator {server_us:5.0f}) failures {failed}",
                     file=sys.stderr,
                 )
     bare, client, sdk = (statistics.median(rates[m]) for m in ("bare", "client", "sdk"))
@@ -209,6 +221,12 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "lean_saves_cpu_us_per_req": round(
             statistics.median(cpu["aiohttp"]) - statistics.median(cpu["client"]), 1
         ),
+        # The emulator's CPU per request (its process, clock ticks of 10 ms: read it over
+        # many requests), serving our client on its default transport.
+        "emulator_cpu_us_per_req": round(statistics.median(emulator_cpu["client"]), 1),
+        "emulator_cpu_us_per_req_by_mode": {
+            m: round(statistics.median(v), 1) for m, v in emulator_cpu.items()
+        },
         "loadavg": round(os.getloadavg()[0], 2),
         "concurrency": args.concurrency,
         "requests": args.requests,

@@ -9,7 +9,8 @@ import pytest
 
 from amr_async.teacher import _lean
 from amr_async.teacher.classify import (
-    TRANSPORT_ERRORS,
+    LEAN_TRANSPORT_ERRORS,
+    aiohttp_transport_errors,
     classify_exception,
     classify_status,
     redact,
@@ -72,14 +73,16 @@ def test_every_lean_transport_error_is_caught() -> None:
     ]
     assert len(classes) == 5
     for cls in classes:
-        assert issubclass(cls, TRANSPORT_ERRORS), cls
+        assert issubclass(cls, LEAN_TRANSPORT_ERRORS), cls
+        # The aiohttp transport catches them too (its session's errors plus these).
+        assert issubclass(cls, aiohttp_transport_errors()), cls
 
 
 def test_every_aiohttp_error_is_caught_and_mapped() -> None:
     classes = _all_aiohttp_errors()
     assert len(classes) > 10
     for cls in classes:
-        assert issubclass(cls, TRANSPORT_ERRORS), cls
+        assert issubclass(cls, aiohttp_transport_errors()), cls
         exc = cls.__new__(cls)  # no constructor args needed to classify by type
         assert classify_exception(exc) in K, cls
 

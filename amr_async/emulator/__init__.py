@@ -8,7 +8,7 @@ bank of reference solutions (HumanEval, optionally HumanEval+/MBPP+), never from
 no quality figure may ever be taken from a run against it.
 
     serve(config)          async context manager: run in-process, yields base URLs
-    Emulator               the aiohttp application and its counters
+    Emulator               the request handler (routes, limits, faults) and its counters
     EmulatorConfig         Limits, LatencyModel, FaultRates, seed, bug rate, bank paths
     amr-async emulator     the same from the command line, for a separate process
 
@@ -22,6 +22,8 @@ Limits of the double: no streaming (`stream: true` gets a 400), one process (its
 is one core's), and the counters keep one entry per distinct request body.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from amr_async.emulator.bank import Bank as Bank
 from amr_async.emulator.bank import BankError as BankError
 from amr_async.emulator.bank import Task as Task
@@ -29,13 +31,36 @@ from amr_async.emulator.config import EmulatorConfig as EmulatorConfig
 from amr_async.emulator.config import FaultRates as FaultRates
 from amr_async.emulator.config import LatencyModel as LatencyModel
 from amr_async.emulator.config import Limits as Limits
-from amr_async.emulator.protocol import estimate_tokens as estimate_tokens
-from amr_async.emulator.scripted import KINDS as KINDS
-from amr_async.emulator.scripted import ScriptedTeacher as ScriptedTeacher
-from amr_async.emulator.server import Emulator as Emulator
-from amr_async.emulator.server import RunningEmulator as RunningEmulator
-from amr_async.emulator.server import body_hash as body_hash
-from amr_async.emulator.server import serve as serve
+
+if TYPE_CHECKING:
+    from amr_async.emulator.protocol import estimate_tokens as estimate_tokens
+    from amr_async.emulator.scripted import KINDS as KINDS
+    from amr_async.emulator.scripted import ScriptedTeacher as ScriptedTeacher
+    from amr_async.emulator.server import Emulator as Emulator
+    from amr_async.emulator.server import RunningEmulator as RunningEmulator
+    from amr_async.emulator.server import body_hash as body_hash
+    from amr_async.emulator.server import serve as serve
+
+# The server and the scripted teacher are imported on first use: every `amr-async` command
+# imports this package (to register `amr-async emulator`), and only that command serves.
+_LAZY = {
+    "estimate_tokens": "amr_async.emulator.protocol",
+    "KINDS": "amr_async.emulator.scripted",
+    "ScriptedTeacher": "amr_async.emulator.scripted",
+    "Emulator": "amr_async.emulator.server",
+    "RunningEmulator": "amr_async.emulator.server",
+    "body_hash": "amr_async.emulator.server",
+    "serve": "amr_async.emulator.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'amr_async.emulator' has no attribute {name!r}")
+
 
 __all__ = [
     "KINDS",

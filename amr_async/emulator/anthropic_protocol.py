@@ -6,8 +6,7 @@ import math
 import time
 from typing import Any
 
-from aiohttp import web
-
+from amr_async.emulator._http import Request, Response
 from amr_async.emulator.limits import Refusal, WindowState
 from amr_async.emulator.protocol import (
     BadRequest,
@@ -37,7 +36,7 @@ class AnthropicProtocol(Protocol):
     def _error(type_: str, message: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": type_, "message": message}}
 
-    def check_auth(self, request: web.Request, key: str | None) -> web.Response | None:
+    def check_auth(self, request: Request, key: str | None) -> Response | None:
         if key is not None:
             given = request.headers.get("x-api-key")
             if given is None:
@@ -52,7 +51,7 @@ class AnthropicProtocol(Protocol):
             )
         return None
 
-    def bad_json(self) -> web.Response:
+    def bad_json(self) -> Response:
         return json_response(
             400,
             self._error(
@@ -61,13 +60,13 @@ class AnthropicProtocol(Protocol):
             ),
         )
 
-    def bad_request(self, exc: BadRequest) -> web.Response:
+    def bad_request(self, exc: BadRequest) -> Response:
         return json_response(400, self._error("invalid_request_error", exc.message))
 
     def context_error(self, tokens: int, window: int) -> BadRequest:
         return BadRequest(f"prompt is too long: {tokens} tokens > {window} maximum", "messages")
 
-    def parse(self, data: Any, request: web.Request) -> Parsed:
+    def parse(self, data: Any) -> Parsed:
         if not isinstance(data, dict):
             raise BadRequest("Input should be a valid dictionary")
         model = data.get("model")
@@ -111,9 +110,7 @@ class AnthropicProtocol(Protocol):
             "output_tokens": parsed.max_tokens,
         }
 
-    def rate_limited(
-        self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]
-    ) -> web.Response:
+    def rate_limited(self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]) -> Response:
         wait = max(refusal.retry_after_s, 0.001)
         if refusal.limit_name == "concurrency":
             message = (
@@ -140,7 +137,7 @@ class AnthropicProtocol(Protocol):
         headers["retry-after"] = str(math.ceil(wait))
         return json_response(429, self._error("rate_limit_error", message), headers)
 
-    def fault_error(self, fault: str, headers: dict[str, str]) -> web.Response:
+    def fault_error(self, fault: str, headers: dict[str, str]) -> Response:
         if fault == "server_error":
             return json_response(500, self._error("api_error", "Internal server error"), headers)
         if fault == "overloaded":

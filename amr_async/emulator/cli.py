@@ -13,7 +13,6 @@ from pathlib import Path
 
 from amr_async.emulator.bank import BankError
 from amr_async.emulator.config import EmulatorConfig, FaultRates, LatencyModel, Limits
-from amr_async.emulator.server import serve
 
 _FAULT_KINDS = [name for name, _ in FaultRates().items()]
 
@@ -120,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def _serve_until_signal(config: EmulatorConfig, host: str, port: int) -> None:
+    from amr_async.emulator.server import serve  # only this command serves
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from aiohttp import web
-
+from amr_async.emulator._http import Request, Response
 from amr_async.emulator.limits import Refusal
 from amr_async.emulator.protocol import (
     BadRequest,
@@ -41,10 +40,10 @@ class OpenAIProtocol(Protocol):
     route = OPENAI_ROUTE
     request_id_header = "x-request-id"
 
-    def check_auth(self, request: web.Request, key: str | None) -> web.Response | None:
+    def check_auth(self, request: Request, key: str | None) -> Response | None:
         if key is None:
             return None
-        given = request.headers.get("Authorization", "")
+        given = request.headers.get("authorization", "")
         if given == f"Bearer {key}":
             return None
         message = (
@@ -61,7 +60,7 @@ class OpenAIProtocol(Protocol):
     def _error(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
         return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
-    def bad_json(self) -> web.Response:
+    def bad_json(self) -> Response:
         return json_response(
             400,
             self._error(
@@ -74,7 +73,7 @@ class OpenAIProtocol(Protocol):
             ),
         )
 
-    def bad_request(self, exc: BadRequest) -> web.Response:
+    def bad_request(self, exc: BadRequest) -> Response:
         return json_response(
             400, self._error(exc.message, "invalid_request_error", exc.param, exc.code)
         )
@@ -87,7 +86,7 @@ class OpenAIProtocol(Protocol):
             "context_length_exceeded",
         )
 
-    def parse(self, data: Any, request: web.Request) -> Parsed:
+    def parse(self, data: Any) -> Parsed:
         if not isinstance(data, dict):
             raise BadRequest("Invalid request body: expected a JSON object.")
         model = data.get("model")
@@ -149,9 +148,7 @@ class OpenAIProtocol(Protocol):
         # OpenAI charges the prompt estimate plus max_tokens on admission.
         return {"requests": 1, "tokens": parsed.input_tokens + parsed.max_tokens}
 
-    def rate_limited(
-        self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]
-    ) -> web.Response:
+    def rate_limited(self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]) -> Response:
         wait = max(refusal.retry_after_s, 0.001)
         if refusal.limit_name == "concurrency":
             message = f"Too many concurrent requests: limit {refusal.limit}. Please retry shortly."
@@ -179,7 +176,7 @@ class OpenAIProtocol(Protocol):
         headers["retry-after-ms"] = str(math.ceil(wait * 1000))
         return json_response(429, self._error(message, type_, None, "rate_limit_exceeded"), headers)
 
-    def fault_error(self, fault: str, headers: dict[str, str]) -> web.Response:
+    def fault_error(self, fault: str, headers: dict[str, str]) -> Response:
         if fault == "server_error":
             return json_response(
                 500,

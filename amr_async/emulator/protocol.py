@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from aiohttp import web
-
+from amr_async.emulator._http import Request, Response
+from amr_async.emulator._http import json_response as json_response
 from amr_async.emulator.limits import Refusal, RouteLimits
 
 CHARS_PER_TOKEN = 4  # token estimate: ceil(chars / 4), plus 4 per message
@@ -61,14 +60,6 @@ def content_text(content: Any, where: str) -> str:
     raise BadRequest(f"{where}: expected a string or a list of content blocks", where)
 
 
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), headers=headers, content_type="application/json"
-    )
-
-
 class Protocol:
     """One route's wire shapes. Subclasses know their protocol's bodies and headers only;
     the flow (counting, limits, faults, latency) lives in the server.
@@ -80,15 +71,15 @@ class Protocol:
     def __init__(self, limits: RouteLimits) -> None:
         self.limits = limits
 
-    def check_auth(self, request: web.Request, key: str | None) -> web.Response | None:
+    def check_auth(self, request: Request, key: str | None) -> Response | None:
         """The 401/400 response for missing or wrong credentials, None when fine."""
         raise NotImplementedError
 
-    def bad_json(self) -> web.Response:
+    def bad_json(self) -> Response:
         """The 400 for a body that is not JSON."""
         raise NotImplementedError
 
-    def parse(self, data: Any, request: web.Request) -> Parsed:
+    def parse(self, data: Any) -> Parsed:
         """Validate a decoded body; raises `BadRequest` as the real API would."""
         raise NotImplementedError
 
@@ -96,7 +87,7 @@ class Protocol:
         """The error for a prompt longer than the context window."""
         raise NotImplementedError
 
-    def bad_request(self, exc: BadRequest) -> web.Response:
+    def bad_request(self, exc: BadRequest) -> Response:
         """The 400 response for `exc`."""
         raise NotImplementedError
 
@@ -104,13 +95,11 @@ class Protocol:
         """What admitting this request charges to each limit window."""
         raise NotImplementedError
 
-    def rate_limited(
-        self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]
-    ) -> web.Response:
+    def rate_limited(self, refusal: Refusal, parsed: Parsed, headers: dict[str, str]) -> Response:
         """The 429 for a refused request, with retry-after."""
         raise NotImplementedError
 
-    def fault_error(self, fault: str, headers: dict[str, str]) -> web.Response:
+    def fault_error(self, fault: str, headers: dict[str, str]) -> Response:
         """The error response of an injected fault (server_error, overloaded, ...)."""
         raise NotImplementedError
 

@@ -1,4 +1,4 @@
-"""The emulator's aiohttp server: routes, limits, latency, faults, counters.
+"""The emulator's server: routes, limits, latency, faults, counters.
 
 Written against the providers' published protocols, sharing no code with `teacher/`, so a
 misunderstanding cannot hide in both. Routes::
@@ -11,6 +11,8 @@ misunderstanding cannot hide in both. Routes::
 
 The wire shapes live in `openai_protocol.py` and `anthropic_protocol.py`; this module runs
 the flow every request takes: count, authenticate, parse, admit, fault, answer, wait, reply.
+HTTP/1.1 itself is `_http.py` (asyncio.Protocol + httptools); a request with no latency to
+wait is answered within the callback that parsed it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
-from aiohttp import web
 
+from amr_async.emulator._http import HttpServer, Later, Request, Response, json_response
 from amr_async.emulator.anthropic_protocol import ANTHROPIC_ROUTE, AnthropicProtocol
 from amr_async.emulator.bank import Bank
 from amr_async.emulator.config import EmulatorConfig
@@ -41,6 +44,9 @@ from amr_async.emulator.protocol import (
     estimate_tokens,
 )
 from amr_async.emulator.scripted import ScriptedTeacher, UnknownKindError, stable_unit
+
+# Faults answered with an error at once: nothing is generated, no latency is waited.
+_NOTHING_GENERATED = frozenset(("server_error", "overloaded", "rate_limit", "insufficient_quota"))
 
 
 class Counters:
@@ -128,37 +134,43 @@ class Emulator:
         self._ids = itertools.count(1)
         self._answers: dict[str, str] = {}
         self._fault_table = [(k, r) for k, r in config.faults.items() if r > 0]
+        openai, anthropic = self._openai_proto, self._anthropic_proto
+        self._routes: dict[tuple[str, str], Callable[[Request], Response | Later]] = {
+            ("POST", OPENAI_ROUTE): partial(self._chat, openai),
+            ("POST", ANTHROPIC_ROUTE): partial(self._chat, anthropic),
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/_emulator/counters"): self._counters,
+            ("POST", "/_emulator/reset"): self._reset,
+        }
 
-    # ----------------------------------------------------------------- app
+    # ---------------------------------------------------------------- routes
 
-    def make_app(self) -> web.Application:
-        """The aiohttp application (routes in the module docstring)."""
-        app = web.Application(client_max_size=32 * 1024 * 1024)
-        app.router.add_post(OPENAI_ROUTE, self._openai)
-        app.router.add_post(ANTHROPIC_ROUTE, self._anthropic)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/_emulator/counters", self._counters)
-        app.router.add_post("/_emulator/reset", self._reset)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        return app
+    def handle(self, request: Request) -> Response | Later:
+        """Answer one request (routes in the module docstring); never blocks.
 
-    async def _counters(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps(self.counters.snapshot()), content_type="application/json"
-        )
+        Returns:
+            The answer, or a `Later` one when latency (or a hang) is to be waited out.
+        """
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            return self._not_found(request)
+        return route(request)
 
-    async def _reset(self, request: web.Request) -> web.Response:
+    def _counters(self, request: Request) -> Response:
+        return json_response(200, self.counters.snapshot())
+
+    def _reset(self, request: Request) -> Response:
         self.counters.reset()
-        return web.Response(body=b"{}", content_type="application/json")
+        return json_response(200, {})
 
-    async def _models(self, request: web.Request) -> web.Response:
+    def _models(self, request: Request) -> Response:
         body = {
             "object": "list",
             "data": [{"id": "emulator", "object": "model", "created": 0, "owned_by": "amr-async"}],
         }
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        return json_response(200, body)
 
-    async def _not_found(self, request: web.Request) -> web.Response:
+    def _not_found(self, request: Request) -> Response:
         route = "unknown"
         self.counters.requests[route]["404"] += 1
         if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
@@ -175,7 +187,7 @@ class Emulator:
                     "code": None,
                 }
             }
-        return web.Response(status=404, body=orjson.dumps(body), content_type="application/json")
+        return json_response(404, body)
 
     # ------------------------------------------------------------ shared flow
 
@@ -199,13 +211,12 @@ class Emulator:
             self._answers[digest] = text
         return text
 
-    async def _handle(self, request: web.Request, proto: Protocol) -> web.StreamResponse:
-        raw = await request.read()
+    def _chat(self, proto: Protocol, request: Request) -> Response | Later:
+        raw = request.body
         digest = body_hash(raw)
         counters = self.counters
         counters.body_hashes[digest] += 1
         seen = counters.body_hashes[digest]
-        route = proto.route
         reply = self._reply
 
         auth = proto.check_auth(request, self.config.api_key)
@@ -216,7 +227,7 @@ class Emulator:
         except orjson.JSONDecodeError:
             return reply(proto, proto.bad_json())
         try:
-            parsed = proto.parse(data, request)
+            parsed = proto.parse(data)
             if parsed.input_tokens > self.config.context_window:
                 raise proto.context_error(parsed.input_tokens, self.config.context_window)
             answer_text = self._answer(digest, parsed)
@@ -230,46 +241,74 @@ class Emulator:
         if isinstance(admitted, Refusal):
             return reply(proto, proto.rate_limited(admitted, parsed, self._headers(proto)))
         admission: Admission = admitted
-        output_tokens: int | None = None
+        fault = self._fault(digest, seen)
+        if fault is not None:
+            counters.faults[fault] += 1
+        if fault in _NOTHING_GENERATED:
+            limits.finish(admission, 0)  # nothing generated: the output reservation is released
+            return reply(proto, proto.fault_error(fault, self._headers(proto)))
         try:
-            fault = self._fault(digest, seen)
-            if fault is not None:
-                counters.faults[fault] += 1
-            if fault in ("server_error", "overloaded", "rate_limit", "insufficient_quota"):
-                output_tokens = 0  # nothing generated: the output reservation is released
-                return reply(proto, proto.fault_error(fault, self._headers(proto)))
+            text, finish, output_tokens = self._cut(answer_text, parsed, fault)
+            delay = self._delay(digest, seen, output_tokens, fault)
+        except BaseException:
+            limits.finish(admission, None)  # a bug of ours: the slot is released all the same
+            raise
+        done = partial(self._success, proto, parsed, admission, text, finish, output_tokens, fault)
+        if delay > 0:
+            return Later(delay, done, partial(self._cancelled, proto, admission, output_tokens))
+        return done()
 
-            text, finish = answer_text, "stop"
-            for s in parsed.stop:
-                cut = text.find(s) if s else -1
-                if cut >= 0:
-                    text, finish = text[:cut], "stop_sequence"
-            output_tokens = estimate_tokens(text)
-            if output_tokens > parsed.max_tokens or fault == "finish_length":
-                limit = (
-                    parsed.max_tokens if output_tokens > parsed.max_tokens else output_tokens // 2
-                )
-                text = text[: limit * CHARS_PER_TOKEN]
-                output_tokens, finish = estimate_tokens(text), "length"
+    @staticmethod
+    def _cut(text: str, parsed: Parsed, fault: str | None) -> tuple[str, str, int]:
+        """The answer cut at a stop sequence or at max_tokens: text, finish, output tokens."""
+        finish = "stop"
+        for s in parsed.stop:
+            cut = text.find(s) if s else -1
+            if cut >= 0:
+                text, finish = text[:cut], "stop_sequence"
+        output_tokens = estimate_tokens(text)
+        if output_tokens > parsed.max_tokens or fault == "finish_length":
+            limit = parsed.max_tokens if output_tokens > parsed.max_tokens else output_tokens // 2
+            text = text[: limit * CHARS_PER_TOKEN]
+            output_tokens, finish = estimate_tokens(text), "length"
+        return text, finish, output_tokens
 
-            latency = self.config.latency
-            delay = 0.0
-            if latency.base_s or latency.per_output_token_s:
-                u = stable_unit(self.config.seed, "latency", digest, seen)
-                delay = latency.draw(u, output_tokens)
-            if fault == "hang":
-                delay = max(delay, self.config.hang_s)
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def _delay(self, digest: str, seen: int, output_tokens: int, fault: str | None) -> float:
+        """Seconds to wait before answering: the latency model's draw, or a hang's."""
+        latency = self.config.latency
+        delay = 0.0
+        if latency.base_s or latency.per_output_token_s:
+            u = stable_unit(self.config.seed, "latency", digest, seen)
+            delay = latency.draw(u, output_tokens)
+        if fault == "hang":
+            delay = max(delay, self.config.hang_s)
+        return delay
 
+    def _success(
+        self,
+        proto: Protocol,
+        parsed: Parsed,
+        admission: Admission,
+        text: str,
+        finish: str,
+        output_tokens: int,
+        fault: str | None,
+    ) -> Response:
+        """The answer once any latency is over; settles the admission whatever happens."""
+        counters = self.counters
+        route = proto.route
+        try:
             request_id = f"req_emu{next(self._ids):016x}"
             body = orjson.dumps(
                 proto.success(parsed, text, finish, output_tokens, request_id, self._wall())
             )
             headers = self._headers(proto)
             headers[proto.request_id_header] = request_id
+            headers["Content-Type"] = "application/json"
             if fault == "connection_reset":
-                return await self._reset_midway(request, body, headers, route)
+                # Headers and half the body, then the connection is dropped.
+                counters.requests[route]["reset"] += 1
+                return Response(200, body, headers, cut_after=len(body) // 2)
             if fault == "malformed_json":
                 body = body[: len(body) // 3] + b"<html><body>502 Bad Gateway</body></html>"
             elif fault == "truncated_body":
@@ -277,16 +316,16 @@ class Emulator:
             counters.input_tokens += parsed.input_tokens
             counters.output_tokens += output_tokens
             counters.requests[route]["200"] += 1  # `reply` without its error-only work
-            headers["Content-Type"] = "application/json"
-            return web.Response(body=body, headers=headers)
-        except asyncio.CancelledError:
-            # The client hung up (a timeout during latency or a hang): aiohttp cancels us.
-            counters.requests[route]["cancelled"] += 1
-            raise
+            return Response(200, body, headers)
         finally:
-            limits.finish(admission, output_tokens)
+            proto.limits.finish(admission, output_tokens)
 
-    def _reply(self, proto: Protocol, resp: web.StreamResponse) -> web.StreamResponse:
+    def _cancelled(self, proto: Protocol, admission: Admission, output_tokens: int) -> None:
+        """The client hung up (a timeout during latency or a hang) before its answer."""
+        self.counters.requests[proto.route]["cancelled"] += 1
+        proto.limits.finish(admission, output_tokens)
+
+    def _reply(self, proto: Protocol, resp: Response) -> Response:
         """Count a refusal or error answer and give it a request id and the limits."""
         counters = self.counters
         counters.requests[proto.route][str(resp.status)] += 1
@@ -299,31 +338,8 @@ class Emulator:
                 resp.headers.setdefault(name, value)
         return resp
 
-    async def _reset_midway(
-        self, request: web.Request, body: bytes, headers: dict[str, str], route: str
-    ) -> web.StreamResponse:
-        """Send headers and half the body, then drop the connection."""
-        resp = web.StreamResponse(headers=headers)
-        resp.content_type = "application/json"
-        resp.content_length = len(body)
-        await resp.prepare(request)
-        await resp.write(body[: len(body) // 2])
-        self.counters.requests[route]["reset"] += 1
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
-        return resp
-
     def _headers(self, proto: Protocol) -> dict[str, str]:
         return proto.limit_headers(self._wall())
-
-    # ------------------------------------------------------------- routes
-
-    async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, self._openai_proto)
-
-    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, self._anthropic_proto)
 
 
 @dataclass(slots=True, frozen=True)
@@ -376,15 +392,9 @@ async def serve(
     if bank is None:
         bank = await asyncio.to_thread(Bank.load, config.bank_paths)
     emulator = Emulator(config, bank=bank)
-    # handler_cancellation: a client that times out and hangs up frees its handler (hangs).
-    runner = web.AppRunner(
-        emulator.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-    )
-    await runner.setup()
+    server = HttpServer(emulator.handle)
+    bound_port = await server.start(host, port)
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        bound_port = int(runner.addresses[0][1])
         yield RunningEmulator(emulator, host, bound_port)
     finally:
-        await runner.cleanup()
+        await server.aclose()

@@ -31,7 +31,6 @@ from amr_async.journal import (
     RunJournal,
 )
 from amr_async.pipeline._estimate import estimate_run
-from amr_async.pipeline._preflight import preflight
 from amr_async.pipeline._prompts import PromptError, load_templates
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.runner import ExitCode, Runner, RunReport, RunSettings
@@ -201,6 +200,8 @@ def _dry_run(cfg: config.Config) -> str:
 
 def _check_teacher(cfg: config.Config, args: argparse.Namespace) -> None:
     """Key, server and model, checked with one request before anything is started."""
+    from amr_async.pipeline._preflight import preflight  # it imports aiohttp
+
     problem = _run_loop(partial(preflight, cfg, base_url=args.base_url))
     if problem is not None:
         raise _UsageError(problem)

@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from amr_async.teacher._lean import LeanPool, Target
 from amr_async.teacher.base import ClientConfig, Secret, open_session
 from amr_async.teacher.classify import (
-    TRANSPORT_ERRORS,
+    LEAN_TRANSPORT_ERRORS,
+    aiohttp_transport_errors,
     classify_exception,
     classify_status,
     describe_exception,
@@ -31,6 +31,9 @@ from amr_async.teacher.types import (
     RateLimitInfo,
     Usage,
 )
+
+if TYPE_CHECKING:
+    import aiohttp  # imported at run time only by the aiohttp transport (see base.py)
 
 # What reading a success body may raise when a field is missing or of the wrong type.
 _UNREADABLE = (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -99,6 +102,8 @@ class WireClient:
         self._target: Target | None = None
         self._closed = False
         self._headers: dict[str, str] = {}
+        # What the aiohttp transport catches; looked up with its session (importing aiohttp).
+        self._aiohttp_errors: tuple[type[BaseException], ...] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -110,6 +115,8 @@ class WireClient:
         if session is None:
             # Created on first use so that it binds to the loop that uses it.
             session = self._session = open_session(self._config)
+        if not self._aiohttp_errors:
+            self._aiohttp_errors = aiohttp_transport_errors()
         return session
 
     def _ensure_pool(self) -> tuple[LeanPool, Target]:
@@ -215,7 +222,7 @@ class WireClient:
             try:
                 pool, target = self._ensure_pool()
                 status, headers, raw = await pool.post(target, body)
-            except TRANSPORT_ERRORS as exc:
+            except LEAN_TRANSPORT_ERRORS as exc:
                 kind = classify_exception(exc)
                 return Outcome(
                     kind=kind, error=describe_exception(exc), latency_s=loop.time() - start
@@ -229,7 +236,7 @@ class WireClient:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-        except TRANSPORT_ERRORS as exc:
+        except self._aiohttp_errors as exc:
             kind = classify_exception(exc)
             return Outcome(kind=kind, error=describe_exception(exc), latency_s=loop.time() - start)
         return self._decode(status, headers, raw, loop.time() - start)

@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from amr_async.teacher._wire import Answer, ErrorBody, WireClient
@@ -16,12 +15,15 @@ from amr_async.teacher.base import ClientConfig, Secret, key_from
 from amr_async.teacher.headers import parse_anthropic_rate_limits
 from amr_async.teacher.types import ChatRequest, Provider, RateLimitInfo, Usage
 
+if TYPE_CHECKING:
+    import aiohttp
+
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
 
 
 class AnthropicClient(WireClient):
-    """Messages API over aiohttp + orjson.
+    """Messages API over the lean HTTP/1.1 transport (or aiohttp) + orjson.
 
     Args:
         base_url: the host root, without `/v1`.

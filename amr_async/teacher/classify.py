@@ -19,40 +19,55 @@ teacher/ sees them.
 from __future__ import annotations
 
 import re
-
-import aiohttp
+import sys
 
 from amr_async.teacher._lean import HttpTransportError, InvalidURLError, ResponseParseError
 from amr_async.teacher.types import OutcomeKind
 
-# What `send` catches: everything a network call can raise that is not a bug of ours.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
+# What `send` catches on the lean transport: everything a network call can raise that is
+# not a bug of ours.
+LEAN_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     HttpTransportError,
     OSError,
     TimeoutError,
 )
 
 
+def aiohttp_transport_errors() -> tuple[type[BaseException], ...]:
+    """What `send` catches on the aiohttp transport: aiohttp's errors and the lean ones.
+
+    A function, not a constant, so that importing this module does not import aiohttp
+    (~0.4 s of start-up the default lean transport does without).
+    """
+    import aiohttp
+
+    return (aiohttp.ClientError, *LEAN_TRANSPORT_ERRORS)
+
+
 def classify_exception(exc: BaseException) -> OutcomeKind:
     """The outcome kind for an exception raised while sending or reading.
 
     Args:
-        exc: one of `TRANSPORT_ERRORS`.
+        exc: one of `LEAN_TRANSPORT_ERRORS` or `aiohttp_transport_errors()`.
 
     Returns:
         The matching kind (see the module docstring).
     """
     if isinstance(exc, TimeoutError):
         return OutcomeKind.TIMEOUT
-    if isinstance(exc, aiohttp.InvalidURL | InvalidURLError):
+    if isinstance(exc, InvalidURLError):
         return OutcomeKind.INVALID_REQUEST
     if isinstance(exc, ResponseParseError):
         return OutcomeKind.MALFORMED_RESPONSE
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return OutcomeKind.CONNECTION
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return OutcomeKind.MALFORMED_RESPONSE
+    # An aiohttp exception exists only if aiohttp was imported: look it up, never import it.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None:
+        if isinstance(exc, aiohttp.InvalidURL):
+            return OutcomeKind.INVALID_REQUEST
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return OutcomeKind.CONNECTION
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return OutcomeKind.MALFORMED_RESPONSE
     return OutcomeKind.CONNECTION
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-import aiohttp
+from typing import TYPE_CHECKING, Literal
 
 from amr_async.teacher.anthropic_messages import ANTHROPIC_BASE_URL, AnthropicClient
 from amr_async.teacher.base import ClientConfig, Secret, TeacherClient
 from amr_async.teacher.openai_chat import OPENAI_BASE_URL, OpenAIClient
 from amr_async.teacher.types import Provider
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 def make_client(

@@ -7,9 +7,8 @@ llama.cpp server and Ollama, whose base_url also ends in `/v1`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 
 from amr_async.teacher._wire import Answer, ErrorBody, WireClient
@@ -17,11 +16,14 @@ from amr_async.teacher.base import ClientConfig, Secret, key_from
 from amr_async.teacher.headers import parse_openai_rate_limits
 from amr_async.teacher.types import ChatRequest, Provider, RateLimitInfo, Usage
 
+if TYPE_CHECKING:
+    import aiohttp
+
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 class OpenAIClient(WireClient):
-    """Chat Completions over aiohttp + orjson.
+    """Chat Completions over the lean HTTP/1.1 transport (or aiohttp) + orjson.
 
     Args:
         base_url: up to and including `/v1`.
