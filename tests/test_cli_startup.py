@@ -10,11 +10,14 @@ import subprocess
 import sys
 
 # The run path (what bench/e2e.py imports before its clock starts), then a lean client
-# built and a request sent to a closed port: a full round trip through the lean transport.
+# built and a request sent to a closed port: a full round trip through the lean transport;
+# then the run's preflight check against the same port.
 _PROBE = """
 import asyncio, socket, sys
 import amr_async.cli, amr_async.moduledb, amr_async.sandbox, amr_async.scheduler
 import amr_async.teacher.factory
+from amr_async.config import Config
+from amr_async.pipeline._preflight import preflight
 from amr_async.teacher import ChatRequest, Message, make_client
 
 async def main():
@@ -24,9 +27,12 @@ async def main():
     client = make_client("openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
     try:
         req = ChatRequest(model="m", messages=(Message("user", "hi"),), max_tokens=5)
-        return await client.send(req)
+        outcome = await client.send(req)
     finally:
         await client.aclose()
+    problem = await preflight(Config(base_url=f"http://127.0.0.1:{port}/v1"), env={})
+    assert problem is not None and "cannot reach the teacher" in problem, problem
+    return outcome
 
 outcome = asyncio.run(main())
 print(outcome.kind.value)

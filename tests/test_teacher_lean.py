@@ -145,8 +145,8 @@ async def test_chunked_gzip_body_and_repeated_headers() -> None:
     async with serving(lambda n, req: answer) as (server, base):
         pool = LeanPool(ClientConfig())
         target = pool.target(URL(base + "/chat/completions"), {})
-        status, headers, body = await pool.post(target, b"{}")
-        await pool.post(target, b"{}")  # the chunked answer ended cleanly: reused
+        status, headers, body = await pool.request(target, b"{}")
+        await pool.request(target, b"{}")  # the chunked answer ended cleanly: reused
         await pool.aclose()
     assert status == 200
     assert body == CHAT
@@ -204,7 +204,7 @@ async def test_pool_never_opens_more_than_max_connections() -> None:
     async with serving(lambda n, req: ok()) as (server, base):
         pool = LeanPool(ClientConfig(max_connections=2))
         target = pool.target(URL(base + "/chat/completions"), {})
-        results = await asyncio.gather(*(pool.post(target, b"{}") for _ in range(10)))
+        results = await asyncio.gather(*(pool.request(target, b"{}") for _ in range(10)))
         assert pool.in_use == 0
         assert pool.open_connections <= 2
         await pool.aclose()
@@ -222,7 +222,7 @@ async def test_cancelled_request_leaves_the_pool_clean() -> None:
     async with serving(never) as (_, base):
         pool = LeanPool(ClientConfig(max_connections=1))
         target = pool.target(URL(base + "/chat/completions"), {})
-        task = asyncio.create_task(pool.post(target, b"{}"))
+        task = asyncio.create_task(pool.request(target, b"{}"))
         await asyncio.wait_for(got.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -237,7 +237,7 @@ async def test_waiting_for_a_slot_counts_against_the_total_limit() -> None:
         pool = LeanPool(ClientConfig(max_connections=1, timeouts=Timeouts(total=0.2)))
         target = pool.target(URL(base + "/chat/completions"), {})
         results = await asyncio.gather(
-            pool.post(target, b"{}"), pool.post(target, b"{}"), return_exceptions=True
+            pool.request(target, b"{}"), pool.request(target, b"{}"), return_exceptions=True
         )
         await pool.aclose()
     assert all(isinstance(r, TimeoutError) for r in results)
@@ -249,6 +249,15 @@ def test_invalid_urls_are_refused_and_targets_hide_the_key() -> None:
     target = Target(URL("https://api.example.com/v1/x"), {"Authorization": "Bearer sk-X"}, "ua")
     assert "sk-X" not in repr(target)
     assert b"Host: api.example.com\r\n" in target.prefix  # default port left out
+
+
+def test_targets_carry_their_method_and_url_credentials_as_basic_auth() -> None:
+    get = Target(URL("http://u:p%40ss@127.0.0.1:8000/v1/models"), {}, "ua", "GET")
+    assert get.prefix.startswith(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
+    assert b"Authorization: Basic dTpwQHNz\r\n" in get.prefix  # base64("u:p@ss")
+    assert "p@ss" not in repr(get)
+    keyed = Target(URL("http://u:p@h/x"), {"Authorization": "Bearer k"}, "ua")
+    assert keyed.prefix.count(b"Authorization") == 1
 
 
 async def test_invalid_url_is_an_invalid_request_outcome() -> None:
@@ -292,12 +301,12 @@ async def test_tls_with_verification(tls_files: tuple[Path, Path]) -> None:
     async with serving(lambda n, req: ok(), server_ctx) as (server, base):
         pool = LeanPool(ClientConfig(), ssl_context=trusting)
         target = pool.target(URL(base + "/chat/completions"), {})
-        assert [(await pool.post(target, b"{}"))[0] for _ in range(2)] == [200, 200]
+        assert [(await pool.request(target, b"{}"))[0] for _ in range(2)] == [200, 200]
         await pool.aclose()
         # The system's CAs do not know this certificate: refused, naming the place.
         strict = LeanPool(ClientConfig())
         with pytest.raises(ConnectError, match="cannot connect to localhost:") as caught:
-            await strict.post(strict.target(URL(base + "/chat/completions"), {}), b"{}")
+            await strict.request(strict.target(URL(base + "/chat/completions"), {}), b"{}")
         assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
         await strict.aclose()
     assert server.connections >= 1
@@ -319,10 +328,10 @@ async def test_aclose_fails_requests_in_flight_and_refuses_new_ones() -> None:
     async with serving(never) as (_, base):
         pool = LeanPool(ClientConfig())
         target = pool.target(URL(base + "/chat/completions"), {})
-        task = asyncio.create_task(pool.post(target, b"{}"))
+        task = asyncio.create_task(pool.request(target, b"{}"))
         await asyncio.wait_for(got.wait(), 10)
         await pool.aclose()
         with pytest.raises(ConnectionClosedError):
             await task
         with pytest.raises(RuntimeError, match="closed"):
-            await pool.post(target, b"{}")
+            await pool.request(target, b"{}")

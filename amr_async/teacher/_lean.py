@@ -5,7 +5,8 @@ general client (request/response objects, header multidicts, cookie, redirect an
 machinery) spends most of the engine's per-call CPU on it. This client does only what the
 calls need, on llhttp, the C parser uvicorn uses:
 
-- POST with a byte body; the request head (with the static headers) is built once per target;
+- POST with a byte body (or GET with none, for checks such as the run's preflight); the
+  request head (with the static headers) is built once per target;
 - a keep-alive pool shared by every origin, bounded by `max_connections` open connections
   (in use or idle); idle ones are reused most-recent-first and dropped after
   `KEEPALIVE_EXPIRY_S` so a connection the server is about to close is not picked;
@@ -31,6 +32,7 @@ Errors it raises (mapped onto outcome kinds in `classify.py`)::
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import zlib
 from typing import Final, cast
@@ -77,7 +79,9 @@ class Target:
 
     __slots__ = ("host", "key", "port", "prefix", "tls")
 
-    def __init__(self, url: URL, headers: dict[str, str], user_agent: str) -> None:
+    def __init__(
+        self, url: URL, headers: dict[str, str], user_agent: str, method: str = "POST"
+    ) -> None:
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise InvalidURLError(f"cannot request {url.scheme}://{url.raw_host or ''}")
         self.tls = url.scheme == "https"
@@ -87,8 +91,14 @@ class Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if url.explicit_port is not None and url.port != (443 if self.tls else 80):
             host = f"{host}:{self.port}"
-        lines = [f"POST {url.raw_path_qs} HTTP/1.1", f"Host: {host}", f"User-Agent: {user_agent}"]
+        lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {host}"]
+        lines.append(f"User-Agent: {user_agent}")
         lines += [f"{name}: {value}" for name, value in headers.items()]
+        if url.raw_user is not None and not any(n.lower() == "authorization" for n in headers):
+            # Credentials in the URL (a server behind a password) become Basic auth, as
+            # aiohttp makes them; a key's Authorization header wins.
+            pair = f"{url.user or ''}:{url.password or ''}".encode()
+            lines.append("Authorization: Basic " + base64.b64encode(pair).decode("ascii"))
         self.prefix = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
     def __repr__(self) -> str:
@@ -306,12 +316,12 @@ class LeanPool:
         """Requests holding a connection slot now."""
         return self._in_use
 
-    def target(self, url: URL, headers: dict[str, str]) -> Target:
-        """Prepare `url` with its static request headers (see `Target`)."""
-        return Target(url, headers, self._config.user_agent)
+    def target(self, url: URL, headers: dict[str, str], method: str = "POST") -> Target:
+        """Prepare a `method` request to `url` with its static headers (see `Target`)."""
+        return Target(url, headers, self._config.user_agent, method)
 
-    async def post(self, target: Target, body: bytes) -> Response:
-        """POST `body` to `target` and return (status, lower-cased headers, body).
+    async def request(self, target: Target, body: bytes = b"") -> Response:
+        """Send `target`'s request with `body`; return (status, lower-cased headers, body).
 
         Raises:
             RuntimeError: the pool is closed.

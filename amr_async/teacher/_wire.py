@@ -221,7 +221,7 @@ class WireClient:
             start = loop.time()
             try:
                 pool, target = self._ensure_pool()
-                status, headers, raw = await pool.post(target, body)
+                status, headers, raw = await pool.request(target, body)
             except LEAN_TRANSPORT_ERRORS as exc:
                 kind = classify_exception(exc)
                 return Outcome(
