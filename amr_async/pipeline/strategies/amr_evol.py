@@ -264,12 +264,14 @@ class _Verify(_Stage):
         # Novelty of all the answer's functions at once (one thread hop, one search), then
         # the novel ones are tested and run concurrently; results in answer order.
         known = await self._known(codes, s.frozen())
-        checks = await asyncio.gather(
-            *(
-                self._check(item, teacher, r, code, reason)
-                for r, code, reason in zip(functions, codes, known, strict=True)
-            )
-        )
+        jobs = [
+            self._check(item, teacher, r, code, reason)
+            for r, code, reason in zip(functions, codes, known, strict=True)
+        ]
+        if known.count(None) > 1:
+            checks = await asyncio.gather(*jobs)
+        else:  # nothing to overlap: plain awaits spare a task per function
+            checks = [await job for job in jobs]
         usage: dict[str, Any] = {}
         candidates: list[dict[str, Any]] = []
         accepted: list[dict[str, Any]] = []
