@@ -124,3 +124,60 @@ def install(path: str) -> None:
             last_wall, last_loop, last_cpu = wall, loop, cpu
 
     threading.Thread(target=sample, name="timeline", daemon=True).start()
+
+
+def _task_cpu() -> dict[int, tuple[str, float]]:
+    """Each live thread of this process: tid -> (kernel name, user + system CPU seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            head, rest = (task / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue  # exited meanwhile
+        fields = rest.split()
+        out[int(task.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def install_thread_cpu(path: str) -> None:
+    """Account the process's CPU per thread, written as JSON to `path` at exit.
+
+    A daemon thread samples /proc/self/task every 20 ms (threads that exit keep their
+    last sample: at most 20 ms of theirs is lost) and names each thread: Python's name
+    where Python started it (the loop's executor threads are `asyncio_N`), else the
+    kernel's (Rust threads name themselves, e.g. `amr-parse-N`). Names are grouped with
+    their trailing number dropped. Diagnosis only (`bench/e2e.py --profile`).
+    """
+    import atexit
+    import re
+
+    seen: dict[int, tuple[str, float]] = {}
+    names: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def take() -> None:
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                names[thread.native_id] = thread.name
+        for tid, (comm, cpu) in _task_cpu().items():
+            seen[tid] = (names.get(tid, comm), cpu)
+
+    def sample() -> None:
+        while True:
+            time.sleep(0.02)
+            with lock:
+                take()
+
+    def dump() -> None:
+        with lock:
+            take()
+        groups: Counter[str] = Counter()
+        for name, cpu in seen.values():
+            groups[re.sub(r"[-_ ]?\d+$", "", name)] += cpu
+        groups["(sampler)"] = groups.pop("thread-cpu", 0.0)
+        Path(path).write_text(json.dumps(dict(groups.most_common())))
+
+    names[threading.main_thread().native_id or 0] = "main (event loop)"
+    threading.Thread(target=sample, name="thread-cpu", daemon=True).start()
+    atexit.register(dump)

@@ -22,7 +22,9 @@ its main thread, the event loop), `sandbox_cpu_ms_per_item` (the
 zygote and every job's child), `emulator_cpu_ms_per_item`; what that CPU
 allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
-(CPU used / (run seconds x cores)), `loadavg` (1 min, at the start), `items`, `cores`.
+(CPU used / (run seconds x cores)), `outputs_sha256` and `db_sha256` (the records in id
+order and the DB's modules without run id and clock: equal in A/B runs of code that must
+not change outputs), `loadavg` (1 min, at the start), `items`, `cores`.
 
     .venv/bin/python bench/e2e.py [--quick] [--profile FILE] [--timeline FILE [--only-timeline]]
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import resource
@@ -42,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -106,7 +110,8 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # sandbox's zygote and, through it, every job's child.
 # The main thread's CPU (`loop_cpu_s`) is the event loop's, the engine's one-core bound.
 # With a profile path (argv[2], else "-"), the main thread runs under cProfile with a CPU
-# clock (thread time: waiting is not counted) and the stats go to that file. With a
+# clock (thread time: waiting is not counted) and the stats go to that file, and the CPU
+# of every thread, grouped by name, to FILE.threads.json (`_timeline.install_thread_cpu`). With a
 # timeline path (argv[3], else "-"), `_timeline.py` samples the run every 100 ms into it.
 _LAUNCHER = """
 import cProfile, dataclasses, json, os, resource, sys, time
@@ -127,6 +132,10 @@ if sys.argv[3] != "-":
     from _timeline import install
     install(sys.argv[3])
 profile = cProfile.Profile(time.thread_time) if sys.argv[2] != "-" else None
+if profile is not None:  # and the CPU of every thread, by name, beside the profile
+    sys.path.insert(0, BENCH_DIR)
+    from _timeline import install_thread_cpu
+    install_thread_cpu(sys.argv[2] + ".threads.json")
 start, own, loop = time.perf_counter(), cpu(resource.RUSAGE_SELF), time.thread_time()
 if profile is not None:
     profile.enable()
@@ -153,7 +162,7 @@ def _one_run(
     profile: str = "-",
     timeline: str = "-",
     reserve: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
     cmd = [
@@ -182,6 +191,12 @@ def _one_run(
         calls = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
     with contextlib.closing(sqlite3.connect(db / "modules.sqlite")) as conn:
         modules = conn.execute("SELECT count(*) FROM modules").fetchone()[0]
+        # What a run must reproduce (README: same DB at any concurrency): every column
+        # but the run id and the clock's.
+        stored = conn.execute(
+            "SELECT id, name, signature, docstring, code, tests, ast_hash, node_count, "
+            "embedder, dim, item_id, stage, verdict FROM modules ORDER BY id"
+        ).fetchall()
     tested = [c for r in records for c in r["candidates"] if c.get("novel") and "passed" in c]
     passed = sum(1 for c in tested if c["passed"])
     return {
@@ -197,6 +212,15 @@ def _one_run(
         "engine_cpu_s": spent["engine_cpu_s"],
         "loop_cpu_s": spent["loop_cpu_s"],
         "sandbox_cpu_s": spent["sandbox_cpu_s"],
+        # The records in id order (lines come in finishing order) and the DB's modules:
+        # equal hashes = the same outputs and DB (A/B runs of two versions of the code).
+        "outputs_sha256": hashlib.sha256(
+            b"".join(
+                orjson.dumps(r, option=orjson.OPT_SORT_KEYS) + b"\n"
+                for r in sorted(records, key=lambda r: str(r["id"]))
+            )
+        ).hexdigest()[:16],
+        "db_sha256": hashlib.sha256(orjson.dumps(stored)).hexdigest()[:16],
     }
 
 
@@ -241,7 +265,7 @@ def main() -> None:
         extra += ["--test-timeout", str(args.test_timeout)]
     rows = _prompts(40 if args.quick else None)
     load = os.getloadavg()[0]
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     runs = (("zero", "0", "none"), ("isolated", "0", "auto"), ("lognormal", args.lognormal, "none"))
     if args.only_timeline:
         runs = ()
@@ -263,7 +287,8 @@ def main() -> None:
                 f"({r['items'] / r['seconds']:.1f}/s; run alone {r['run_seconds']:.1f}s), "
                 f"{r['calls'] / r['items']:.2f} calls/item, DB 0 -> {r['modules']:.0f} modules, "
                 f"CPU {r['engine_cpu_s']:.1f}s engine + {r['sandbox_cpu_s']:.1f}s sandbox + "
-                f"{r['emulator_cpu_s']:.1f}s emulator",
+                f"{r['emulator_cpu_s']:.1f}s emulator; outputs {r['outputs_sha256']}, "
+                f"DB {r['db_sha256']}",
                 file=sys.stderr,
             )
         # Diagnosis runs, zero latency: the event loop's profile and the 100 ms timeline.
@@ -279,6 +304,15 @@ def main() -> None:
                     reserve=args.reserve, **{kind: str(Path(target).resolve())},
                 )  # fmt: skip
             print(f"{kind} of the zero-latency run: {target}", file=sys.stderr)
+            threads = Path(f"{Path(target).resolve()}.threads.json")
+            if kind == "profile" and threads.exists():
+                n = len(rows)
+                by_name = json.loads(threads.read_text())
+                print(
+                    "CPU per item by thread (ms, the profiled run): "
+                    + ", ".join(f"{name} {1000 * s / n:.2f}" for name, s in by_name.items()),
+                    file=sys.stderr,
+                )
     if args.only_timeline:
         return
     zero, iso, slow = results["zero"], results["isolated"], results["lognormal"]
@@ -311,6 +345,8 @@ def main() -> None:
                     / (zero["run_seconds"] * cores),
                     3,
                 ),
+                "outputs_sha256": zero["outputs_sha256"],
+                "db_sha256": zero["db_sha256"],
                 "loadavg": round(load, 2),
                 "items": int(zero["items"]),
                 "concurrency": args.concurrency,

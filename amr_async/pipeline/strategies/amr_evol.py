@@ -31,7 +31,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -53,6 +53,7 @@ from amr_async.pipeline.strategies._common import (
     stub_text,
     verdict_summary,
 )
+from amr_async.pipeline.strategies._search import SnapshotSearcher
 from amr_async.pipeline.strategies.base import DROPPED, Stage, StageResult
 from amr_async.sandbox import Sandbox
 from amr_async.teacher.types import Outcome, OutcomeKind
@@ -120,21 +121,28 @@ class _Shared:
     # Parsing and hashing batched across the items in flight (see `Coalescer`).
     functions_of: Coalescer[str, list[FunctionRecord]] = field(default_factory=function_extractor)
     known_hash: Coalescer[str, _Known] = field(init=False)
+    # Snapshot searches (retrieval, novelty) batched the same way.
+    searcher: SnapshotSearcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.known_hash = Coalescer(partial(_hash_and_look_up, self.db.store))
+        self.searcher = SnapshotSearcher(self.db)
 
     def frozen(self) -> Snapshot:
         if self.snapshot is None:
             raise RuntimeError("amr-evol: no DB window is open (the runner calls begin_window)")
         return self.snapshot
 
-    async def ask(
+    def ask(
         self, teacher: JournaledTeacher, kind: str, item: InputItem, stage: str, **values: str
-    ) -> tuple[Outcome, dict[str, Any]]:
-        """One call with the `kind` template and the configured model and sampling."""
+    ) -> Coroutine[Any, Any, tuple[Outcome, dict[str, Any]]]:
+        """One call with the `kind` template and the configured model and sampling.
+
+        Returns `ask`'s coroutine itself, not one awaiting it: every resumption of a call
+        (the dispatcher's waits) passes through each coroutine frame stacked above it.
+        """
         c = self.config
-        return await ask(
+        return ask(
             teacher, self.templates[kind], item, stage,
             model=c.model, max_tokens=c.max_tokens, temperature=c.temperature, **values,
         )  # fmt: skip
@@ -195,7 +203,9 @@ class _Retrieve(_Stage):
         by = "stubs" if stubs else "direct_answer"
         queries = stubs or [answer_code(outputs["direct"]["response"])]
         snapshot = self.shared.frozen()
-        hits = await snapshot.search(queries, k=c.k, min_similarity=c.min_similarity)
+        hits = await self.shared.searcher.search(
+            snapshot, queries, k=c.k, min_similarity=c.min_similarity
+        )
         seen: set[int] = set()
         modules: list[dict[str, Any]] = []
         for query_index, row in enumerate(hits):
@@ -254,12 +264,14 @@ class _Verify(_Stage):
         # Novelty of all the answer's functions at once (one thread hop, one search), then
         # the novel ones are tested and run concurrently; results in answer order.
         known = await self._known(codes, s.frozen())
-        checks = await asyncio.gather(
-            *(
-                self._check(item, teacher, r, code, reason)
-                for r, code, reason in zip(functions, codes, known, strict=True)
-            )
-        )
+        jobs = [
+            self._check(item, teacher, r, code, reason)
+            for r, code, reason in zip(functions, codes, known, strict=True)
+        ]
+        if known.count(None) > 1:
+            checks = await asyncio.gather(*jobs)
+        else:  # nothing to overlap: plain awaits spare a task per function
+            checks = [await job for job in jobs]
         usage: dict[str, Any] = {}
         candidates: list[dict[str, Any]] = []
         accepted: list[dict[str, Any]] = []
@@ -346,7 +358,7 @@ class _Verify(_Stage):
             else:
                 unknown.append(i)
         if unknown:
-            hits = await snapshot.search([codes[i] for i in unknown], k=1)
+            hits = await self.shared.searcher.search(snapshot, [codes[i] for i in unknown], k=1)
             threshold = self.shared.config.novelty_max_cosine
             for i, row in zip(unknown, hits, strict=True):
                 if row and row[0].score >= threshold:
