@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import marshal
 import math
+import os
 from typing import Any
 
 import pytest
@@ -224,17 +226,9 @@ def test_poly_root_oracle() -> None:
     assert p.judge([("v", encode("2"))])[0] is Status.FAILED
 
 
-class _Transport:
-    paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-
-def test_frames_resync_after_bytes_the_code_wrote_itself() -> None:
-    proto = _Frames(cap=100)
-    transport = _Transport()
-    proto.connection_made(transport)  # type: ignore[arg-type]
+async def test_frames_resync_after_bytes_the_code_wrote_itself() -> None:
+    r, w = os.pipe()
+    proto = _Frames(r, 100, asyncio.get_running_loop())
     stream = (
         b"0 o 0\n"  # a forged line
         + frame(0, b"v", 5, b"xx")
@@ -242,11 +236,40 @@ def test_frames_resync_after_bytes_the_code_wrote_itself() -> None:
         + b"\x00" * 40
         + frame(1, b"o", 1)
     )
-    for k in range(0, len(stream), 7):  # arrives in pieces
-        proto.data_received(stream[k : k + 7])
-    assert proto.take() == [(0, ord("v"), 5, b"xx"), (1, ord("o"), 1, b"")]
-    assert not proto.ready()
-    proto.data_received(frame(2, b"v", 0, b"y" * 101))
+    try:
+        for k in range(0, len(stream), 7):  # arrives in pieces
+            os.write(w, stream[k : k + 7])
+            await asyncio.sleep(0.001)
+        got: list[tuple[int, int, int, bytes]] = []
+        while len(got) < 2:
+            await proto.wait(1.0)
+            got += proto.take()
+        assert got == [(0, ord("v"), 5, b"xx"), (1, ord("o"), 1, b"")]
+        assert not proto.ready()
+        os.write(w, frame(2, b"v", 0, b"y" * 101))
+        await proto.wait(5.0)
+        assert proto.take() == []
+        assert proto.overflow
+        os.write(w, b"more")  # no longer read
+        os.close(w)
+        await asyncio.sleep(0.05)
+        assert not proto.eof
+        assert not proto.buf.endswith(b"more")
+    finally:
+        proto.close()
+        proto.close()  # idempotent
+    with pytest.raises(OSError, match="Bad file descriptor"):  # the read end is closed
+        os.fstat(r)
+
+
+async def test_frames_see_the_end_of_the_pipe() -> None:
+    r, w = os.pipe()
+    proto = _Frames(r, 100, asyncio.get_running_loop())
+    os.write(w, frame(0, b"v", 1, b"z"))
+    os.close(w)
+    await proto.wait(5.0)
+    assert proto.take() == [(0, ord("v"), 1, b"z")]
+    while not proto.eof:
+        await proto.wait(5.0)
     assert proto.take() == []
-    assert proto.overflow
-    assert transport.paused
+    proto.close()

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, Self
 
 from amr_async.sandbox import _worker
 from amr_async.sandbox._judge import Outcome, Plan, plan
@@ -45,36 +45,56 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (could not start, or was used after `aclose`)."""
 
 
-class _Frames(asyncio.Protocol):
-    """Cuts the result pipe into `_worker.frame` records; wakes one waiter per record."""
+class _Frames:
+    """Reads the result pipe and cuts it into `_worker.frame` records; wakes one waiter per record.
 
-    def __init__(self, cap: int) -> None:
+    It reads the pipe's descriptor itself with `loop.add_reader` rather than through a pipe
+    transport: a transport takes the descriptor over, and uvloop's closes it twice (libuv,
+    then the file object, expecting EBADF). Between the two closes another thread's `open`
+    can be handed the same number (the journal's output file was), and the second close then
+    takes that file away. Here the descriptor is closed once, by `close`.
+    """
+
+    def __init__(self, fd: int, cap: int, loop: asyncio.AbstractEventLoop) -> None:
         self.buf = bytearray()
         self.pos = 0  # where the next frame (or garbage to skip) starts
         self.eof = False
         self.overflow = False
         self._cap = cap
         self._waiter: asyncio.Future[None] | None = None
-        self.transport: asyncio.ReadTransport | None = None
+        self._fd = fd
+        self._loop = loop
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read)
+        self._reading = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's pipe transports are not asyncio.ReadTransport
-        # subclasses, though they have its methods (pause_reading is all we use).
-        self.transport = cast(asyncio.ReadTransport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.ready():  # not for every chunk of a large value
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, 1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.buf += data
+            if self.ready():  # not for every chunk of a large value
+                self._wake()
+        else:
+            self.eof = True
+            self._stop_reading()
             self._wake()
 
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        self._wake()
-        return None
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self._wake()
+    def close(self) -> None:
+        """Stop reading and close the pipe (idempotent)."""
+        self._stop_reading()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -108,8 +128,7 @@ class _Frames(asyncio.Protocol):
             i, kind, micros, size = _FIELDS.unpack_from(buf, fields)
             if size > self._cap:
                 self.overflow = True  # one record larger than the cap: stop reading
-                assert self.transport is not None
-                self.transport.pause_reading()
+                self._stop_reading()
                 break
             if len(buf) - pos - _HEAD < size:
                 break
@@ -574,8 +593,7 @@ class Sandbox:
         with contextlib.suppress(OSError):  # fewer reads and wake-ups for large values
             fcntl.fcntl(res_w, fcntl.F_SETPIPE_SZ, 1 << 20)
         ctl, ctl_child = socket.socketpair()
-        proto = _Frames(lim.result_bytes)
-        transport: asyncio.ReadTransport | None = None
+        proto: _Frames | None = None
         writer: asyncio.StreamWriter | None = None
         report: dict[str, Any] = {}
         try:
@@ -594,10 +612,8 @@ class Sandbox:
             os.close(res_w)
             res_w = -1
             ctl_child.close()
-            transport, _ = await loop.connect_read_pipe(
-                lambda: proto, os.fdopen(res_r, "rb", buffering=0)
-            )
-            res_r = -1
+            proto = _Frames(res_r, lim.result_bytes, loop)
+            res_r = -1  # `proto` owns it now
             reader, writer = await asyncio.open_connection(sock=ctl)
             hello: Any = {}
             with contextlib.suppress(TimeoutError, ValueError):
@@ -628,8 +644,8 @@ class Sandbox:
             else:
                 ctl.close()
             ctl_child.close()
-            if transport is not None:
-                transport.close()
+            if proto is not None:
+                proto.close()
             for fd in (res_r, res_w):
                 if fd >= 0:
                     os.close(fd)
