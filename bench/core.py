@@ -18,6 +18,15 @@ Figures (medians of repetitions, ratios within this run):
                          digest): the most ast_hash could reach with a free walk
   ast_parse_floor_fraction  CPU of the parse alone / CPU of the whole hash, median
                          of the per-repetition ratios
+  *_reps, *_best         every repetition's figure, and the best one: the spread
+                         shows what the machine did to each (a slow repetition is
+                         slow for the hash and the parse timed right after it)
+  ast_hash_cpu_us_per_fn, ast_parse_cpu_us_per_fn, ast_hash_beyond_parse_cpu_us_per_fn
+                         CPU per function of the hash, of the parse alone, and of
+                         the rest (walk, form, BLAKE2b, result objects)
+  ast_hash_caller_cpu_ms_per_call, ast_{hash,parse}_minflt_per_call  per call over
+                         all functions: the calling thread's CPU (strings in,
+                         result objects out, under the GIL) and minor page faults
   extract_per_s          answers/s (prose + two fenced blocks), one thread
   topk_{f32,int8}_vs_bound  one exact top-10 query over n x 384 divided by the
                          memory bound (bytes scanned / read bandwidth measured here)
@@ -34,11 +43,13 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -104,6 +115,28 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+class Call(NamedTuple):
+    """One timed call and what it cost besides time."""
+
+    wall: float
+    cpu: float  # process CPU: the calling thread plus the Rust worker
+    caller_cpu: float  # the calling thread alone: input strings, result objects (GIL)
+    minflt: int  # minor page faults of the process during the call
+
+
+def measured(fn: Callable[[], object]) -> Call:
+    """`timed` plus the calling thread's CPU and the page faults of one call."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    caller = time.thread_time()
+    wall, cpu = timed(fn)
+    return Call(
+        wall,
+        cpu,
+        time.thread_time() - caller,
+        resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+    )
+
+
 def bench_ast(quick: bool, out: dict[str, object]) -> None:
     units, files = collect_functions(20_500 if quick else None)
     out["ast_functions"] = len(units)
@@ -118,26 +151,49 @@ def bench_ast(quick: bool, out: dict[str, object]) -> None:
     out["ast_hash_unparsed"] = sum(h is None for h in rust)
     # Rust over every function and both sides over the same sample, interleaved in
     # each repetition so that a change in machine load hits both alike; the speedup
-    # is the median of the per-repetition ratios.
+    # is the median of the per-repetition ratios. The parse floor is timed right
+    # after each hash, so their per-repetition ratio is steady where the rates
+    # themselves swing with the machine (the spread keys show how much).
     sub = units[: min(len(units), 2000 if quick else 4000)]
-    walls, cpus, ratios, cpu_ratios, py_rates = [], [], [], [], []
-    floor_walls, floor_fractions = [], []
-    for _ in range(3 if quick else 5):
-        wall, cpu = timed(lambda: _core.ast_hash(units, threads=1))
-        walls.append(wall)
-        cpus.append(cpu)
-        floor_wall, floor_cpu = timed(lambda: _core.ast_parse_only(units, threads=1))
-        floor_walls.append(floor_wall)
-        floor_fractions.append(floor_cpu / cpu)
+    hashes, floors, ratios, cpu_ratios, py_rates = [], [], [], [], []
+    for _ in range(3 if quick else 7):
+        hashes.append(measured(lambda: _core.ast_hash(units, threads=1)))
+        floors.append(measured(lambda: _core.ast_parse_only(units, threads=1)))
         rust_wall, rust_cpu = timed(lambda: _core.ast_hash(sub, threads=1))
         py_wall, py_cpu = timed(lambda: ast_reference.ast_hash(sub))
         ratios.append(py_wall / rust_wall)
         cpu_ratios.append(py_cpu / rust_cpu)
         py_rates.append(len(sub) / py_wall)
-    out["ast_hash_per_s_1core"] = round(len(units) / statistics.median(walls))
-    out["ast_hash_cpu_per_s_1core"] = round(len(units) / statistics.median(cpus))
-    out["ast_parse_floor_per_s_1core"] = round(len(units) / statistics.median(floor_walls))
-    out["ast_parse_floor_fraction"] = round(statistics.median(floor_fractions), 3)
+    n = len(units)
+    rates = [n / c.wall for c in hashes]
+    cpu_rates = [n / c.cpu for c in hashes]
+    out["ast_hash_per_s_1core"] = round(n / statistics.median(c.wall for c in hashes))
+    out["ast_hash_per_s_1core_reps"] = [round(r) for r in rates]
+    out["ast_hash_per_s_1core_best"] = round(max(rates))
+    out["ast_hash_cpu_per_s_1core"] = round(n / statistics.median(c.cpu for c in hashes))
+    out["ast_hash_cpu_per_s_1core_reps"] = [round(r) for r in cpu_rates]
+    out["ast_parse_floor_per_s_1core"] = round(n / statistics.median(c.wall for c in floors))
+    out["ast_parse_floor_cpu_per_s_1core"] = round(n / statistics.median(c.cpu for c in floors))
+    out["ast_parse_floor_fraction"] = round(
+        statistics.median(f.cpu / h.cpu for h, f in zip(hashes, floors, strict=True)), 3
+    )
+    out["ast_parse_floor_fraction_reps"] = [
+        round(f.cpu / h.cpu, 3) for h, f in zip(hashes, floors, strict=True)
+    ]
+    # Per function, CPU: the whole hash, the parse alone, and the rest (walk, form,
+    # BLAKE2b, result objects) as the per-repetition difference.
+    out["ast_hash_cpu_us_per_fn"] = round(statistics.median(c.cpu for c in hashes) / n * 1e6, 2)
+    out["ast_parse_cpu_us_per_fn"] = round(statistics.median(c.cpu for c in floors) / n * 1e6, 2)
+    out["ast_hash_beyond_parse_cpu_us_per_fn"] = round(
+        statistics.median(h.cpu - f.cpu for h, f in zip(hashes, floors, strict=True)) / n * 1e6, 2
+    )
+    # What one call costs besides the hashing thread's work: the calling thread's
+    # CPU (taking the strings, making the result objects under the GIL) and faults.
+    out["ast_hash_caller_cpu_ms_per_call"] = round(
+        statistics.median(c.caller_cpu for c in hashes) * 1e3, 1
+    )
+    out["ast_hash_minflt_per_call"] = round(statistics.median(c.minflt for c in hashes))
+    out["ast_parse_minflt_per_call"] = round(statistics.median(c.minflt for c in floors))
     out["ast_hash_python_per_s"] = round(statistics.median(py_rates))
     out["ast_hash_speedup"] = round(statistics.median(ratios), 1)
     out["ast_hash_cpu_speedup"] = round(statistics.median(cpu_ratios), 1)

@@ -160,6 +160,27 @@ def test_parse_only_and_threads_agree_with_the_hash() -> None:
         assert _core.ast_parse_only(units, threads=threads) == [h is not None for h in one]
 
 
+def test_batches_hash_each_code_as_alone() -> None:
+    """Codes are hashed in groups (forms staged, BLAKE2b four at a time): group
+    boundaries, refused codes and a form too big for the stage change no hash."""
+    big = "def f(y):\n" + "".join(f"    x{i} = y + {i}\n" for i in range(3000)) + "    return x1\n"
+    form = core.ast_normal_form(big)
+    assert form is not None
+    assert len(form) > 128 << 10  # bigger than a thread's staging buffer
+    units = list(itertools.islice(stdlib_functions(), 150))
+    for at in (0, 63, 64, 130):
+        units.insert(at, "def f(:")
+    units.insert(65, big)
+    alone = [core.ast_hash([u], threads=1)[0] for u in units]
+    assert alone[65] == ast_reference.ast_hash_one(big)
+    assert alone.count(None) == 4
+    for threads in (1, 2):
+        assert core.ast_hash(units, threads=threads) == alone
+        assert core.ast_size(units, threads=threads) == [
+            core.ast_size([u], threads=1)[0] for u in units
+        ]
+
+
 def test_parsing_works_in_a_forked_child_after_the_parent_parsed() -> None:
     # The parser threads are kept per process; a forked child has none of the parent's
     # threads, so it must make its own pool rather than wait on the parent's forever.

@@ -56,8 +56,14 @@ pub struct NormalForm {
 /// Parse `code` and write its normal form.
 pub fn normal_form(code: &str, include_name: bool) -> Result<NormalForm, Unhashable> {
     let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
-    // The form without names is about the size of the source; one allocation up front.
-    write_form(&parsed.syntax().body, include_name, code.len() + 64)
+    write_form(&parsed.syntax().body, include_name, form_capacity(code))
+}
+
+/// Bytes reserved up front for the form of `code`: the filled form is ~2.3 times
+/// the source (median over stdlib functions), so `len + 64` grew, i.e. was copied,
+/// for 88% of them.
+fn form_capacity(code: &str) -> usize {
+    code.len() * 5 / 2 + 64
 }
 
 /// The normal form of an already parsed module body.
@@ -117,7 +123,7 @@ pub fn ast_hash(code: &str, include_name: bool) -> Result<String, Unhashable> {
 /// in the arena (the reset frees it at once).
 pub fn ast_digest(code: &str, include_name: bool) -> Result<([u8; 16], usize), Unhashable> {
     let parsed = ruff_python_parser::parse_module(code).map_err(|_| Unhashable::Syntax)?;
-    let result = walk(&parsed.syntax().body, include_name, code.len() + 64).map(|w| {
+    let result = walk(&parsed.syntax().body, include_name, form_capacity(code)).map(|w| {
         let digest = w.digest();
         (digest, w.nodes)
     });
@@ -162,19 +168,188 @@ unsafe fn map_in_arenas<T: AsRef<str> + Sync, R: Copy + Send + Sync>(
     )
 }
 
+/// Codes hashed together: their forms are staged in one buffer and BLAKE2b runs on
+/// them four at a time (AVX2) once the group is walked.
+const GROUP: usize = 64;
+
+/// Bytes of a hashing thread's staging buffer. A form that does not fit in what is
+/// left of it is hashed on its own as it is written (the buffer never grows).
+const STAGE_BYTES: usize = 128 << 10;
+
+/// One hashing thread's reusable memory: the arena for parse and walk, and the
+/// buffer where a group's forms wait for [`blake2b_simd::many::hash_many`].
+struct Hasher {
+    arena: arena::Arena,
+    /// Allocated outside any arena scope, and never grown inside one (see [`Stage`]),
+    /// so the forms outlive the scope that wrote them.
+    texts: Vec<u8>,
+}
+
+/// What the arena scope hands back for one code (`Copy`: nothing of the scope leaks).
+#[derive(Clone, Copy)]
+enum Walked {
+    /// No hash: syntax error, too deep, unsupported.
+    Unhashable,
+    /// The form is staged in [`Hasher::texts`]; its node count.
+    Staged(usize),
+    /// The form did not fit the stage and was hashed directly.
+    Hashed([u8; 16], usize),
+}
+
+/// Parse and walk `code`, then write its form to `texts` (or hash it there and then
+/// when it does not fit). Meant to run inside an arena scope, like [`ast_digest`].
+fn walk_and_stage(code: &str, include_name: bool, texts: &mut Vec<u8>) -> Walked {
+    let Ok(parsed) = ruff_python_parser::parse_module(code) else {
+        return Walked::Unhashable;
+    };
+    let result = match walk(&parsed.syntax().body, include_name, form_capacity(code)) {
+        Err(_) => Walked::Unhashable,
+        Ok(w) => {
+            let start = texts.len();
+            let mut stage = Stage {
+                buf: texts,
+                fits: true,
+            };
+            w.emit(&mut stage);
+            if stage.fits {
+                Walked::Staged(w.nodes)
+            } else {
+                texts.truncate(start);
+                Walked::Hashed(w.digest(), w.nodes)
+            }
+        }
+    };
+    if arena::in_scope() && !arena::spilled() {
+        std::mem::forget(parsed); // as in `ast_digest`
+    }
+    result
+}
+
+/// [`ast_digest`] of a group of codes (at most [`GROUP`]) on this thread: each parse
+/// and walk in the arena, then one `hash_many` over the staged forms.
+fn digest_group<T: AsRef<str>>(
+    hasher: &mut Hasher,
+    codes: &[T],
+    include_name: bool,
+) -> Vec<Option<([u8; 16], usize)>> {
+    let Hasher { arena, texts } = hasher;
+    texts.clear();
+    let mut walked = Vec::with_capacity(codes.len());
+    let mut ends = Vec::with_capacity(codes.len());
+    for code in codes {
+        let code = code.as_ref();
+        let w = if crate::stack::too_complex(code) {
+            Walked::Unhashable
+        } else {
+            // SAFETY: `walk_and_stage` drops (or forgets) everything it allocates, and
+            // the parser and walk touch no lazily allocated global (audit in the
+            // `arena` module docs). `texts` was allocated outside the scope and `Stage`
+            // never grows it, so only a `Copy` value and bytes written into existing
+            // capacity leave the scope.
+            unsafe { arena.run(|| walk_and_stage(code, include_name, texts)) }
+        };
+        if matches!(w, Walked::Staged(_)) {
+            ends.push(texts.len());
+        }
+        walked.push(w);
+    }
+    let mut params = blake2b_simd::Params::new();
+    params.hash_length(16);
+    let mut start = 0;
+    let mut jobs: Vec<_> = ends
+        .iter()
+        .map(|&end| {
+            let job = blake2b_simd::many::HashManyJob::new(&params, &texts[start..end]);
+            start = end;
+            job
+        })
+        .collect();
+    blake2b_simd::many::hash_many(jobs.iter_mut());
+    let mut jobs = jobs.iter();
+    walked
+        .into_iter()
+        .map(|w| match w {
+            Walked::Unhashable => None,
+            Walked::Hashed(digest, nodes) => Some((digest, nodes)),
+            Walked::Staged(nodes) => {
+                let mut digest = [0u8; 16];
+                let job = jobs.next().expect("one job per staged form");
+                digest.copy_from_slice(job.to_hash().as_bytes());
+                Some((digest, nodes))
+            }
+        })
+        .collect()
+}
+
 /// [`ast_digest`] of every code on `threads` big-stack threads (`0`: all cores),
-/// each parse in its thread's [`arena`]; `None` where a code has no hash.
+/// each parse in its thread's [`arena`]; `None` where a code has no hash. Codes go
+/// in groups of [`GROUP`] so that BLAKE2b hashes four forms at once: AVX2 is four
+/// 64-bit lanes, which one BLAKE2b state cannot fill (its rounds are serial).
 pub fn digest_batch<T: AsRef<str> + Sync>(
     codes: &[T],
     include_name: bool,
     threads: usize,
 ) -> Vec<Option<([u8; 16], usize)>> {
-    // SAFETY: `ast_digest` drops (or forgets) everything it allocates; the parser and
-    // walk touch no lazily allocated global (audit in the `arena` module docs).
-    unsafe {
-        map_in_arenas(codes, threads, None, |code| {
-            ast_digest(code, include_name).ok()
-        })
+    let groups: Vec<&[T]> = codes.chunks(GROUP).collect();
+    let digests = crate::stack::map_batch_with(
+        &groups,
+        threads,
+        || Hasher {
+            arena: arena::Arena::new(ARENA_BYTES),
+            texts: Vec::with_capacity(STAGE_BYTES),
+        },
+        |hasher, group| digest_group(hasher, group, include_name),
+    );
+    digests.into_iter().flatten().collect()
+}
+
+/// Where a form's bytes go: a BLAKE2b state, a text, or the staging buffer.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.put(&[b]);
+    }
+
+    #[inline]
+    fn decimal(&mut self, mut n: usize) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&buf[i..]);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Appends to a buffer that must not grow: inside an arena scope growing would
+/// move it into the arena, which is reset when the scope ends. `fits` turns false
+/// (and the rest is dropped) when a piece does not fit its spare capacity.
+struct Stage<'b> {
+    buf: &'b mut Vec<u8>,
+    fits: bool,
+}
+
+impl Sink for Stage<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if self.fits && self.buf.capacity() - self.buf.len() >= bytes.len() {
+            self.buf.extend_from_slice(bytes); // within capacity: no allocation
+        } else {
+            self.fits = false;
+        }
     }
 }
 
@@ -203,7 +378,16 @@ impl Feed {
         self.len = 0;
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    fn finish(mut self) -> [u8; 16] {
+        self.flush();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(self.state.finalize().as_bytes());
+        digest
+    }
+}
+
+impl Sink for Feed {
+    fn put(&mut self, bytes: &[u8]) {
         if self.len + bytes.len() > STAGE {
             self.flush();
             if bytes.len() >= STAGE {
@@ -221,27 +405,6 @@ impl Feed {
         }
         self.stage[self.len] = b;
         self.len += 1;
-    }
-
-    fn decimal(&mut self, mut n: usize) {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&buf[i..]);
-    }
-
-    fn finish(mut self) -> [u8; 16] {
-        self.flush();
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(self.state.finalize().as_bytes());
-        digest
     }
 }
 
@@ -564,55 +727,46 @@ impl<'a> Writer<'a> {
             .collect()
     }
 
-    /// The text with every gap filled: bound names not kept become `$0, $1, ...` by
-    /// first appearance; all others keep their spelling as `'len:name`.
-    fn fill_gaps(&self) -> String {
+    /// Write the form to `sink` with every gap filled: bound names not kept become
+    /// `$0, $1, ...` by first appearance; all others keep their spelling as `'len:name`.
+    fn emit(&self, sink: &mut impl Sink) {
         let ids = self.ids();
-        let mut text = String::with_capacity(self.out.len() + 8 * self.gaps.len());
+        let out = self.out.as_bytes();
         let mut done = 0;
         for &(at, slot) in &self.gaps {
             let at = at as usize;
-            text.push_str(&self.out[done..at]);
+            sink.put(&out[done..at]);
             done = at;
+            let name = self.table[slot as usize].name;
             match ids[slot as usize] {
-                UNNUMBERED => push_literal_str(&mut text, self.table[slot as usize].name),
+                UNNUMBERED => {
+                    sink.byte(b'\'');
+                    sink.decimal(char_count(name));
+                    sink.byte(b':');
+                    sink.put(name.as_bytes());
+                }
                 id => {
-                    text.push('$');
-                    push_decimal(&mut text, id as usize);
+                    sink.byte(b'$');
+                    sink.decimal(id as usize);
                 }
             }
         }
-        text.push_str(&self.out[done..]);
-        text
+        sink.put(&out[done..]);
+    }
+
+    /// The form as text.
+    fn fill_gaps(&self) -> String {
+        let mut text = Vec::with_capacity(self.out.len() + 8 * self.gaps.len());
+        self.emit(&mut text);
+        String::from_utf8(text).expect("the form is pieces of str")
     }
 
     /// BLAKE2b-128 of [`Self::fill_gaps`]'s text, staged through a small buffer
     /// instead of materialising the whole text (one `update` per filled gap cost more
     /// than the copy it saved).
     fn digest(&self) -> [u8; 16] {
-        let ids = self.ids();
         let mut feed = Feed::new();
-        let out = self.out.as_bytes();
-        let mut done = 0;
-        for &(at, slot) in &self.gaps {
-            let at = at as usize;
-            feed.push(&out[done..at]);
-            done = at;
-            let name = self.table[slot as usize].name;
-            match ids[slot as usize] {
-                UNNUMBERED => {
-                    feed.byte(b'\'');
-                    feed.decimal(char_count(name));
-                    feed.byte(b':');
-                    feed.push(name.as_bytes());
-                }
-                id => {
-                    feed.byte(b'$');
-                    feed.decimal(id as usize);
-                }
-            }
-        }
-        feed.push(&out[done..]);
+        self.emit(&mut feed);
         feed.finish()
     }
 
@@ -1580,6 +1734,31 @@ mod tests {
             "0b1_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000"
         )
         .contains("i10000000000000000"));
+    }
+
+    #[test]
+    fn batches_hash_as_one_code_at_a_time() {
+        // Groups mixing codes without a hash, small forms (staged, hashed four at a
+        // time) and a form too big for the stage (hashed on its own as it is written).
+        let mut lines = String::new();
+        for i in 0..3000 {
+            let _ = writeln!(lines, "    x{i} = y + {i}");
+        }
+        let big = format!("def f(y):\n{lines}    return x1\n");
+        assert!(normal_form(&big, false).unwrap().text.len() > STAGE_BYTES);
+        let mut codes = vec!["def f(:\n".to_owned(), big.clone()];
+        codes.extend((0..40).map(|i| format!("def g{i}(a):\n    return a + {i}\n")));
+        codes.push(big);
+        codes.push(String::new());
+        for threads in [1, 2] {
+            let batch = digest_batch(&codes, true, threads);
+            assert_eq!(batch.len(), codes.len());
+            for (code, got) in codes.iter().zip(&batch) {
+                assert_eq!(*got, ast_digest(code, true).ok(), "{code:.40}");
+            }
+        }
+        assert!(digest_batch(&codes[..1], false, 1)[0].is_none());
+        assert!(digest_batch::<String>(&[], false, 1).is_empty());
     }
 
     #[test]
