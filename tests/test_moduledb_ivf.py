@@ -517,7 +517,7 @@ def test_the_code_path_agrees_with_the_exact_path(tmp_path: Path) -> None:
     assert lists is not None
     # Every list's codes with a re-rank of every row: the exact scan, to the bit.
     every = lists.spans(np.tile(np.arange(index.nlist), len(queries)))
-    arena = (lists.codes, lists.factors, lists.ids)
+    arena = (lists.blocks, lists.factors, lists.ids)
     got = index._search_codes(queries, 10, view, arena, every, index.nlist, 3000)
     want = _index.exact_topk(queries, view, 10)
     assert np.array_equal(got[1], want[1])

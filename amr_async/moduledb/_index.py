@@ -41,6 +41,7 @@ from amr_async.moduledb._vectors import F32, VectorView
 IndexKind = Literal["exact", "hnsw", "usearch", "ivf"]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
 
 # Graph parameters of both HNSW indexes (bench/moduledb.py measured them on 384-d synthetic
 # rank-32 vectors, see the README): M=16 links per node; ef_construction=40 costs ~0.6x the CPU
@@ -359,6 +360,8 @@ _TRAIN_BLOCK = 8192
 
 # Rows assigned per matrix product (bounds the temporary score matrix).
 _ASSIGN_BLOCK = 8192
+# Rows per block of the FastScan code layout (`_core.code_topk_fast`).
+_BLOCK = 32
 _IVF_FORMAT = 2  # 2: + rotation, codes grouped by list (1 is read: codes encoded on open)
 
 
@@ -437,17 +440,28 @@ def train_centroids(
     return centroids
 
 
+def _aligned(n: int) -> int:
+    """`n` rounded up to a multiple of the FastScan block (32 rows)."""
+    return -(-n // _BLOCK) * _BLOCK
+
+
 class _Lists:
     """Rows grouped by list in one arena: list c's ids, codes and factors sit in slots
     ``start[c] … start[c] + size[c] - 1`` (ids ascending), with `room[c]` slots reserved.
 
+    Codes are kept in the FastScan layout (`_core.code_topk_fast`): `blocks` row b holds
+    the codes of slots ``32 b … 32 b + 31`` interleaved by 4-bit group, so every list
+    starts on a block (starts and rooms are multiples of 32). `ids` and `factors` are
+    per slot.
+
     A list that outgrows its room moves to the arena's end with twice the room; the arena
     grows by half when full and is rebuilt tight once moved-out slots outweigh the live
-    ones. Writers only fill slots no reader's span covers, or build new arrays, so a reader
-    holding the arrays and spans of a moment reads consistent rows without a lock.
+    ones. Writers only fill slots no reader's span covers (in a shared block, only those
+    slots' nibbles), or build new arrays, so a reader holding the arrays and spans of a
+    moment reads consistent rows without a lock.
     """
 
-    __slots__ = ("codes", "end", "factors", "ids", "room", "size", "start")
+    __slots__ = ("blocks", "end", "factors", "ids", "room", "size", "start")
 
     def __init__(self, labels: npt.NDArray[np.int32], nlist: int, codes: U64, factors: F32) -> None:
         """Group rows ``0 … len(labels)-1`` (row i in list labels[i], codes in row order)."""
@@ -465,21 +479,25 @@ class _Lists:
     def saved(self) -> tuple[I64, I64, U64, F32]:
         """(ids, sizes, codes, factors) grouped by list, without gaps (for `grouped`)."""
         slots = self.live_slots()
-        return self.ids[slots], self.size.copy(), self.codes[slots], self.factors[slots]
+        codes = _core.fastscan_unpack(self.blocks, slots)
+        return self.ids[slots], self.size.copy(), codes, self.factors[slots]
 
     def _build(self, ids: I64, counts: I64, codes: U64, factors: F32) -> None:
-        # Rows arrive grouped by list; each list gets a quarter more room than it holds.
-        room = counts + counts // 4 + 4
+        # Rows arrive grouped by list; each list gets a quarter more room than it holds,
+        # rounded up to whole blocks.
+        room = -(-(counts + counts // 4 + 4) // _BLOCK) * _BLOCK
         start = np.zeros(len(counts), np.int64)
         np.cumsum(room[:-1], out=start[1:])
         end = int(room.sum())
         slots = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(len(ids))
-        cap = end + end // 4
-        # np.empty: slots never written are never touched, so they cost no resident memory.
+        cap = _aligned(end + end // 4)
+        # np.empty / np.zeros: slots never written are never touched, so they cost no
+        # resident memory.
         self.ids = np.empty(cap, np.int64)
-        self.codes = np.empty((cap, codes.shape[1]), np.uint64)
+        self.blocks = np.zeros((cap // _BLOCK, _BLOCK * 8 * codes.shape[1]), np.uint8)
         self.factors = np.empty((cap, 2), np.float32)
-        self.ids[slots], self.codes[slots], self.factors[slots] = ids, codes, factors
+        self.ids[slots], self.factors[slots] = ids, factors
+        _core.fastscan_pack(self.blocks, slots, np.ascontiguousarray(codes))
         self.start, self.size, self.room, self.end = start, counts.copy(), room, end
 
     def live_slots(self) -> I64:
@@ -493,23 +511,26 @@ class _Lists:
         """Codes and factors of rows ``0 … count-1`` in row order (rows listed beyond it
         are left out)."""
         slots = self.live_slots()
-        codes = np.empty((count, self.codes.shape[1]), np.uint64)
+        codes = np.empty((count, self.blocks.shape[1] // (8 * _BLOCK)), np.uint64)
         factors = np.empty((count, 2), np.float32)
         ids = self.ids[slots]
         if len(ids) and int(ids.max()) >= count:
             slots, ids = slots[ids < count], ids[ids < count]
-        codes[ids], factors[ids] = self.codes[slots], self.factors[slots]
+        codes[ids], factors[ids] = _core.fastscan_unpack(self.blocks, slots), self.factors[slots]
         return codes, factors
 
     def _reserve(self, extra: int) -> None:
         if self.end + extra <= len(self.ids):
             return
-        cap = max(self.end + extra, len(self.ids) + len(self.ids) // 2)
-        for name in ("ids", "codes", "factors"):
+        cap = _aligned(max(self.end + extra, len(self.ids) + len(self.ids) // 2))
+        for name in ("ids", "factors"):
             old = getattr(self, name)
             new = np.empty((cap, *old.shape[1:]), old.dtype)
             new[: self.end] = old[: self.end]
             setattr(self, name, new)
+        blocks = np.zeros((cap // _BLOCK, self.blocks.shape[1]), np.uint8)
+        blocks[: self.end // _BLOCK] = self.blocks[: self.end // _BLOCK]
+        self.blocks = blocks
 
     def append(self, ids: I64, labels: npt.NDArray[np.int32], codes: U64, factors: F32) -> None:
         order = np.argsort(labels, kind="stable")
@@ -523,21 +544,32 @@ class _Lists:
             c = int(grouped[lo])
             size, extra = int(self.size[c]), hi - lo
             if size + extra > self.room[c]:  # move the list to the end with twice the room
-                room = 2 * (size + extra) + 4
+                room = _aligned(2 * (size + extra) + 4)
                 self._reserve(room)
                 old, new = int(self.start[c]), self.end
-                for a in (self.ids, self.codes, self.factors):
+                for a in (self.ids, self.factors):
                     a[new : new + size] = a[old : old + size]
+                used = -(-size // _BLOCK)  # starts are block-aligned: move whole blocks
+                self.blocks[new // _BLOCK : new // _BLOCK + used] = self.blocks[
+                    old // _BLOCK : old // _BLOCK + used
+                ]
                 self.start[c], self.room[c] = new, room
                 self.end += room
             at = int(self.start[c]) + size
             self.ids[at : at + extra] = ids[lo:hi]
-            self.codes[at : at + extra] = codes[lo:hi]
             self.factors[at : at + extra] = factors[lo:hi]
+            _core.fastscan_pack(
+                self.blocks, np.arange(at, at + extra, dtype=np.int64), codes[lo:hi]
+            )
             self.size[c] = size + extra
         if self.end > 2 * int(self.room.sum()):  # moved-out slots dominate: rebuild tight
             slots = self.live_slots()
-            self._build(self.ids[slots], self.size, self.codes[slots], self.factors[slots])
+            self._build(
+                self.ids[slots],
+                self.size,
+                _core.fastscan_unpack(self.blocks, slots),
+                self.factors[slots],
+            )
 
     def spans(self, probe: npt.NDArray[np.int64]) -> I64:
         """(start, size) of the given lists, as an ``(len(probe), 2)`` array."""
@@ -932,7 +964,7 @@ class IvfIndex:
                 pool = max(rerank, k)
                 use_codes = rerank > 0 and pool < rows_per_query and probes < len(centroids)
                 if use_codes:
-                    arena = (lists.codes, lists.factors, lists.ids)
+                    arena = (lists.blocks, lists.factors, lists.ids)
                     probed = None
                 else:
                     probed = [lists.gather(p) for p in probe]
@@ -960,18 +992,18 @@ class IvfIndex:
         queries: F32,
         k: int,
         view: VectorView,
-        arena: tuple[U64, F32, I64],
+        arena: tuple[U8, F32, I64],
         spans: I64,
         nprobe: int,
         rerank: int,
     ) -> tuple[F32, I64]:
         """Rank the spans' rows by code estimate, then re-rank the best `rerank` exactly."""
         q = len(queries)
-        codes, factors, ids = arena
+        blocks, factors, ids = arena
         rotated = np.ascontiguousarray(queries @ self._rotation.T, np.float32)
         bounds = np.arange(q + 1, dtype=np.int64) * nprobe
-        cand = _core.code_topk(
-            rotated, codes, factors, ids, spans, bounds, rerank, self.query_bits, view.count
+        cand = _core.code_topk_fast(
+            rotated, blocks, factors, ids, spans, bounds, rerank, self.query_bits, view.count
         )
         # Ascending ids read the mapped vector file in one direction (see `search`).
         cand = np.sort(cand, axis=1)
