@@ -25,9 +25,6 @@ use std::cmp::Ordering;
 /// its scan (~5 ns per row), small enough to balance two threads on one query.
 const TASK_ROWS: usize = 16_384;
 
-/// Below this many rows in the whole call, one thread scans everything.
-const PARALLEL_MIN_ROWS: usize = 2 * TASK_ROWS;
-
 /// A code arena, borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct Codes<'a> {
@@ -429,19 +426,26 @@ pub fn code_topk(
         .chunks_exact(codes.dim)
         .map(|v| QueryPlanes::new(v, bits))
         .collect();
-    Ok(run_tasks(planes.len(), spans, bounds, r, |qi, s| {
-        scan_spans(codes, &planes[qi], s, r, limit)
-    }))
+    Ok(run_tasks(
+        planes.len(),
+        spans,
+        bounds,
+        r,
+        TASK_ROWS,
+        |qi, s| scan_spans(codes, &planes[qi], s, r, limit),
+    ))
 }
 
 /// Split `q` queries' spans (`spans[bounds[i]..bounds[i + 1]]` for query `i`) into tasks of
-/// about `TASK_ROWS` rows, run `scan(query, spans)` on each (over rayon threads when the
-/// call is large), merge each query's pools and return `q × r` ids, -1 padded.
+/// about `task_rows` rows, run `scan(query, spans)` on each (over rayon threads when the
+/// call holds two tasks' rows or more), merge each query's pools and return `q × r` ids,
+/// -1 padded.
 pub(crate) fn run_tasks<F>(
     q: usize,
     spans: &[(usize, usize)],
     bounds: &[usize],
     r: usize,
+    task_rows: usize,
     scan: F,
 ) -> Vec<i64>
 where
@@ -451,7 +455,7 @@ where
     if r == 0 || q == 0 {
         return out;
     }
-    // Tasks: (query, a run of its spans holding about TASK_ROWS rows).
+    // Tasks: (query, a run of its spans holding about task_rows rows).
     let mut tasks: Vec<(usize, &[(usize, usize)])> = Vec::new();
     let mut total = 0usize;
     for (qi, w) in bounds.windows(2).enumerate() {
@@ -459,7 +463,7 @@ where
         let (mut from, mut rows) = (0usize, 0usize);
         for (i, &(_, len)) in mine.iter().enumerate() {
             rows += len;
-            if rows >= TASK_ROWS {
+            if rows >= task_rows {
                 tasks.push((qi, &mine[from..=i]));
                 total += rows;
                 (from, rows) = (i + 1, 0);
@@ -471,7 +475,7 @@ where
         }
     }
     let run = |&(qi, s): &(usize, &[(usize, usize)])| (qi, scan(qi, s));
-    let pools: Vec<(usize, Pool)> = if total >= PARALLEL_MIN_ROWS && tasks.len() > 1 {
+    let pools: Vec<(usize, Pool)> = if total >= 2 * task_rows && tasks.len() > 1 {
         tasks.par_iter().map(run).collect()
     } else {
         tasks.iter().map(run).collect()
