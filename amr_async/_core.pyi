@@ -186,3 +186,16 @@ def fastscan_unpack(
     blocks: npt.NDArray[np.uint8], slots: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.uint64]:
     """The row-major codes (n × words) of `slots` in FastScan `blocks`."""
+
+def ivf_probe(
+    queries: npt.NDArray[np.float32],
+    centroids: npt.NDArray[np.float32],
+    nprobe: int,
+    portable: bool = False,
+) -> npt.NDArray[np.int64]:
+    """The `nprobe` centroids (rows of `centroids`) with the highest dot product per query.
+
+    Returns q × min(nprobe, n) centroid numbers, ascending; ties go to the lower number, NaN
+    ranks last. Runs on the calling thread (GIL released; AVX2 when present, `portable`
+    forces the plain loop: same results). Raises ValueError for mismatched dimensions.
+    """

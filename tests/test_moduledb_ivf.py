@@ -537,6 +537,19 @@ def test_fastscan_ranks_exactly_as_the_row_major_scan(dim: int) -> None:
             assert ((want == -1) | (want < limit)).all()
 
 
+def test_ivf_probe_picks_the_nearest_centroids() -> None:
+    centroids = unit(700, 384, 40)
+    queries = unit(5, 384, 41)
+    scores = queries.astype(np.float64) @ centroids.T.astype(np.float64)
+    for nprobe in (1, 64, 699, 700, 5000):
+        got = _core.ivf_probe(queries, centroids, nprobe)
+        assert np.array_equal(got, _core.ivf_probe(queries, centroids, nprobe, True))
+        want = np.sort(np.argsort(-scores, axis=1, kind="stable")[:, : min(nprobe, 700)], axis=1)
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="centroids must be"):
+        _core.ivf_probe(queries, unit(10, 100, 0), 3)
+
+
 def test_fastscan_pack_writes_only_its_slots_and_refuses_bad_input() -> None:
     _vecs, codes, factors = _arena_args(64, 128, 33)
     slots = np.arange(64, dtype=np.int64)

@@ -960,9 +960,12 @@ class IvfIndex:
                 probed = None
             else:
                 probes = min(probes, len(centroids))
-                near = queries @ centroids.T
                 if probes < len(centroids):
-                    probe = np.argpartition(-near, probes - 1, axis=1)[:, :probes]
+                    # Rust, on this thread: NumPy's product would wake BLAS threads for
+                    # one row, which cost more than the product on a loaded machine.
+                    probe = _core.ivf_probe(
+                        np.ascontiguousarray(queries, np.float32), centroids, probes
+                    )
                 else:
                     probe = np.broadcast_to(np.arange(len(centroids)), (q, len(centroids)))
                 spans = lists.spans(probe.reshape(-1))

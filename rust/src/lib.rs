@@ -8,6 +8,7 @@ pub mod binary;
 pub mod embed;
 pub mod extract;
 pub mod fastscan;
+pub mod probe;
 pub mod similarity;
 pub mod stack;
 pub mod tokens;
@@ -586,6 +587,31 @@ fn fastscan_unpack<'py>(
     PyArray1::from_vec(py, out).reshape([n, words])
 }
 
+/// The `nprobe` centroids nearest each query by dot product, ascending (see `probe`).
+#[pyfunction]
+#[pyo3(signature = (queries, centroids, nprobe, portable=false))]
+fn ivf_probe<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+    nprobe: usize,
+    portable: bool,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    if centroids.shape()[1] != dim {
+        return Err(PyValueError::new_err(format!(
+            "ivf_probe: centroids must be (n, {dim}) for {dim}-d queries, got {:?}",
+            centroids.shape()
+        )));
+    }
+    let p = nprobe.min(centroids.shape()[0]);
+    let (q, c) = (crate::rows(&queries), crate::rows(&centroids));
+    let out = py
+        .detach(|| probe::probe(&q, &c, dim, nprobe, portable))
+        .map_err(|e| PyValueError::new_err(format!("ivf_probe: {e}")))?;
+    PyArray1::from_vec(py, out).reshape([nq, p])
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -606,5 +632,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(code_topk_fast, m)?)?;
     m.add_function(wrap_pyfunction!(fastscan_pack, m)?)?;
     m.add_function(wrap_pyfunction!(fastscan_unpack, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_probe, m)?)?;
     Ok(())
 }
