@@ -150,3 +150,52 @@ def code_topk(
     Releases the GIL; large scans are split over every core. Raises ValueError for bad
     shapes, spans or bounds.
     """
+
+def code_topk_fast(
+    queries: npt.NDArray[np.float32],
+    blocks: npt.NDArray[np.uint8],
+    factors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    spans: npt.NDArray[np.int64],
+    bounds: npt.NDArray[np.int64],
+    r: int,
+    bits: int = 4,
+    limit: int = ...,
+    portable: bool = False,
+) -> npt.NDArray[np.int64]:
+    """`code_topk` over codes in the FastScan layout: the same ids, faster.
+
+    `blocks` (slots/32 × 256·ceil(d/64) bytes, as `fastscan_pack` writes them) holds the
+    codes of 32 arena slots per row, interleaved by 4-bit group; `factors` and `ids` are per
+    slot. Span starts must be multiples of 32. With AVX2 and `bits` ≤ 4 a query's 4-bit
+    group tables are looked up 32 rows at a time (`vpshufb`); `portable` forces the
+    nibble-at-a-time path. Both give `code_topk`'s estimates exactly, so the same ids and
+    order. Releases the GIL. Raises ValueError for bad shapes, spans or bounds.
+    """
+
+def fastscan_pack(
+    blocks: npt.NDArray[np.uint8], slots: npt.NDArray[np.int64], codes: npt.NDArray[np.uint64]
+) -> None:
+    """Write row-major `codes` (n × words) into `blocks` (m × 256·words) at `slots`, in place.
+
+    Only the given slots' nibbles change. Raises ValueError for a slot past `blocks`, a
+    shape mismatch or a non-contiguous `blocks`.
+    """
+
+def fastscan_unpack(
+    blocks: npt.NDArray[np.uint8], slots: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """The row-major codes (n × words) of `slots` in FastScan `blocks`."""
+
+def ivf_probe(
+    queries: npt.NDArray[np.float32],
+    centroids: npt.NDArray[np.float32],
+    nprobe: int,
+    portable: bool = False,
+) -> npt.NDArray[np.int64]:
+    """The `nprobe` centroids (rows of `centroids`) with the highest dot product per query.
+
+    Returns q × min(nprobe, n) centroid numbers, ascending; ties go to the lower number, NaN
+    ranks last. Runs on the calling thread (GIL released; AVX2 when present, `portable`
+    forces the plain loop: same results). Raises ValueError for mismatched dimensions.
+    """

@@ -101,6 +101,18 @@ def train(core: ModuleType, files: str) -> dict[str, int]:
     core.topk_rows(queries[:4], f32, 10, rows, offsets)
     core.topk_rows(queries[:4], int8, 10, rows, offsets, scales)
     core.cosine_matrix(queries, f32[:2_000])
+    # The IVF code scan (FastScan layout): 1-bit codes of 20,000 rows in 64 spans per query.
+    codes = rng.integers(0, 2**63, size=(20_000, 6), dtype=np.uint64)
+    blocks = np.zeros((20_000 // 32, 32 * 8 * 6), np.uint8)
+    core.fastscan_pack(blocks, np.arange(20_000, dtype=np.int64), codes)
+    factors = rng.uniform(0.01, 1.0, size=(20_000, 2)).astype(np.float32)
+    ids = np.arange(20_000, dtype=np.int64)
+    spans = np.stack([np.arange(0, 20_000, 320), np.full(63, 300)], axis=1)[:62].astype(np.int64)
+    bounds = np.array([0, 31, 62], dtype=np.int64)
+    for _ in range(3):
+        core.code_topk_fast(queries[:2], blocks, factors, ids, spans, bounds, 256)
+    core.code_topk(queries[:2], codes, factors, ids, spans, bounds, 256)
+    core.fastscan_unpack(blocks, ids[:1_000])
     return {
         "functions": len(units),
         "hashed": sum(h is not None for h in hashed),

@@ -503,6 +503,116 @@ def test_code_topk_keeps_the_best_estimates_and_refuses_bad_input() -> None:
         _core.code_topk(unit(2, 200, 0), codes, factors, ids, spans, bounds, 5)
 
 
+def _blocked(
+    codes: npt.NDArray[np.uint64], slots: npt.NDArray[np.int64], cap: int
+) -> npt.NDArray[np.uint8]:
+    """The FastScan layout of `codes` at `slots` in an arena of `cap` slots."""
+    blocks = np.zeros((-(-cap // 32), 256 * codes.shape[1]), np.uint8)
+    _core.fastscan_pack(blocks, slots, codes)
+    return blocks
+
+
+@pytest.mark.parametrize("dim", [384, 96, 1536])
+def test_fastscan_ranks_exactly_as_the_row_major_scan(dim: int) -> None:
+    # Lists of odd sizes (not multiples of 32, empty, one row) on 32-aligned starts, spread
+    # in an arena with gaps; the same codes row-major at the same slots.
+    sizes = [33, 0, 1, 31, 32, 700, 5, 64, 97]
+    starts = np.cumsum([0, *[-(-(s + 7) // 32) * 32 for s in sizes[:-1]]])
+    cap = int(starts[-1]) + sizes[-1] + 40
+    _vecs, codes, factors = _arena_args(cap, dim, 30)
+    ids = np.random.default_rng(31).permutation(cap).astype(np.int64)
+    blocks = _blocked(codes, np.arange(cap, dtype=np.int64), cap)
+    assert np.array_equal(_core.fastscan_unpack(blocks, np.arange(cap, dtype=np.int64)), codes)
+    spans = np.stack([starts, sizes], axis=1).astype(np.int64)
+    queries = unit(3, dim, 32) @ _index.random_rotation(dim).T
+    bounds = np.array([0, 3, 5, len(spans)], np.int64)
+    for bits in (1, 4, 8):
+        for r, limit in ((10, cap), (300, cap), (7, cap // 2)):
+            want = _core.code_topk(queries, codes, factors, ids, spans, bounds, r, bits, limit)
+            for portable in (False, True):
+                got = _core.code_topk_fast(
+                    queries, blocks, factors, ids, spans, bounds, r, bits, limit, portable
+                )
+                assert np.array_equal(got, want), (bits, r, portable)
+            assert ((want == -1) | (want < limit)).all()
+
+
+def test_ivf_probe_picks_the_nearest_centroids() -> None:
+    centroids = unit(700, 384, 40)
+    queries = unit(5, 384, 41)
+    scores = queries.astype(np.float64) @ centroids.T.astype(np.float64)
+    for nprobe in (1, 64, 699, 700, 5000):
+        got = _core.ivf_probe(queries, centroids, nprobe)
+        assert np.array_equal(got, _core.ivf_probe(queries, centroids, nprobe, True))
+        want = np.sort(np.argsort(-scores, axis=1, kind="stable")[:, : min(nprobe, 700)], axis=1)
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="centroids must be"):
+        _core.ivf_probe(queries, unit(10, 100, 0), 3)
+
+
+def test_fastscan_pack_writes_only_its_slots_and_refuses_bad_input() -> None:
+    _vecs, codes, factors = _arena_args(64, 128, 33)
+    slots = np.arange(64, dtype=np.int64)
+    blocks = _blocked(codes, slots, 64)
+    # Rewriting slot 5 leaves slot 21 (its byte-mate: the other nibble) as it was.
+    _core.fastscan_pack(blocks, np.array([5], np.int64), codes[40:41])
+    again = _core.fastscan_unpack(blocks, slots)
+    assert np.array_equal(again[5], codes[40])
+    assert np.array_equal(np.delete(again, 5, axis=0), np.delete(codes, 5, axis=0))
+    with pytest.raises(ValueError, match="slots must be in"):
+        _core.fastscan_pack(blocks, np.array([64], np.int64), codes[:1])
+    with pytest.raises(ValueError, match="blocks must be"):
+        _core.fastscan_pack(blocks, slots[:1], np.zeros((1, 3), np.uint64))
+    ids = np.arange(64, dtype=np.int64)
+    q = unit(1, 128, 34)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _core.code_topk_fast(q, blocks, factors, ids, np.array([[3, 4]]), np.array([0, 1]), 5)
+    with pytest.raises(ValueError, match="reaches past"):
+        _core.code_topk_fast(q, blocks, factors, ids, np.array([[32, 40]]), np.array([0, 1]), 5)
+    with pytest.raises(ValueError, match="blocks must be"):
+        _core.code_topk_fast(
+            unit(1, 200, 0), blocks, factors, ids, np.zeros((0, 2), np.int64), np.array([0, 0]), 5
+        )
+
+
+def test_lists_keep_whole_blocks_through_appends_moves_and_rebuilds() -> None:
+    rng = np.random.default_rng(35)
+    nlist, dim = 7, 64
+    _vecs, codes, factors = _arena_args(3000, dim, 36)
+    labels = rng.integers(0, nlist, 200).astype(np.int32)
+    lists = _index._Lists(labels, nlist, codes[:200], factors[:200])
+    done = 200
+    for batch in (1, 5, 37, 300, 900, 1557):  # small lists overflow: moves, then rebuilds
+        new = rng.integers(0, 3, batch).astype(np.int32)  # lists 0-2 grow, 3-6 do not
+        lists.append(
+            np.arange(done, done + batch, dtype=np.int64),
+            new,
+            codes[done : done + batch],
+            factors[done : done + batch],
+        )
+        labels = np.concatenate([labels, new])
+        done += batch
+        assert (lists.start % 32 == 0).all()
+        assert (lists.room % 32 == 0).all()
+        got_codes, got_factors = lists.row_order(done)
+        assert np.array_equal(got_codes, codes[:done])
+        assert np.array_equal(got_factors, factors[:done])
+        for c in range(nlist):
+            listed = lists.ids[lists.start[c] : lists.start[c] + lists.size[c]]
+            assert np.array_equal(listed, np.flatnonzero(labels == c))
+    # The scan over the lists' spans equals the row-major scan of the same slots.
+    spans = lists.spans(np.arange(nlist))
+    q = unit(1, dim, 37)
+    bounds = np.array([0, nlist], np.int64)
+    slots = lists.live_slots()
+    row_major = np.zeros((len(lists.ids), codes.shape[1]), np.uint64)
+    row_major[slots] = _core.fastscan_unpack(lists.blocks, slots)
+    want = _core.code_topk(q, row_major, lists.factors, lists.ids, spans, bounds, 50)
+    got = _core.code_topk_fast(q, lists.blocks, lists.factors, lists.ids, spans, bounds, 50)
+    assert np.array_equal(got, want)
+    assert set(want[0].tolist()) <= set(range(done))
+
+
 @pytest.mark.usefixtures("small_train")
 def test_the_code_path_agrees_with_the_exact_path(tmp_path: Path) -> None:
     vecs = unit(3000, 32, 24)
@@ -517,7 +627,7 @@ def test_the_code_path_agrees_with_the_exact_path(tmp_path: Path) -> None:
     assert lists is not None
     # Every list's codes with a re-rank of every row: the exact scan, to the bit.
     every = lists.spans(np.tile(np.arange(index.nlist), len(queries)))
-    arena = (lists.codes, lists.factors, lists.ids)
+    arena = (lists.blocks, lists.factors, lists.ids)
     got = index._search_codes(queries, 10, view, arena, every, index.nlist, 3000)
     want = _index.exact_topk(queries, view, 10)
     assert np.array_equal(got[1], want[1])

@@ -14,7 +14,8 @@ across indexes. ids are row numbers of the vector file (= module ids).
   memory-mapped on reopen (``view``), at some recall cost for i8.
 - `IvfIndex` (inverted file): k-means centroids split the vectors into lists; a query ranks
   the rows of the `nprobe` lists nearest to it by 1-bit codes of the rotated vectors (Rust
-  `code_topk`) and re-scores the best `rerank` exactly from the memory-mapped vector file.
+  `code_topk_fast`, codes in a FastScan layout) and re-scores the best `rerank` exactly
+  from the memory-mapped vector file.
   Insert = matrix products against the centroids and the rotation, and an append; it keeps
   the centroids, one list number per row (4 B) and per row a code, two factors and an id
   grouped by list (64 B at 384-d).
@@ -41,6 +42,7 @@ from amr_async.moduledb._vectors import F32, VectorView
 IndexKind = Literal["exact", "hnsw", "usearch", "ivf"]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
 
 # Graph parameters of both HNSW indexes (bench/moduledb.py measured them on 384-d synthetic
 # rank-32 vectors, see the README): M=16 links per node; ef_construction=40 costs ~0.6x the CPU
@@ -347,6 +349,11 @@ IVF_RERANK = 256
 # 3.3 ms; 1 bit with rerank 512: 0.960 at 3.8 ms. Kernel alone (1M-row arena, 140k rows in
 # 450 spans, load 10): 29-32 ns per row with 4 bits, 18-20 ns with 1 bit, 20 / 8-10 ns when
 # the rows are in cache (the 4-bit scan is compute-bound: 24 AND + POPCNT per 384-d row).
+# The FastScan layout (`_Lists`, `_core.code_topk_fast`: 32 rows per table look-up) gives the
+# same estimates for 5.2 ns per row in cache; at 1M (3,200 lists, nprobe 256: 80k rows in
+# 256 spans, one thread, load 10) 1.3-1.4 ms CPU per query against 2.4 ms row-major: the
+# scattered lists' memory reads bound it now (a software prefetch of each next list's first
+# 2 KB gave nothing measurable: 1.41 vs 1.40 ms median of four).
 IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED
@@ -359,6 +366,8 @@ _TRAIN_BLOCK = 8192
 
 # Rows assigned per matrix product (bounds the temporary score matrix).
 _ASSIGN_BLOCK = 8192
+# Rows per block of the FastScan code layout (`_core.code_topk_fast`).
+_BLOCK = 32
 _IVF_FORMAT = 2  # 2: + rotation, codes grouped by list (1 is read: codes encoded on open)
 
 
@@ -437,17 +446,28 @@ def train_centroids(
     return centroids
 
 
+def _aligned(n: int) -> int:
+    """`n` rounded up to a multiple of the FastScan block (32 rows)."""
+    return -(-n // _BLOCK) * _BLOCK
+
+
 class _Lists:
     """Rows grouped by list in one arena: list c's ids, codes and factors sit in slots
     ``start[c] … start[c] + size[c] - 1`` (ids ascending), with `room[c]` slots reserved.
 
+    Codes are kept in the FastScan layout (`_core.code_topk_fast`): `blocks` row b holds
+    the codes of slots ``32 b … 32 b + 31`` interleaved by 4-bit group, so every list
+    starts on a block (starts and rooms are multiples of 32). `ids` and `factors` are
+    per slot.
+
     A list that outgrows its room moves to the arena's end with twice the room; the arena
     grows by half when full and is rebuilt tight once moved-out slots outweigh the live
-    ones. Writers only fill slots no reader's span covers, or build new arrays, so a reader
-    holding the arrays and spans of a moment reads consistent rows without a lock.
+    ones. Writers only fill slots no reader's span covers (in a shared block, only those
+    slots' nibbles), or build new arrays, so a reader holding the arrays and spans of a
+    moment reads consistent rows without a lock.
     """
 
-    __slots__ = ("codes", "end", "factors", "ids", "room", "size", "start")
+    __slots__ = ("blocks", "end", "factors", "ids", "room", "size", "start")
 
     def __init__(self, labels: npt.NDArray[np.int32], nlist: int, codes: U64, factors: F32) -> None:
         """Group rows ``0 … len(labels)-1`` (row i in list labels[i], codes in row order)."""
@@ -465,21 +485,25 @@ class _Lists:
     def saved(self) -> tuple[I64, I64, U64, F32]:
         """(ids, sizes, codes, factors) grouped by list, without gaps (for `grouped`)."""
         slots = self.live_slots()
-        return self.ids[slots], self.size.copy(), self.codes[slots], self.factors[slots]
+        codes = _core.fastscan_unpack(self.blocks, slots)
+        return self.ids[slots], self.size.copy(), codes, self.factors[slots]
 
     def _build(self, ids: I64, counts: I64, codes: U64, factors: F32) -> None:
-        # Rows arrive grouped by list; each list gets a quarter more room than it holds.
-        room = counts + counts // 4 + 4
+        # Rows arrive grouped by list; each list gets a quarter more room than it holds,
+        # rounded up to whole blocks.
+        room = -(-(counts + counts // 4 + 4) // _BLOCK) * _BLOCK
         start = np.zeros(len(counts), np.int64)
         np.cumsum(room[:-1], out=start[1:])
         end = int(room.sum())
         slots = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(len(ids))
-        cap = end + end // 4
-        # np.empty: slots never written are never touched, so they cost no resident memory.
+        cap = _aligned(end + end // 4)
+        # np.empty / np.zeros: slots never written are never touched, so they cost no
+        # resident memory.
         self.ids = np.empty(cap, np.int64)
-        self.codes = np.empty((cap, codes.shape[1]), np.uint64)
+        self.blocks = np.zeros((cap // _BLOCK, _BLOCK * 8 * codes.shape[1]), np.uint8)
         self.factors = np.empty((cap, 2), np.float32)
-        self.ids[slots], self.codes[slots], self.factors[slots] = ids, codes, factors
+        self.ids[slots], self.factors[slots] = ids, factors
+        _core.fastscan_pack(self.blocks, slots, np.ascontiguousarray(codes))
         self.start, self.size, self.room, self.end = start, counts.copy(), room, end
 
     def live_slots(self) -> I64:
@@ -493,23 +517,26 @@ class _Lists:
         """Codes and factors of rows ``0 … count-1`` in row order (rows listed beyond it
         are left out)."""
         slots = self.live_slots()
-        codes = np.empty((count, self.codes.shape[1]), np.uint64)
+        codes = np.empty((count, self.blocks.shape[1] // (8 * _BLOCK)), np.uint64)
         factors = np.empty((count, 2), np.float32)
         ids = self.ids[slots]
         if len(ids) and int(ids.max()) >= count:
             slots, ids = slots[ids < count], ids[ids < count]
-        codes[ids], factors[ids] = self.codes[slots], self.factors[slots]
+        codes[ids], factors[ids] = _core.fastscan_unpack(self.blocks, slots), self.factors[slots]
         return codes, factors
 
     def _reserve(self, extra: int) -> None:
         if self.end + extra <= len(self.ids):
             return
-        cap = max(self.end + extra, len(self.ids) + len(self.ids) // 2)
-        for name in ("ids", "codes", "factors"):
+        cap = _aligned(max(self.end + extra, len(self.ids) + len(self.ids) // 2))
+        for name in ("ids", "factors"):
             old = getattr(self, name)
             new = np.empty((cap, *old.shape[1:]), old.dtype)
             new[: self.end] = old[: self.end]
             setattr(self, name, new)
+        blocks = np.zeros((cap // _BLOCK, self.blocks.shape[1]), np.uint8)
+        blocks[: self.end // _BLOCK] = self.blocks[: self.end // _BLOCK]
+        self.blocks = blocks
 
     def append(self, ids: I64, labels: npt.NDArray[np.int32], codes: U64, factors: F32) -> None:
         order = np.argsort(labels, kind="stable")
@@ -523,21 +550,32 @@ class _Lists:
             c = int(grouped[lo])
             size, extra = int(self.size[c]), hi - lo
             if size + extra > self.room[c]:  # move the list to the end with twice the room
-                room = 2 * (size + extra) + 4
+                room = _aligned(2 * (size + extra) + 4)
                 self._reserve(room)
                 old, new = int(self.start[c]), self.end
-                for a in (self.ids, self.codes, self.factors):
+                for a in (self.ids, self.factors):
                     a[new : new + size] = a[old : old + size]
+                used = -(-size // _BLOCK)  # starts are block-aligned: move whole blocks
+                self.blocks[new // _BLOCK : new // _BLOCK + used] = self.blocks[
+                    old // _BLOCK : old // _BLOCK + used
+                ]
                 self.start[c], self.room[c] = new, room
                 self.end += room
             at = int(self.start[c]) + size
             self.ids[at : at + extra] = ids[lo:hi]
-            self.codes[at : at + extra] = codes[lo:hi]
             self.factors[at : at + extra] = factors[lo:hi]
+            _core.fastscan_pack(
+                self.blocks, np.arange(at, at + extra, dtype=np.int64), codes[lo:hi]
+            )
             self.size[c] = size + extra
         if self.end > 2 * int(self.room.sum()):  # moved-out slots dominate: rebuild tight
             slots = self.live_slots()
-            self._build(self.ids[slots], self.size, self.codes[slots], self.factors[slots])
+            self._build(
+                self.ids[slots],
+                self.size,
+                _core.fastscan_unpack(self.blocks, slots),
+                self.factors[slots],
+            )
 
     def spans(self, probe: npt.NDArray[np.int64]) -> I64:
         """(start, size) of the given lists, as an ``(len(probe), 2)`` array."""
@@ -624,8 +662,10 @@ class IvfIndex:
     lists until the swap).
 
     Each row also has a 1-bit code of its randomly rotated vector (`encode`), stored with the
-    lists. A query scores the codes of the probed lists (`_core.code_topk`: a 4-bit query,
-    AND + POPCNT), keeps the best `rerank` and scores those exactly from the vector file.
+    lists, in blocks of 32 slots interleaved by 4-bit group (FastScan). A query scores the
+    codes of the probed lists (`_core.code_topk_fast`: a 4-bit query's per-group tables
+    looked up 32 rows at a time, `vpshufb`), keeps the best `rerank` and scores those exactly
+    from the vector file.
     With ``rerank=0``, when the probed lists hold at most `rerank` rows, or with
     ``nprobe >= nlist`` the probed rows are scanned exactly instead, so probing every list
     equals the exact scan. Returned scores are always exact dot products.
@@ -920,9 +960,12 @@ class IvfIndex:
                 probed = None
             else:
                 probes = min(probes, len(centroids))
-                near = queries @ centroids.T
                 if probes < len(centroids):
-                    probe = np.argpartition(-near, probes - 1, axis=1)[:, :probes]
+                    # Rust, on this thread: NumPy's product would wake BLAS threads for
+                    # one row, which cost more than the product on a loaded machine.
+                    probe = _core.ivf_probe(
+                        np.ascontiguousarray(queries, np.float32), centroids, probes
+                    )
                 else:
                     probe = np.broadcast_to(np.arange(len(centroids)), (q, len(centroids)))
                 spans = lists.spans(probe.reshape(-1))
@@ -932,7 +975,7 @@ class IvfIndex:
                 pool = max(rerank, k)
                 use_codes = rerank > 0 and pool < rows_per_query and probes < len(centroids)
                 if use_codes:
-                    arena = (lists.codes, lists.factors, lists.ids)
+                    arena = (lists.blocks, lists.factors, lists.ids)
                     probed = None
                 else:
                     probed = [lists.gather(p) for p in probe]
@@ -960,18 +1003,18 @@ class IvfIndex:
         queries: F32,
         k: int,
         view: VectorView,
-        arena: tuple[U64, F32, I64],
+        arena: tuple[U8, F32, I64],
         spans: I64,
         nprobe: int,
         rerank: int,
     ) -> tuple[F32, I64]:
         """Rank the spans' rows by code estimate, then re-rank the best `rerank` exactly."""
         q = len(queries)
-        codes, factors, ids = arena
+        blocks, factors, ids = arena
         rotated = np.ascontiguousarray(queries @ self._rotation.T, np.float32)
         bounds = np.arange(q + 1, dtype=np.int64) * nprobe
-        cand = _core.code_topk(
-            rotated, codes, factors, ids, spans, bounds, rerank, self.query_bits, view.count
+        cand = _core.code_topk_fast(
+            rotated, blocks, factors, ids, spans, bounds, rerank, self.query_bits, view.count
         )
         # Ascending ids read the mapped vector file in one direction (see `search`).
         cand = np.sort(cand, axis=1)

@@ -25,9 +25,6 @@ use std::cmp::Ordering;
 /// its scan (~5 ns per row), small enough to balance two threads on one query.
 const TASK_ROWS: usize = 16_384;
 
-/// Below this many rows in the whole call, one thread scans everything.
-const PARALLEL_MIN_ROWS: usize = 2 * TASK_ROWS;
-
 /// A code arena, borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct Codes<'a> {
@@ -78,12 +75,12 @@ impl std::error::Error for CodesError {}
 #[derive(Debug, Clone)]
 pub struct QueryPlanes {
     /// `bits × words_per_row` words, plane `p` holding bit `p` of every `u_j`.
-    planes: Vec<u64>,
-    bits: usize,
-    lo: f32,
-    delta: f32,
+    pub(crate) planes: Vec<u64>,
+    pub(crate) bits: usize,
+    pub(crate) lo: f32,
+    pub(crate) delta: f32,
     /// `-(dim * lo + delta * Σ u_j)`.
-    bias: f32,
+    pub(crate) bias: f32,
 }
 
 impl QueryPlanes {
@@ -155,26 +152,27 @@ impl QueryPlanes {
 
 /// One candidate: an estimate and the vector's id.
 #[derive(Debug, Clone, Copy)]
-struct Cand {
-    est: f32,
-    id: i64,
+pub(crate) struct Cand {
+    pub(crate) est: f32,
+    pub(crate) id: i64,
 }
 
 /// Total order, best first: higher estimate, then lower id.
-fn better(a: &Cand, b: &Cand) -> Ordering {
+pub(crate) fn better(a: &Cand, b: &Cand) -> Ordering {
     b.est.total_cmp(&a.est).then(a.id.cmp(&b.id))
 }
 
 /// The best `r` candidates seen so far: a buffer pruned to `r` whenever it reaches `2r`
 /// (amortised O(1) per push), with the `r`-th estimate as a cheap admission threshold.
-struct Pool {
+pub(crate) struct Pool {
     r: usize,
     items: Vec<Cand>,
-    threshold: f32,
+    /// The `r`-th best estimate once known: a row strictly below it cannot enter.
+    pub(crate) threshold: f32,
 }
 
 impl Pool {
-    fn new(r: usize) -> Self {
+    pub(crate) fn new(r: usize) -> Self {
         Self {
             r,
             items: Vec::with_capacity(2 * r + 1),
@@ -183,7 +181,7 @@ impl Pool {
     }
 
     #[inline]
-    fn push(&mut self, est: f32, id: i64) {
+    pub(crate) fn push(&mut self, est: f32, id: i64) {
         // Strictly below the r-th best: cannot enter (equal estimates may, by id).
         if est < self.threshold {
             return;
@@ -349,15 +347,6 @@ fn check(
     spans: &[(usize, usize)],
     bounds: &[usize],
 ) -> Result<(), CodesError> {
-    let dim = codes.dim;
-    if dim == 0 {
-        return Err(CodesError::Parameter("dimension must be positive".into()));
-    }
-    if !(1..=8).contains(&bits) {
-        return Err(CodesError::Parameter(format!(
-            "bits must be 1 to 8, got {bits}"
-        )));
-    }
     let rows = codes.rows();
     if codes.words.len() != rows * codes.words_per_row() || codes.factors.len() != 2 * rows {
         return Err(CodesError::Shape(format!(
@@ -366,6 +355,26 @@ fn check(
             2 * rows,
             codes.words.len(),
             codes.factors.len()
+        )));
+    }
+    check_query(codes.dim, queries, bits, spans, bounds, rows)
+}
+
+/// Checks shared by the code scans: dimension, bits, queries, bounds and spans.
+pub(crate) fn check_query(
+    dim: usize,
+    queries: &[f32],
+    bits: usize,
+    spans: &[(usize, usize)],
+    bounds: &[usize],
+    rows: usize,
+) -> Result<(), CodesError> {
+    if dim == 0 {
+        return Err(CodesError::Parameter("dimension must be positive".into()));
+    }
+    if !(1..=8).contains(&bits) {
+        return Err(CodesError::Parameter(format!(
+            "bits must be 1 to 8, got {bits}"
         )));
     }
     if !queries.len().is_multiple_of(dim) {
@@ -413,16 +422,40 @@ pub fn code_topk(
     limit: i64,
 ) -> Result<Vec<i64>, CodesError> {
     check(codes, queries, bits, spans, bounds)?;
-    let q = queries.len() / codes.dim;
-    let mut out = vec![-1i64; q * r];
-    if r == 0 || q == 0 {
-        return Ok(out);
-    }
     let planes: Vec<QueryPlanes> = queries
         .chunks_exact(codes.dim)
         .map(|v| QueryPlanes::new(v, bits))
         .collect();
-    // Tasks: (query, a run of its spans holding about TASK_ROWS rows).
+    Ok(run_tasks(
+        planes.len(),
+        spans,
+        bounds,
+        r,
+        TASK_ROWS,
+        |qi, s| scan_spans(codes, &planes[qi], s, r, limit),
+    ))
+}
+
+/// Split `q` queries' spans (`spans[bounds[i]..bounds[i + 1]]` for query `i`) into tasks of
+/// about `task_rows` rows, run `scan(query, spans)` on each (over rayon threads when the
+/// call holds two tasks' rows or more), merge each query's pools and return `q × r` ids,
+/// -1 padded.
+pub(crate) fn run_tasks<F>(
+    q: usize,
+    spans: &[(usize, usize)],
+    bounds: &[usize],
+    r: usize,
+    task_rows: usize,
+    scan: F,
+) -> Vec<i64>
+where
+    F: Fn(usize, &[(usize, usize)]) -> Pool + Sync,
+{
+    let mut out = vec![-1i64; q * r];
+    if r == 0 || q == 0 {
+        return out;
+    }
+    // Tasks: (query, a run of its spans holding about task_rows rows).
     let mut tasks: Vec<(usize, &[(usize, usize)])> = Vec::new();
     let mut total = 0usize;
     for (qi, w) in bounds.windows(2).enumerate() {
@@ -430,7 +463,7 @@ pub fn code_topk(
         let (mut from, mut rows) = (0usize, 0usize);
         for (i, &(_, len)) in mine.iter().enumerate() {
             rows += len;
-            if rows >= TASK_ROWS {
+            if rows >= task_rows {
                 tasks.push((qi, &mine[from..=i]));
                 total += rows;
                 (from, rows) = (i + 1, 0);
@@ -441,9 +474,8 @@ pub fn code_topk(
             total += rows;
         }
     }
-    let run =
-        |&(qi, s): &(usize, &[(usize, usize)])| (qi, scan_spans(codes, &planes[qi], s, r, limit));
-    let pools: Vec<(usize, Pool)> = if total >= PARALLEL_MIN_ROWS && tasks.len() > 1 {
+    let run = |&(qi, s): &(usize, &[(usize, usize)])| (qi, scan(qi, s));
+    let pools: Vec<(usize, Pool)> = if total >= 2 * task_rows && tasks.len() > 1 {
         tasks.par_iter().map(run).collect()
     } else {
         tasks.iter().map(run).collect()
@@ -462,7 +494,7 @@ pub fn code_topk(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

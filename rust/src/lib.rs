@@ -7,6 +7,8 @@ pub mod asthash;
 pub mod binary;
 pub mod embed;
 pub mod extract;
+pub mod fastscan;
+pub mod probe;
 pub mod similarity;
 pub mod stack;
 pub mod tokens;
@@ -456,6 +458,160 @@ fn code_topk<'py>(
     PyArray1::from_vec(py, out).reshape([nq, r])
 }
 
+/// [`code_topk`] over codes in the FastScan layout (see `fastscan`): `blocks` is
+/// `(slots / 32, 256 × words)` bytes, span starts are multiples of 32.
+#[pyfunction]
+#[pyo3(signature = (queries, blocks, factors, ids, spans, bounds, r, bits=4, limit=i64::MAX, portable=false))]
+#[allow(clippy::too_many_arguments)]
+fn code_topk_fast<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    blocks: PyReadonlyArray2<'py, u8>,
+    factors: PyReadonlyArray2<'py, f32>,
+    ids: PyReadonlyArray1<'py, i64>,
+    spans: PyReadonlyArray2<'py, i64>,
+    bounds: PyReadonlyArray1<'py, i64>,
+    r: usize,
+    bits: usize,
+    limit: i64,
+    portable: bool,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    let bb = fastscan::block_bytes(dim.div_ceil(64));
+    if blocks.shape()[1] != bb || factors.shape()[1] != 2 || spans.shape()[1] != 2 {
+        return Err(PyValueError::new_err(format!(
+            "code_topk_fast: blocks must be (m, {bb}) for {dim}-d queries, factors (n, 2), \
+             spans (s, 2); got {:?}, {:?}, {:?}",
+            blocks.shape(),
+            factors.shape(),
+            spans.shape()
+        )));
+    }
+    let to_usize = |name: &str, v: &[i64]| {
+        v.iter()
+            .map(|&x| usize::try_from(x))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| {
+                PyValueError::new_err(format!("code_topk_fast: {name} must not be negative"))
+            })
+    };
+    let flat = to_usize("spans", &crate::rows(&spans))?;
+    let spans: Vec<(usize, usize)> = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let bounds = to_usize("bounds", &rows_1d(&bounds))?;
+    let (q, bytes, factors, ids) = (
+        crate::rows(&queries),
+        crate::rows(&blocks),
+        crate::rows(&factors),
+        rows_1d(&ids),
+    );
+    let codes = fastscan::FastCodes {
+        blocks: &bytes,
+        factors: &factors,
+        ids: &ids,
+        dim,
+    };
+    let out = py
+        .detach(|| fastscan::fast_topk(codes, &q, bits, &spans, &bounds, r, limit, portable))
+        .map_err(|e| PyValueError::new_err(format!("code_topk_fast: {e}")))?;
+    PyArray1::from_vec(py, out).reshape([nq, r])
+}
+
+/// Slots as `usize`, each below `cap`.
+fn checked_slots(name: &str, slots: &[i64], cap: usize) -> PyResult<Vec<usize>> {
+    slots
+        .iter()
+        .map(|&s| usize::try_from(s).ok().filter(|&s| s < cap))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| PyValueError::new_err(format!("{name}: slots must be in 0..{cap}")))
+}
+
+/// Write row-major codes (n × words) into FastScan `blocks` (m × 256·words) at `slots`,
+/// in place. Writes only the given slots' nibbles, so readers scanning other slots of
+/// the same blocks (a snapshot's spans) are unaffected, as with numpy's own assignment.
+#[pyfunction]
+fn fastscan_pack(
+    py: Python<'_>,
+    blocks: &Bound<'_, PyArray2<u8>>,
+    slots: PyReadonlyArray1<'_, i64>,
+    codes: PyReadonlyArray2<'_, u64>,
+) -> PyResult<()> {
+    let words = codes.shape()[1];
+    let bb = fastscan::block_bytes(words);
+    if blocks.shape()[1] != bb || slots.len() != codes.shape()[0] {
+        return Err(PyValueError::new_err(format!(
+            "fastscan_pack: blocks must be (m, {bb}) for codes {:?}, one slot per \
+             code; got {:?} and {} slots",
+            codes.shape(),
+            blocks.shape(),
+            slots.len()
+        )));
+    }
+    let slots = checked_slots(
+        "fastscan_pack",
+        &rows_1d(&slots),
+        blocks.shape()[0] * fastscan::BLOCK,
+    )?;
+    let codes = crate::rows(&codes);
+    // SAFETY: C-contiguity is checked by as_slice_mut; no Rust borrow of this array is
+    // taken for writing elsewhere (the one writer holds the index's write lock), and the
+    // bytes written belong only to the given slots, which no reader's spans cover.
+    let out = unsafe { blocks.as_slice_mut() }
+        .map_err(|_| PyValueError::new_err("fastscan_pack: blocks must be C-contiguous"))?;
+    py.detach(|| fastscan::pack(out, words, &slots, &codes));
+    Ok(())
+}
+
+/// The row-major codes (n × words) of the given slots of FastScan `blocks`.
+#[pyfunction]
+fn fastscan_unpack<'py>(
+    py: Python<'py>,
+    blocks: PyReadonlyArray2<'py, u8>,
+    slots: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    let bb = blocks.shape()[1];
+    if bb == 0 || !bb.is_multiple_of(fastscan::block_bytes(1)) {
+        return Err(PyValueError::new_err(format!(
+            "fastscan_unpack: blocks must be (m, 256·words), got {:?}",
+            blocks.shape()
+        )));
+    }
+    let words = bb / fastscan::block_bytes(1);
+    let slots = checked_slots(
+        "fastscan_unpack",
+        &rows_1d(&slots),
+        blocks.shape()[0] * fastscan::BLOCK,
+    )?;
+    let bytes = crate::rows(&blocks);
+    let n = slots.len();
+    let out = py.detach(|| fastscan::unpack(&bytes, words, &slots));
+    PyArray1::from_vec(py, out).reshape([n, words])
+}
+
+/// The `nprobe` centroids nearest each query by dot product, ascending (see `probe`).
+#[pyfunction]
+#[pyo3(signature = (queries, centroids, nprobe, portable=false))]
+fn ivf_probe<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+    nprobe: usize,
+    portable: bool,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    if centroids.shape()[1] != dim {
+        return Err(PyValueError::new_err(format!(
+            "ivf_probe: centroids must be (n, {dim}) for {dim}-d queries, got {:?}",
+            centroids.shape()
+        )));
+    }
+    let p = nprobe.min(centroids.shape()[0]);
+    let (q, c) = (crate::rows(&queries), crate::rows(&centroids));
+    let out = py
+        .detach(|| probe::probe(&q, &c, dim, nprobe, portable))
+        .map_err(|e| PyValueError::new_err(format!("ivf_probe: {e}")))?;
+    PyArray1::from_vec(py, out).reshape([nq, p])
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -473,5 +629,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(topk_rows, m)?)?;
     m.add_function(wrap_pyfunction!(code_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(code_topk_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(fastscan_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(fastscan_unpack, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_probe, m)?)?;
     Ok(())
 }
