@@ -68,8 +68,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # Rebuild only the extension, and only when a Rust source is newer than the built
 # module or the module is the editable install's plain build while PGO is possible
 # (`.ext-pgo` newer than the module marks a PGO build). Stale .so removed first.
+# `.ext-mode-$(PGO)` changes when PGO does, so `make ext` after `make ext PGO=0` re-checks
+# (and redoes the PGO build) instead of finding `.ext` up to date.
 DEVELOP := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop -q --release
-$(VENV)/.ext: $(RUST_SRC) $(VENV)/.installed $(VENV)/.apt bench/pgo_train.py
+$(VENV)/.ext-mode-$(PGO): | $(BIN)/python
+	@rm -f $(VENV)/.ext-mode-*; touch $@
+$(VENV)/.ext: $(RUST_SRC) $(VENV)/.installed $(VENV)/.apt bench/pgo_train.py $(VENV)/.ext-mode-$(PGO)
 	@so=$$(ls amr_async/_core*.so 2>/dev/null | head -1); \
 	pgo=$$( [ "$(PGO)" = 1 ] && command -v llvm-profdata-$(LLVM_MAJOR) ); \
 	if [ -z "$$so" ] || [ -n "$$(find $(RUST_SRC) -newer "$$so" 2>/dev/null)" ] \
