@@ -431,15 +431,7 @@ fn code_topk<'py>(
             spans.shape()
         )));
     }
-    let to_usize = |name: &str, v: &[i64]| {
-        v.iter()
-            .map(|&x| usize::try_from(x))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| PyValueError::new_err(format!("code_topk: {name} must not be negative")))
-    };
-    let flat = to_usize("spans", &crate::rows(&spans))?;
-    let spans: Vec<(usize, usize)> = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-    let bounds = to_usize("bounds", &rows_1d(&bounds))?;
+    let (spans, bounds) = code_spans("code_topk", &spans, &bounds)?;
     let (q, words, factors, ids) = (
         crate::rows(&queries),
         crate::rows(&codes),
@@ -487,17 +479,7 @@ fn code_topk_fast<'py>(
             spans.shape()
         )));
     }
-    let to_usize = |name: &str, v: &[i64]| {
-        v.iter()
-            .map(|&x| usize::try_from(x))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                PyValueError::new_err(format!("code_topk_fast: {name} must not be negative"))
-            })
-    };
-    let flat = to_usize("spans", &crate::rows(&spans))?;
-    let spans: Vec<(usize, usize)> = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-    let bounds = to_usize("bounds", &rows_1d(&bounds))?;
+    let (spans, bounds) = code_spans("code_topk_fast", &spans, &bounds)?;
     let (q, bytes, factors, ids) = (
         crate::rows(&queries),
         crate::rows(&blocks),
@@ -514,6 +496,26 @@ fn code_topk_fast<'py>(
         .detach(|| fastscan::fast_topk(codes, &q, bits, &spans, &bounds, r, limit, portable))
         .map_err(|e| PyValueError::new_err(format!("code_topk_fast: {e}")))?;
     PyArray1::from_vec(py, out).reshape([nq, r])
+}
+
+/// A code scan's (start, len) spans and each query's bounds into them.
+type SpansAndBounds = (Vec<(usize, usize)>, Vec<usize>);
+
+/// The spans and per-query span bounds of a code scan, as `usize`.
+fn code_spans(
+    name: &str,
+    spans: &PyReadonlyArray2<'_, i64>,
+    bounds: &PyReadonlyArray1<'_, i64>,
+) -> PyResult<SpansAndBounds> {
+    let to_usize = |what: &str, v: &[i64]| {
+        v.iter()
+            .map(|&x| usize::try_from(x))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| PyValueError::new_err(format!("{name}: {what} must not be negative")))
+    };
+    let flat = to_usize("spans", &crate::rows(spans))?;
+    let spans = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    Ok((spans, to_usize("bounds", &rows_1d(bounds))?))
 }
 
 /// Slots as `usize`, each below `cap`.

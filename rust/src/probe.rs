@@ -8,6 +8,9 @@
 
 use std::cmp::Ordering;
 
+// The same eight-lane dot product the top-k kernels inline into their AVX2 wrappers.
+use crate::topk::dot;
+
 /// Why a probe selection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeError(pub String);
@@ -19,26 +22,6 @@ impl std::fmt::Display for ProbeError {
 }
 
 impl std::error::Error for ProbeError {}
-
-/// `<a, b>` with eight partial sums (vectorisable without reordering a serial sum).
-#[allow(clippy::inline_always)]
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 #[allow(clippy::inline_always)]
 #[inline(always)]
