@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amr_async.sandbox import NOT_GIVEN, AssertTest, CallTest, Status, same
+from amr_async.sandbox import NOT_GIVEN, AssertTest, CallTest, Status, asserts_of, same
 from amr_async.sandbox._judge import plan_assert, plan_call
 from amr_async.sandbox._sandbox import _Frames
 from amr_async.sandbox._worker import FRAME_MAGIC, Unencodable, decode, encode, frame
@@ -173,6 +173,50 @@ def test_probe_sources_are_the_tests_own_text() -> None:
     status, message, _ = p.judge([("v", encode("ü")), ("v", encode(3))])
     assert status is Status.FAILED
     assert "(obj\n    .attr) = 3" in message
+
+
+_ASSERT_FILES = [
+    "assert f(1) == 2\nassert  f(\n  2,\r\n 3) == [1,\n 2]\nx = 1; assert g('é') == 'ü'\r\n",
+    "assert h('\u2028') == 1  # a separator str.splitlines would cut at\nassert (a\n\x0c+ b)\n",
+    'assert f("é",  1) == "ü" and (obj\n    .attr) == 2, "msg"\ndef t():\n    pass\n',
+    "assert len(f()) == 2 and f()[0] in (1, 2)\nassert all(p(x) for x in [2, 3])\n",
+    "if True:\n    assert nested()\nassert g(\n    1) != 10 ** 10 ** 10\n",
+]
+
+
+@pytest.mark.parametrize("source", _ASSERT_FILES)
+def test_asserts_of_plans_each_assert_as_its_text_alone_would_be(source: str) -> None:
+    # Oracle: each top-level assert cut by the stdlib, then planned on its own.
+    import ast
+
+    expected = [
+        ast.get_source_segment(source, n)
+        for n in ast.parse(source).body
+        if isinstance(n, ast.Assert)
+    ]
+    assert [t.source for t in asserts_of(source, planned=False)] == expected
+    tests = asserts_of(source)
+    assert [t.source for t in tests] == expected
+    assert tests == [AssertTest(text) for text in expected if text]  # the plan is no field
+    for test in tests:
+        alone = plan_assert(AssertTest(test.source))
+        planned = plan_assert(test)
+        assert planned is test._plan  # no second parse
+        assert (planned.probes, planned.key, planned.judged_in) == (
+            alone.probes,
+            alone.key,
+            alone.judged_in,
+        )
+        for values in ([1] * len(alone.probes), [[1, 5]] * len(alone.probes)):
+            outcomes = [("v", encode(v)) for v in values]
+            assert planned.judge(outcomes) == alone.judge(outcomes)
+        outcomes = [("e", ["ValueError", "boom"])] * len(alone.probes)
+        assert planned.judge(outcomes) == alone.judge(outcomes)
+
+
+def test_asserts_of_refuses_a_file_that_does_not_parse() -> None:
+    with pytest.raises(SyntaxError):
+        asserts_of("assert broken(\n")
 
 
 def test_unsafe_parent_arithmetic_is_refused_not_run() -> None:

@@ -9,6 +9,7 @@ See `_judge` for why verdicts are computed in the parent and `_worker` for the
 process tree.
 """
 
+from amr_async.sandbox._judge import asserts_of as asserts_of
 from amr_async.sandbox._judge import same as same
 from amr_async.sandbox._sandbox import Sandbox as Sandbox
 from amr_async.sandbox._sandbox import SandboxError as SandboxError
@@ -35,6 +36,7 @@ __all__ = [
     "Status",
     "Test",
     "TestResult",
+    "asserts_of",
     "calibrated_time_limits",
     "same",
 ]

@@ -253,6 +253,22 @@ _ALL_METHODS = frozenset().union(*_METHODS.values())
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
+def _lines_of(source: str) -> list[bytes]:
+    """`source`'s lines as UTF-8 (the parser's offsets count bytes)."""
+    return [line.encode() for line in _LINE.findall(source)]
+
+
+def _cut(lines: list[bytes], node: ast.stmt) -> str:
+    """`node`'s own text, as `ast.get_source_segment` gives it (without splitting per node)."""
+    assert node.end_lineno is not None  # set by the parser
+    assert node.end_col_offset is not None
+    first, last = node.lineno - 1, node.end_lineno - 1
+    start, end = node.col_offset, node.end_col_offset
+    if first == last:
+        return lines[first][start:end].decode()
+    return b"".join([lines[first][start:], *lines[first + 1 : last], lines[last][:end]]).decode()
+
+
 class _Splitter:
     """Replace every sub-expression that needs the code by a probe placeholder.
 
@@ -261,10 +277,10 @@ class _Splitter:
     split over lines is parenthesised, so it compiles alone in "eval" mode.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, lines: list[bytes] | None = None) -> None:
         self.probes: list[str] = []
         self._source = source
-        self._lines: list[bytes] | None = None
+        self._lines = lines  # `source` split by `_lines_of`, when the caller has them
 
     def probe(self, node: ast.expr) -> ast.expr:
         self.probes.append(self._segment(node))
@@ -274,7 +290,7 @@ class _Splitter:
         if node.end_lineno is None or node.end_col_offset is None:
             return ast.unparse(node)  # not from the parser (cannot happen here)
         if self._lines is None:
-            self._lines = [line.encode() for line in _LINE.findall(self._source)]
+            self._lines = _lines_of(self._source)
         lines = self._lines
         first, last = node.lineno - 1, node.end_lineno - 1
         if first == last:  # offsets count UTF-8 bytes
@@ -515,7 +531,9 @@ def _assert_body(tree: ast.Module) -> list[ast.stmt]:
 
 
 def plan_assert(test: AssertTest) -> Plan:
-    """Plan an `AssertTest` (see the module docstring)."""
+    """Plan an `AssertTest` (see the module docstring); one made by `asserts_of` has its own."""
+    if isinstance(test._plan, Plan):
+        return test._plan
     try:
         tree = ast.parse(test.source)
     except SyntaxError as exc:
@@ -524,7 +542,41 @@ def plan_assert(test: AssertTest) -> Plan:
     body = _assert_body(tree)
     if not body or not all(isinstance(s, ast.Assert) for s in body):
         return _plan_in_sandbox(test, tree)
-    splitter = _Splitter(test.source)
+    return _plan_asserts(test.source, body, _Splitter(test.source))
+
+
+def asserts_of(source: str, *, planned: bool = True) -> list[AssertTest]:
+    """The top-level `assert` statements of `source`, one `AssertTest` each.
+
+    Each test's source is its statement's own text (what `ast.get_source_segment`
+    gives). With `planned`, each test also carries the plan `plan_assert` would make
+    from that text (the same probes, key and verdicts), made from this one parse of
+    `source`: `Sandbox.run` then parses nothing again, where it would parse every
+    assert alone.
+
+    Raises:
+        SyntaxError: `source` does not parse.
+    """
+    tree = ast.parse(source)
+    lines: list[bytes] | None = None
+    out: list[AssertTest] = []
+    for node in tree.body:
+        if not isinstance(node, ast.Assert):
+            continue
+        if lines is None:  # split once: `ast.get_source_segment` splits per node
+            lines = _lines_of(source)
+        text = _cut(lines, node)
+        if not planned:
+            out.append(AssertTest(text))
+            continue
+        # The statement's probes are cut from `source`'s lines at the node's own
+        # offsets: the same text as from `text` parsed alone.
+        out.append(AssertTest(text, _plan=_plan_asserts(text, [node], _Splitter(text, lines))))
+    return out
+
+
+def _plan_asserts(source: str, body: list[ast.stmt], splitter: _Splitter) -> Plan:
+    """The plan of a test made of the asserts `body` (parsed from `source`)."""
     checks: list[tuple[int, ast.expr, int, int]] = []
     for index, stmt in enumerate(body):
         assert isinstance(stmt, ast.Assert)
@@ -536,7 +588,7 @@ def plan_assert(test: AssertTest) -> Plan:
     def source_of(index: int) -> str:
         # Only messages show an assert's text: unparsed when a verdict needs it (from a
         # fresh parse, as `split` rewrote the tree), not for every test planned.
-        stmt = _assert_body(ast.parse(test.source))[index]
+        stmt = _assert_body(ast.parse(source))[index]
         assert isinstance(stmt, ast.Assert)
         return ast.unparse(stmt.test)
 
@@ -571,7 +623,7 @@ def plan_assert(test: AssertTest) -> Plan:
                 )
         return Status.PASSED, "", last
 
-    return Plan([("x", p) for p in probe_srcs], judge_asserts, key=test.source)
+    return Plan([("x", p) for p in probe_srcs], judge_asserts, key=source)
 
 
 def _plan_in_sandbox(test: AssertTest, tree: ast.Module) -> Plan:

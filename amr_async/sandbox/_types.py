@@ -67,9 +67,13 @@ class AssertTest:
     the calls into the code run in the sandbox and their values are compared
     outside it. Other sources (assignments, loops) run whole inside the sandbox
     and are reported with ``judged_in="sandbox"``.
+
+    `amr_async.sandbox.asserts_of` makes these from a whole tests file at once,
+    each with its plan (`_plan`, private: not part of equality or the repr).
     """
 
     source: str
+    _plan: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ such calls from many items into one thread hop and one call into the core.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import re
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.pipeline.strategies.base import ItemFailed
-from amr_async.sandbox import AssertTest, Job, JobResult, Limits, Sandbox
+from amr_async.sandbox import AssertTest, Job, JobResult, Limits, Sandbox, asserts_of
 from amr_async.teacher.types import Outcome
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -200,52 +199,35 @@ def stub_text(record: FunctionRecord) -> str:
     return f"{signature}\n{body}\n"
 
 
-def parse_asserts(text: str) -> list[str]:
-    """The top-level `assert` statements of a tests answer (its fenced blocks, or the text).
+def parse_tests(text: str) -> list[AssertTest]:
+    """The top-level `assert` statements of a tests answer (its fenced blocks, or the text),
+    each planned for the sandbox from this one parse (`amr_async.sandbox.asserts_of`).
 
     Statements that do not parse are dropped one block at a time (a block that does not
     parse gives no tests).
     """
-    out: list[str] = []
+    return _tests_in(text, planned=True)
+
+
+def parse_asserts(text: str) -> list[str]:
+    """The source of each test `parse_tests` finds (not planned: for callers that keep text)."""
+    return [t.source for t in _tests_in(text, planned=False)]
+
+
+def _tests_in(text: str, *, planned: bool) -> list[AssertTest]:
+    out: list[AssertTest] = []
     for block in _FENCE.findall(text) or [text]:
         try:
-            tree = ast.parse(block)
+            out.extend(asserts_of(block, planned=planned))
         except SyntaxError:
             continue
-        lines: list[bytes] | None = None
-        for node in tree.body:
-            if isinstance(node, ast.Assert):
-                if lines is None:  # split once: `ast.get_source_segment` splits per node
-                    lines = [line.encode() for line in _LINE.findall(block)]
-                segment = _segment(lines, node)
-                if segment:
-                    out.append(segment)
     return out
-
-
-# A line and its end, split as the parser splits (not `str.splitlines`: no \f, \v, ...).
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
-
-
-def _segment(lines: Sequence[bytes], node: ast.stmt) -> str:
-    """`ast.get_source_segment` over lines split once (UTF-8: offsets count bytes)."""
-    if node.end_lineno is None or node.end_col_offset is None:
-        return ""
-    first, last = node.lineno - 1, node.end_lineno - 1
-    if first == last:
-        return lines[first][node.col_offset : node.end_col_offset].decode()
-    parts = [
-        lines[first][node.col_offset :],
-        *lines[first + 1 : last],
-        lines[last][: node.end_col_offset],
-    ]
-    return b"".join(parts).decode()
 
 
 async def run_tests(
     sandbox: Sandbox,
     code: str,
-    asserts: Sequence[str],
+    asserts: Sequence[str | AssertTest],
     *,
     timeout_s: float | None = None,
     fail_fast: bool = False,
@@ -255,12 +237,13 @@ async def run_tests(
     Args:
         sandbox: where they run.
         code: the module under test.
-        asserts: one `assert` statement per test.
+        asserts: one `assert` statement per test (its text, or a test from `parse_tests`).
         timeout_s: per-test limit (CPU-time based; the sandbox default when None).
         fail_fast: stop at the first test that does not pass (the rest are skipped).
     """
     limits = Limits() if timeout_s is None else Limits(test_timeout_s=timeout_s)
-    job = Job(code=code, tests=[AssertTest(a) for a in asserts], limits=limits, fail_fast=fail_fast)
+    tests = [a if isinstance(a, AssertTest) else AssertTest(a) for a in asserts]
+    job = Job(code=code, tests=tests, limits=limits, fail_fast=fail_fast)
     return await sandbox.run(job)
 
 

@@ -48,7 +48,7 @@ from amr_async.pipeline.strategies._common import (
     ask,
     function_extractor,
     module_code,
-    parse_asserts,
+    parse_tests,
     run_tests,
     stub_text,
     verdict_summary,
@@ -327,14 +327,15 @@ class _Verify(_Stage):
         outcome, used = await self.shared.ask(
             teacher, "tests", item, "tests", function_name=record.name, code=code
         )
-        asserts = parse_asserts(outcome.text)
+        tests = parse_tests(outcome.text)  # parsed and planned once, here
+        asserts = [t.source for t in tests]
         entry["tests"] = len(asserts)
         if not asserts:
             entry.update(passed=False, reason="no_tests_parsed")
             return entry, code, asserts, outcome.text, used
         c = self.shared.config
         result = await run_tests(
-            self.shared.sandbox, code, asserts, timeout_s=c.test_timeout_s, fail_fast=True
+            self.shared.sandbox, code, tests, timeout_s=c.test_timeout_s, fail_fast=True
         )
         entry["passed"] = result.passed
         if not result.passed:
