@@ -210,6 +210,29 @@ def _starved_by(
     return min(max(limit - (cpu - test_cpu), 0.05), wall_left)
 
 
+async def _recv_line(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> bytes:
+    """The next line from `sock` (its newline included; what is left, at EOF); the bytes
+    after it stay in `buf`."""
+    while (end := buf.find(b"\n")) < 0:
+        chunk = await loop.sock_recv(sock, 4096)
+        if not chunk:
+            end = len(buf) - 1
+            break
+        buf += chunk
+    line = bytes(buf[: end + 1])
+    del buf[: end + 1]
+    return line
+
+
+async def _recv_rest(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> bytes:
+    """Everything `sock` sends until EOF, after what `buf` holds already."""
+    while chunk := await loop.sock_recv(sock, 1 << 16):
+        buf += chunk
+    rest = bytes(buf)
+    buf.clear()
+    return rest
+
+
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -593,8 +616,8 @@ class Sandbox:
         with contextlib.suppress(OSError):  # fewer reads and wake-ups for large values
             fcntl.fcntl(res_w, fcntl.F_SETPIPE_SZ, 1 << 20)
         ctl, ctl_child = socket.socketpair()
+        ctl.setblocking(False)
         proto: _Frames | None = None
-        writer: asyncio.StreamWriter | None = None
         report: dict[str, Any] = {}
         try:
             assert self._send_lock is not None
@@ -614,10 +637,14 @@ class Sandbox:
             ctl_child.close()
             proto = _Frames(res_r, lim.result_bytes, loop)
             res_r = -1  # `proto` owns it now
-            reader, writer = await asyncio.open_connection(sock=ctl)
+            # The control socket through the loop's socket calls, not a stream: a
+            # transport, protocol and reader per job, and a task per `wait_for`, cost
+            # the loop more than the two small messages it carries.
+            received = bytearray()
             hello: Any = {}
             with contextlib.suppress(TimeoutError, ValueError):
-                hello = json.loads(await asyncio.wait_for(reader.readline(), 30))
+                async with asyncio.timeout(30):
+                    hello = json.loads(await _recv_line(loop, ctl, received))
             pid = hello.get("pid") if isinstance(hello, dict) else None
             if "error" in hello:  # the zygote could not start the child
                 report = hello
@@ -626,10 +653,10 @@ class Sandbox:
                 outcome = await self._follow(run, start, proto, pid if type(pid) is int else None)
             # Done, failed fast, or out of time: the zygote kills the whole tree.
             with contextlib.suppress(ConnectionError):
-                writer.write(b"k")
-                await writer.drain()
+                await loop.sock_sendall(ctl, b"k")
             with contextlib.suppress(TimeoutError, ConnectionError, ValueError):
-                raw = await asyncio.wait_for(reader.read(), 30)
+                async with asyncio.timeout(30):
+                    raw = await _recv_rest(loop, ctl, received)
                 report = report or (json.loads(raw) if raw else {"error": "zygote vanished"})
             if self._isolation == "namespaces":
                 # The namespace is gone, so EOF is near; late records still count.
@@ -639,10 +666,7 @@ class Sandbox:
             self._consume(run, start, proto)
             return self._conclude(run, start, outcome, report), report
         finally:
-            if writer is not None:
-                writer.close()
-            else:
-                ctl.close()
+            ctl.close()
             ctl_child.close()
             if proto is not None:
                 proto.close()
