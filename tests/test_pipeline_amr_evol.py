@@ -440,6 +440,32 @@ def test_parse_asserts_gives_the_source_segments_ast_gives(text: str) -> None:
     assert parse_asserts(text) == expected
 
 
+async def test_parsed_tests_are_the_asserts_and_judge_as_their_text_does() -> None:
+    # `parse_tests` (one parse, planned) and `parse_asserts` (text) find the same asserts;
+    # run in the sandbox, the planned tests and their text give the same verdicts.
+    from amr_async.pipeline.strategies._common import parse_asserts, parse_tests, run_tests
+    from amr_async.sandbox import Sandbox
+
+    answer = (
+        "```python\nassert add(1, 2) == 3\nassert add(\n  2, 2) == 5, 'off'\n"
+        "x = 1; assert add('é', 'ü') == 'éü'\n```\n```python\nassert add(1 == \n```\n"
+        "```py\nassert add([1], [2]) == [1, 2]\nassert sub(1, 1) == 0\n```"
+    )
+    tests = parse_tests(answer)
+    assert [t.source for t in tests] == parse_asserts(answer)
+    assert len(tests) == 5
+    code = "def add(a, b):\n    return a + b\n"
+    async with Sandbox(parallelism=2, cache_size=0, isolation="none") as sandbox:
+        planned = await run_tests(sandbox, code, tests)
+        text = await run_tests(sandbox, code, [t.source for t in tests])
+    assert [(t.status, t.message, t.value) for t in planned.tests] == [
+        (t.status, t.message, t.value) for t in text.tests
+    ]
+    assert [str(t.status) for t in planned.tests] == [
+        "passed", "failed", "passed", "passed", "error",
+    ]  # fmt: skip
+
+
 async def test_sandbox_flags_reach_the_strategy_and_the_sandbox(tmp_path: Path) -> None:
     import contextlib
 
