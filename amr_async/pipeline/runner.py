@@ -645,14 +645,17 @@ class Runner:
             )
 
     def _bound(self, work: _Work, outputs: dict[str, Any]) -> None:
-        """Note what the item may still add at its window's merge, once the strategy knows."""
+        """Note what the item may still add at its window's merge, once the strategy knows
+        (asked again after each stage: a later bound is tighter, e.g. accepted modules only)."""
         window = work.window
-        if self._speculative is None or window is None or work.item.item_id in window.bounds:
+        if self._speculative is None or window is None:
             return
         bound = self._speculative.additions_bound(outputs)
         if bound is not None:
+            new = work.item.item_id not in window.bounds
             window.bounds[work.item.item_id] = bound
-            self._progress.set()
+            if new:
+                self._progress.set()
 
     # ---------------------------------------------------------------- reserve
 
