@@ -252,7 +252,7 @@ class Engine:
         if windowed is None:
             return await _run_item(strategy, teacher, item)
         async with self._window_lock:
-            await windowed.begin_window()
+            await windowed.begin_window(0)  # the item is line 1: window 0
             result: ItemResult | None = None
             try:
                 result = await _run_item(strategy, teacher, item)

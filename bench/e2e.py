@@ -117,13 +117,20 @@ _LAUNCHER = """
 import cProfile, dataclasses, json, os, resource, sys, time
 from amr_async.cli import main
 import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
-if "E2E_RESERVE" in os.environ:  # bench/e2e.py --reserve: RunSettings.reserve for A/B runs
-    from amr_async.pipeline.runner import Runner
-    runner_init = Runner.__init__
-    def init(self, *args, settings, **kwargs):
+from amr_async.pipeline.runner import Runner
+from amr_async.pipeline.strategies.amr_evol import AmrEvolStrategy
+runner_init, strategy_init, strategies = Runner.__init__, AmrEvolStrategy.__init__, []
+def init(self, *args, settings, **kwargs):  # --reserve / --speculate: RunSettings for A/B runs
+    if "E2E_RESERVE" in os.environ:
         settings = dataclasses.replace(settings, reserve=int(os.environ["E2E_RESERVE"]))
-        runner_init(self, *args, settings=settings, **kwargs)
-    Runner.__init__ = init
+    if "E2E_SPECULATE" in os.environ:
+        settings = dataclasses.replace(settings, speculate=os.environ["E2E_SPECULATE"] == "1")
+    runner_init(self, *args, settings=settings, **kwargs)
+Runner.__init__ = init
+def keep(self, *args, **kwargs):  # the strategy, for its speculation figures
+    strategy_init(self, *args, **kwargs)
+    strategies.append(self)
+AmrEvolStrategy.__init__ = keep
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
@@ -147,7 +154,8 @@ with open(sys.argv[1], "w") as f:
     json.dump({"seconds": time.perf_counter() - start,
                "engine_cpu_s": cpu(resource.RUSAGE_SELF) - own,
                "loop_cpu_s": time.thread_time() - loop,
-               "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN)}, f)
+               "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN),
+               "speculation": [dataclasses.asdict(s.speculation) for s in strategies]}, f)
 sys.exit(code)
 """.replace("BENCH_DIR", repr(str(Path(__file__).resolve().parent)))
 
@@ -162,6 +170,7 @@ def _one_run(
     profile: str = "-",
     timeline: str = "-",
     reserve: int | None = None,
+    speculate: bool | None = None,
 ) -> dict[str, Any]:
     out, journal, db = work / "out.jsonl", work / "journal.db", work / "db"
     costs = work / "costs.json"
@@ -176,6 +185,8 @@ def _one_run(
     env = {**os.environ, "OPENAI_API_KEY": "bench"}
     if reserve is not None:
         env["E2E_RESERVE"] = str(reserve)
+    if speculate is not None:
+        env["E2E_SPECULATE"] = "1" if speculate else "0"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -212,6 +223,7 @@ def _one_run(
         "engine_cpu_s": spent["engine_cpu_s"],
         "loop_cpu_s": spent["loop_cpu_s"],
         "sandbox_cpu_s": spent["sandbox_cpu_s"],
+        "speculation": (spent["speculation"] or [{}])[0],
         # The records in id order (lines come in finishing order) and the DB's modules:
         # equal hashes = the same outputs and DB (A/B runs of two versions of the code).
         "outputs_sha256": hashlib.sha256(
@@ -237,6 +249,13 @@ def main() -> None:
         type=int,
         help="the runner's RunSettings.reserve (0: pre-snapshot stages start at once, "
         "default: a quarter of the window, at least 4), for A/B runs",
+    )
+    parser.add_argument(
+        "--speculate",
+        type=int,
+        choices=(0, 1),
+        help="the runner's RunSettings.speculate (default 1: windows open speculatively), "
+        "for A/B runs",
     )
     parser.add_argument(
         "--profile",
@@ -279,6 +298,7 @@ def main() -> None:
                 results[label] = _one_run(
                     work, url, args.concurrency, args.window, isolation, extra,
                     reserve=args.reserve,
+                    speculate=None if args.speculate is None else bool(args.speculate),
                 )  # fmt: skip
             r = results[label]
             r["emulator_cpu_s"] = cpu.get("emulator_s", 0.0)
@@ -301,7 +321,9 @@ def main() -> None:
             with _emulator("0", {}) as url:
                 _one_run(
                     work, url, args.concurrency, args.window, "none", extra,
-                    reserve=args.reserve, **{kind: str(Path(target).resolve())},
+                    reserve=args.reserve,
+                    speculate=None if args.speculate is None else bool(args.speculate),
+                    **{kind: str(Path(target).resolve())},
                 )  # fmt: skip
             print(f"{kind} of the zero-latency run: {target}", file=sys.stderr)
             threads = Path(f"{Path(target).resolve()}.threads.json")
@@ -347,6 +369,11 @@ def main() -> None:
                 ),
                 "outputs_sha256": zero["outputs_sha256"],
                 "db_sha256": zero["db_sha256"],
+                # Windows opened before the one before them was merged, and their items'
+                # searches proven unchanged by what that merge may add / that waited for it.
+                "speculated_windows": zero["speculation"].get("windows", 0),
+                "speculation_proven": zero["speculation"].get("proven", 0),
+                "speculation_waited": zero["speculation"].get("waited", 0),
                 "loadavg": round(load, 2),
                 "items": int(zero["items"]),
                 "concurrency": args.concurrency,

@@ -7,6 +7,7 @@ quality is measured here: the emulator's answers come from a bank, not from a mo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -20,11 +21,17 @@ from amr_async.config import Config
 from amr_async.emulator import Bank
 from amr_async.emulator.scripted import ScriptedTeacher
 from amr_async.journal import Journal
-from amr_async.moduledb import HashEmbedder, Module, ModuleDB
+from amr_async.moduledb import HashEmbedder, Module, ModuleDB, SearchHit
 from amr_async.pipeline import JournaledTeacher, Runner, RunSettings
+from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptError, load_templates
 from amr_async.pipeline.cli import _strategy
-from amr_async.pipeline.strategies.amr_evol import AmrEvolConfig, AmrEvolStrategy
+from amr_async.pipeline.strategies._search import unchanged_by
+from amr_async.pipeline.strategies.amr_evol import (
+    AmrEvolConfig,
+    AmrEvolStrategy,
+    SpeculationStats,
+)
 from amr_async.pipeline.strategies.baselines import AnsRepairStrategy, CallSettings, CotStrategy
 from amr_async.sandbox import Sandbox
 from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
@@ -92,6 +99,8 @@ async def _run_amr(
     config: dict[str, Any] | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    speculate: bool = True,
+    stats: list[SpeculationStats] | None = None,
 ) -> tuple[Any, list[dict[str, Any]], list[tuple[str, str | None]], _Scripted]:
     double = double or _Scripted(bank)
     db = await ModuleDB.open(tmp / "db", HashEmbedder(256))
@@ -116,8 +125,10 @@ async def _run_amr(
                 input_path=tmp / "in.jsonl",
                 rejects_path=tmp / "rejects.jsonl",
                 run=run,
-                settings=RunSettings(concurrency=concurrency, batch_lines=8),
+                settings=RunSettings(concurrency=concurrency, batch_lines=8, speculate=speculate),
             )
+            if stats is not None:
+                stats.append(strategy.speculation)
             if stop_after is not None:
                 # Stop (as SIGTERM does) once this many calls were sent: mid-run, mid-window.
                 inner = double.send
@@ -271,6 +282,89 @@ async def test_same_input_same_db_and_outputs_at_concurrency_1_and_500(
     assert out1 == out500
     assert len(db1) > 1
     assert db1 == db500
+
+
+class _HoldsFirstTests(_Scripted):
+    """Holds the first tests call for a while: its window waits for it (as for a sandbox
+    job running to its CPU limit), so the windows after it open speculatively."""
+
+    def __init__(self, bank: Bank, **kw: Any) -> None:
+        super().__init__(bank, **kw)
+        self.held = False
+
+    async def send(self, request: ChatRequest) -> Outcome:
+        if not self.held and "### TASK: tests" in (request.system or "") + str(request.messages):
+            self.held = True
+            await asyncio.sleep(0.5)
+        return await super().send(request)
+
+
+async def test_speculative_windows_give_the_same_outputs_and_db(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    # Line 9 asks line 1's question again: its functions duplicate line 1's, which enter
+    # the DB at window 0's merge, so its novelty check must wait for that merge.
+    tasks = [*bank.tasks[60:68], bank.tasks[60], *bank.tasks[68:75]]
+    results = []
+    for speculate, concurrency in ((False, 1), (True, 16)):
+        tmp = tmp_path / f"{speculate}"
+        tmp.mkdir()
+        (tmp / "in.jsonl").write_bytes(
+            b"".join(
+                orjson.dumps({"id": f"t{i:02d}", "instruction": _instruction(t)}) + b"\n"
+                for i, t in enumerate(tasks)
+            )
+        )
+        stats: list[SpeculationStats] = []
+        _, records, rows, _ = await _run_amr(
+            tmp, bank, sandbox, concurrency=concurrency, window=4, speculate=speculate,
+            seed=[Module(code=bank.tasks[3].solution, verdict="pass")],
+            double=_HoldsFirstTests(bank, bug_rate=0.2), stats=stats,
+        )  # fmt: skip
+        results.append((_by_id(records), rows, stats[0]))
+    (plain, plain_db, off), (ahead, ahead_db, on) = results
+    assert off.windows == 0
+    assert on.windows >= 1
+    assert on.proven + on.waited >= 1
+    assert len(plain) == len(tasks)
+    assert plain == ahead
+    assert plain_db == ahead_db
+    again = plain["t08"]["candidates"]
+    assert again
+    assert all(c["novel"] is False for c in again)
+
+
+async def test_a_speculative_novelty_check_that_waits_sees_the_merge_it_waited_for(
+    tmp_path: Path, bank: Bank, sandbox: Sandbox
+) -> None:
+    code = "def add_up(xs):\n    return sum(xs)\n"
+    async with _open(tmp_path) as db:
+        strategy = AmrEvolStrategy(
+            AmrEvolConfig(model="m", window_size=1),
+            templates=load_templates(),
+            db=db,
+            sandbox=sandbox,
+        )
+        await strategy.begin_window(0)
+        # Window 1 opens while window 0 may still add `code`.
+        assert await strategy.speculate_window(1, [code])
+        extract = strategy.stages[4]
+        assert extract.name == "extract"
+        outputs = {"evolve": {"response": f"```python\n{code}```"}}
+        item = InputItem("b", 2, "again")
+        running = asyncio.create_task(extract.run(item, outputs, None))  # type: ignore[arg-type]
+        # It cannot prove `code` new (window 0 may add it), so it waits ...
+        while strategy.speculation.waited == 0:  # noqa: ASYNC110 - a test's poll
+            await asyncio.sleep(0.01)
+        assert not running.done()
+        # ... and window 0 adds it.
+        module = {"name": "f", "code": code, "tests": "assert True"}
+        await strategy.end_window([{"id": "a", "modules_verified": [module]}])
+        await strategy.begin_window(1)
+        result = await asyncio.wait_for(running, timeout=30)
+    assert result.output["functions"] == [
+        {"name": "add_up", "code": code, "known": "duplicate_ast:0"}
+    ]
 
 
 async def test_stop_and_resume_mid_run_gives_the_same_outputs_and_db(
@@ -530,11 +624,34 @@ async def test_run_command_starts_the_sandbox_at_the_first_window(tmp_path: Path
         assert isinstance(strategy, AmrEvolStrategy)
         sandbox = strategy._shared.sandbox
         assert sandbox.zygote_pid is None
-        await strategy.begin_window()
+        await strategy.begin_window(0)
         pid = sandbox.zygote_pid
         assert pid is not None
         os.kill(pid, 0)  # the zygote is alive (raises when it is not)
         await strategy.end_window([])
-        await strategy.begin_window()  # later windows find it started
+        await strategy.begin_window(1)  # later windows find it started
         assert sandbox.zygote_pid == pid
     assert sandbox.zygote_pid is None  # closed with the stack
+
+
+def _hit(score: float) -> SearchHit:
+    return SearchHit(score, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("scores", "best", "k", "min_similarity", "unchanged"),
+    [
+        ([0.9, 0.8], 0.7, 2, 0.0, True),  # below the k-th hit
+        ([0.9, 0.8], 0.799, 2, 0.0, False),  # within the f16 margin of it
+        ([0.9, 0.8], 0.85, 2, 0.0, False),  # would displace the k-th hit
+        ([0.9], 0.5, 2, 0.6, True),  # fewer than k hits: below min_similarity
+        ([0.9], 0.65, 2, 0.6, False),  # fewer than k hits: would join them
+        ([], float("-inf"), 1, -1.0, True),  # nothing ahead
+        ([], -0.5, 1, -1.0, False),  # an empty result gains anything that scores
+    ],
+)
+def test_a_search_is_unchanged_only_by_modules_scoring_below_its_floor(
+    scores: list[float], best: float, k: int, min_similarity: float, unchanged: bool
+) -> None:
+    row = [_hit(s) for s in scores]
+    assert unchanged_by(row, best, k, min_similarity) is unchanged

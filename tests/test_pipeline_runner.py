@@ -13,6 +13,7 @@ import pytest
 from amr_async.journal import Journal
 from amr_async.pipeline import ExitCode, InputItem, JournaledTeacher, Runner, RunSettings
 from amr_async.pipeline.strategies import ItemFailed, Stage, StageResult
+from amr_async.pipeline.strategies.base import WindowAbandoned
 from amr_async.teacher.types import ChatRequest, Message, Outcome, OutcomeKind, Provider, Usage
 
 
@@ -155,7 +156,7 @@ class _Windows(_TwoStages):
         super().__init__(set())
         self.started_at_open: list[set[str]] = []
 
-    async def begin_window(self) -> None:
+    async def begin_window(self, index: int) -> None:
         self.started_at_open.append({r.split(":")[1] for r in RAN if r.startswith("first:")})
 
     async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
@@ -276,3 +277,150 @@ def test_reserve_must_not_be_negative() -> None:
 def test_lookahead_must_be_positive() -> None:
     with pytest.raises(ValueError, match="lookahead"):
         RunSettings(lookahead=0)
+
+
+class _Speculating(_WideWindows):
+    """`_WideWindows` that supports speculation (`Speculative`): an item's bound is known
+    once its first stage is done; its gated stage waits for its window's real opening
+    unless the window's bound (given to `speculate_window`) is empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int]] = []
+        self.finals: dict[int, asyncio.Future[None]] = {}
+        self._stages = (_Ask("first"), _GatedAsk(self))
+
+    def final(self, index: int) -> asyncio.Future[None]:
+        return self.finals.setdefault(index, asyncio.get_running_loop().create_future())
+
+    async def begin_window(self, index: int) -> None:
+        self.events.append(("begin", index))
+        if not self.final(index).done():
+            self.final(index).set_result(None)
+
+    async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.events.append(("end", len(records)))
+
+    def additions_bound(self, outputs: Mapping[str, Any]) -> Sequence[str] | None:
+        return [f"added by {outputs['first']}"] if "first" in outputs else None
+
+    async def speculate_window(self, index: int, additions: Sequence[str]) -> bool:
+        self.events.append(("speculate", index))
+        self.bounds = list(additions)
+        return True
+
+    def abandon_windows(self) -> None:
+        self.events.append(("abandon", -1))
+        for future in self.finals.values():
+            if not future.done():
+                future.set_exception(WindowAbandoned())
+
+
+class _GatedAsk(_Ask):
+    """The second stage: when `hold` is set, waits for the window's real opening."""
+
+    def __init__(self, strategy: _Speculating) -> None:
+        super().__init__("second")
+        self.strategy = strategy
+        self.hold = False
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        if self.hold:
+            await self.strategy.final((item.line_no - 1) // 4)
+        return await super().run(item, outputs, teacher)
+
+
+async def _run_speculating(
+    tmp: Path, strategy: _Speculating, double: _Teacher, *, resume: bool = False, **kw: Any
+) -> tuple[Runner, Any]:
+    with Journal.open(tmp / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp / "out.jsonl", run_id="r", resume=resume)
+        teacher = JournaledTeacher(double.send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=strategy,
+            teacher=teacher,
+            input_path=tmp / "in.jsonl",
+            rejects_path=tmp / "rejects.jsonl",
+            run=run,
+            settings=RunSettings(concurrency=12, batch_lines=12, reserve=0, **kw),
+        )
+        return runner, await asyncio.wait_for(runner.run(), timeout=60)
+
+
+async def test_a_window_opens_speculatively_while_the_one_before_stalls(tmp_path: Path) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(12)]  # windows of four: i0-i3 | i4-i7 | i8-i11
+    _input(tmp_path, ids)
+    # i0's gated call is held until window 1's gated stages ran: only speculation gets there.
+    double = _Stalling({f"second:{i}" for i in ids[4:8]})
+    strategy = _Speculating()
+    _, report = await _run_speculating(tmp_path, strategy, double)
+    assert (report.done, report.exit_code) == (12, ExitCode.OK)
+    events = strategy.events
+    # Window 1 opened early, over window 0's bound; merges still came in order, and each
+    # window opened for real only after the one before it was merged.
+    assert events.index(("speculate", 1)) < events.index(("begin", 1))
+    assert [e for e in events if e[0] in ("begin", "end")] == [
+        ("begin", 0), ("end", 4), ("begin", 1), ("end", 4), ("begin", 2), ("end", 4),
+    ]  # fmt: skip
+    # Window 1's gated calls were answered while i0's was held.
+    answered = [text.split(":")[1] for text in double.sent if text.startswith("second:")]
+    assert answered.index("do i4") < answered.index("do i0")
+
+
+async def test_no_speculation_when_turned_off(tmp_path: Path) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(8)]
+    _input(tmp_path, ids)
+    strategy = _Speculating()
+    _, report = await _run_speculating(tmp_path, strategy, _Teacher(), speculate=False)
+    assert (report.done, report.exit_code) == (8, ExitCode.OK)
+    assert not [e for e in strategy.events if e[0] == "speculate"]
+
+
+async def test_a_stop_abandons_items_waiting_for_a_speculative_window(tmp_path: Path) -> None:
+    RAN.clear()
+    ids = [f"i{n}" for n in range(8)]
+    _input(tmp_path, ids)
+    double = _Stalling({"never"})  # i0's gated call waits until the test releases it
+    strategy = _Speculating()
+    strategy._stages[1].hold = True  # type: ignore[attr-defined]
+    stopper: asyncio.Task[None] | None = None
+
+    async def stop_when_window_1_waits(runner: Runner) -> None:
+        def waiting() -> bool:
+            started = sum(x.startswith("first:") for x in RAN)
+            return started == 8 and ("speculate", 1) in strategy.events
+
+        while not waiting():  # noqa: ASYNC110 - a test's poll of plain lists
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # window 1's items reach their gated stage and wait
+        runner.request_stop()
+        double.release.set()
+
+    original = Runner.run
+
+    async def run_and_stop(self: Runner) -> Any:
+        nonlocal stopper
+        stopper = asyncio.create_task(stop_when_window_1_waits(self))
+        return await original(self)
+
+    Runner.run = run_and_stop  # type: ignore[method-assign]
+    try:
+        _, report = await _run_speculating(tmp_path, strategy, double)
+    finally:
+        Runner.run = original  # type: ignore[method-assign]
+    assert stopper is not None
+    await stopper
+    assert report.exit_code == ExitCode.INTERRUPTED
+    assert ("abandon", -1) in strategy.events
+    assert not any(x.startswith("second:i") and int(x[8:]) >= 4 for x in RAN)
+    # The abandoned items stayed resumable: a resume finishes them.
+    RAN.clear()
+    _, report = await _run_speculating(tmp_path, _Speculating(), _Teacher(), resume=True)
+    assert report.exit_code == ExitCode.OK
+    assert report.done + report.already_done == 8
+    records = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert sorted(r["id"] for r in records) == ids

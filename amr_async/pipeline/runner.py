@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter, deque
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +31,14 @@ import orjson
 from amr_async.journal import CostTotals, ItemState, JournalError, RunJournal
 from amr_async.pipeline._input import DEFAULT_MAX_LINE_BYTES, InputItem, InputReader, Reject
 from amr_async.pipeline._teacher import BudgetExhausted, JournaledTeacher, TeacherUnavailable
-from amr_async.pipeline.strategies.base import DROPPED, ItemFailed, Strategy, Windowed
+from amr_async.pipeline.strategies.base import (
+    DROPPED,
+    ItemFailed,
+    Speculative,
+    Strategy,
+    WindowAbandoned,
+    Windowed,
+)
 
 
 class ExitCode(enum.IntEnum):
@@ -62,12 +69,16 @@ class RunSettings:
             (see `_windows_ahead`).
         reserve: windowed strategies only: the stages before the snapshot stage of items
             whose window is not open yet (the reserve) start only while fewer than this
-            many items are in progress counting the open window's unfinished items and
-            the reserve's running ones, oldest first; so the reserve fills the open
+            many items are in progress counting the open window's unfinished items (not
+            those of windows opened speculatively) and the reserve's running ones,
+            oldest first; so the reserve fills the open
             window's tail (e.g. one long sandbox job) instead of running all up front.
             None: a quarter of the window size, at least 4 (16 for windows of 64
             measured ~9% less wall time than 0 or 64 on the e2e benchmark, median of
             12 pairs); 0: no priority (the reserve starts at once).
+        speculate: strategies that support it (`Speculative`) only: open a window before
+            the one before it is merged, once what that one may still add is bounded (see
+            `Speculative`); the outputs are the same either way, only the wall time is not.
     """
 
     concurrency: int = 64
@@ -75,6 +86,7 @@ class RunSettings:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     lookahead: int | None = None
     reserve: int | None = None
+    speculate: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -117,6 +129,13 @@ class _Window:
     produced: bool = False  # the producer has moved past it
     opened: asyncio.Event = field(default_factory=asyncio.Event)  # snapshot taken
     complete: asyncio.Event = field(default_factory=asyncio.Event)  # nothing left to run
+    # Speculation (see `Speculative`): per item id, what it may still add at the merge
+    # (failed items: nothing), once known; `blind` when an item finished in an earlier
+    # attempt (its bound is not in memory: no later window speculates past this one).
+    bounds: dict[str, Sequence[str]] = field(default_factory=dict)
+    blind: bool = False
+    speculated: bool = False  # opened speculatively, or tried and refused
+    begun: bool = False  # opened for real: every window before it merged
 
     def set_produced(self) -> None:
         self.produced = True
@@ -171,6 +190,10 @@ class _Work:
 
 class _Stopped(Exception):
     """The run stopped while the item waited for its window: it stays for the resume."""
+
+
+# What the item's worker treats as "left at the gate for the resume".
+_LEFT_FOR_RESUME = (_Stopped, WindowAbandoned)
 
 
 def _windows_ahead(settings: RunSettings, window_size: int) -> int:
@@ -252,6 +275,11 @@ class Runner:
         self._gate = _gate_index(strategy) if self._windowed is not None else 0
         self._window: _Window | None = None
         self._open_windows: list[_Window] = []
+        self._speculative = (
+            strategy if isinstance(strategy, Speculative) and self.settings.speculate else None
+        )
+        # Set whenever a window may have become ready to open speculatively, or complete.
+        self._progress = asyncio.Event()
         self._windows: asyncio.Queue[_Window | None] = asyncio.Queue(
             maxsize=_windows_ahead(self.settings, self._window_size())
         )
@@ -280,6 +308,9 @@ class Runner:
             # Items waiting for their window's snapshot wake up and leave (resumable).
             for window in self._open_windows:
                 window.opened.set()
+            self._progress.set()
+            if self._speculative is not None:
+                self._speculative.abandon_windows()
             self._grant_reserve()
 
     def _window_size(self) -> int:
@@ -374,6 +405,7 @@ class Runner:
             finally:
                 if self._window is not None:
                     self._window.set_produced()
+                    self._progress.set()
                 if self._windowed is not None:
                     await self._windows.put(None)
                 for _ in range(concurrency):
@@ -420,6 +452,8 @@ class Runner:
                     continue
                 window = await self._enter_window(item) if self._windowed is not None else None
                 if state is not None and state.state in ("done", DROPPED):
+                    if window is not None:
+                        window.blind = True
                     self._report.already_done += 1
                     if state.state == DROPPED:  # the rejects file is rewritten every run
                         dropped_ids.append((item.line_no, item.item_id, state.reason or ""))
@@ -445,6 +479,7 @@ class Runner:
         if window is None or window.index != index:
             if window is not None:
                 window.set_produced()
+                self._progress.set()
             window = _Window(index)
             self._open_windows.append(window)
             if self._stop is not None:
@@ -464,10 +499,15 @@ class Runner:
         assert self._windowed is not None
         while (window := await self._windows.get()) is not None:
             if self._stop is None:
-                await self._windowed.begin_window()
+                await self._windowed.begin_window(window.index)
+            window.begun = True
             window.opened.set()
             self._grant_reserve()  # its items waiting in the reserve now go first
-            await window.complete.wait()
+            while not window.complete.is_set():
+                self._progress.clear()
+                await self._speculate()
+                if not window.complete.is_set():
+                    await self._progress.wait()
             await asyncio.gather(*window.finishing, return_exceptions=True)
             self._open_windows.remove(window)
             if self._stop is not None:
@@ -478,6 +518,30 @@ class Runner:
             if missing and run is not None:
                 records.update(await run.journal.read(run.load_records, missing))
             await self._windowed.end_window([records[i] for i in window.ids if i in records])
+
+    async def _speculate(self) -> None:
+        """Open the first unopened window speculatively if every window before it is bounded.
+
+        The windows before it are those not merged yet (the one being finished, and any
+        opened speculatively); their items' bounds together are what the merges until its
+        real opening may add (see `Speculative`). Tried once per window.
+        """
+        strategy = self._speculative
+        if strategy is None or self._stop is not None:
+            return
+        additions: list[str] = []
+        for window in self._open_windows:
+            if not window.opened.is_set():
+                if not window.speculated:
+                    window.speculated = True
+                    if await strategy.speculate_window(window.index, additions):
+                        window.opened.set()
+                        self._grant_reserve()
+                return
+            if window.blind or not window.produced or len(window.bounds) < len(window.ids):
+                return
+            for codes in window.bounds.values():
+                additions.extend(codes)
 
     # ---------------------------------------------------------------- workers
 
@@ -493,13 +557,14 @@ class Runner:
                 self.request_stop("teacher", str(exc))
             except JournalError as exc:
                 self.request_stop("storage", str(exc))
-            except _Stopped:
+            except _LEFT_FOR_RESUME:
                 pass  # left at the gate for the resume
             finally:
                 del self._in_flight[item.item_id]
                 if work.window is not None:
                     work.window.pending -= 1
                     work.window.check()
+                    self._progress.set()
                     self._grant_reserve()
 
     async def _process(self, work: _Work) -> None:
@@ -510,6 +575,7 @@ class Runner:
         last: str | None = state.stage if state is not None else None
         gated = work.window is None
         reserved = False  # counted in `_reserve_running`
+        self._bound(work, outputs)
         try:
             for index, stage in enumerate(stages):
                 if stage.name in outputs:
@@ -531,12 +597,15 @@ class Runner:
                 outputs[stage.name] = result.output
                 last = stage.name
                 self.stage_counts[stage.name] += 1
+                self._bound(work, outputs)
                 # The last stage's output travels in the final record instead.
                 if run is not None and index < len(stages) - 1:
                     run.record_stage(
                         item.item_id, item.line_no, stage.name, result.output, result.provenance
                     )
         except ItemFailed as exc:
+            if work.window is not None:
+                work.window.bounds[item.item_id] = ()  # a failed item adds nothing
             self._report.failed += 1
             if run is not None:
                 await run.fail_item(item.item_id, item.line_no, str(exc), stage=last)
@@ -578,13 +647,28 @@ class Runner:
                 ItemResult(item.item_id, item.line_no, item.instruction, record, verdict)
             )
 
+    def _bound(self, work: _Work, outputs: dict[str, Any]) -> None:
+        """Note what the item may still add at its window's merge, once the strategy knows
+        (asked again after each stage: a later bound is tighter, e.g. accepted modules only)."""
+        window = work.window
+        if self._speculative is None or window is None:
+            return
+        bound = self._speculative.additions_bound(outputs)
+        if bound is not None:
+            new = work.item.item_id not in window.bounds
+            window.bounds[work.item.item_id] = bound
+            if new:
+                self._progress.set()
+
     # ---------------------------------------------------------------- reserve
 
     def _reserve_open(self) -> bool:
         """Whether one more reserve item may run its pre-snapshot stages now."""
         busy = self._reserve_running
         for window in self._open_windows:
-            if window.opened.is_set():
+            # Not a speculative window's items: many of them wait for the real snapshot,
+            # and the reserve is there to fill exactly that wait.
+            if window.begun:
                 busy += window.pending
         return busy < self._reserve_limit
 

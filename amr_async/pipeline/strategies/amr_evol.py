@@ -11,9 +11,11 @@ Stages, each journaled so a resumed item restarts after its last completed one:
 ``evolve``     R_amr = teacher(I, stubs, modules) (stubs left out when
                `evolve_with_stubs` is off). Fallback: no function parses in the answer →
                keep R_d (provenance ``evolve: no_code_kept_direct``).
-``verify``     the functions of R_amr not in the snapshot (AST hash, then cosine <
-               `novelty_max_cosine`) get teacher-written assert tests (stage ``tests``)
-               run in the sandbox; those that pass are this item's accepted modules.
+``extract``    R_amr's top-level functions as modules (with the helpers they call), and
+               which of them the snapshot already knows (same AST hash, or cosine ≥
+               `novelty_max_cosine`).
+``verify``     the new ones get teacher-written assert tests (stage ``tests``) run in
+               the sandbox; those that pass are this item's accepted modules.
                Optionally (`final_check`) every generated test also runs against R_amr as
                a whole; with `drop_failed` a failing item's record is dropped: kept out of
                the output, listed with its reason in the rejects file.
@@ -24,6 +26,14 @@ DB growth is reproducible: the runner runs items in windows of `window_size` inp
 `end_window`
 adds the window's accepted modules in input order once every item of the window is
 finished. Size 1 is strictly online.
+
+While a window waits for its last items (typically one sandbox job running to its CPU
+limit), the next one may open speculatively (`Speculative`): its `retrieve` and `extract`
+search the DB as merged so far, plus, in the same hop, every module the unmerged windows
+may still add (the accepted modules of their finished items, the new functions of their
+items in `verify`). When none of those could enter a search's result (exact f16 index
+only: the proof needs exact scores), that result is the one the real snapshot gives;
+otherwise the stage waits for the real snapshot. Outputs never depend on it.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from functools import partial
 from typing import Any
 
 from amr_async.core import FunctionRecord, ast_hash
-from amr_async.moduledb import Module, ModuleDB, ModuleStore, Snapshot
+from amr_async.moduledb import Module, ModuleDB, ModuleStore, SearchHit, Snapshot
 from amr_async.pipeline._input import InputItem
 from amr_async.pipeline._prompts import PromptTemplate, code_block
 from amr_async.pipeline._teacher import JournaledTeacher
@@ -53,13 +63,47 @@ from amr_async.pipeline.strategies._common import (
     stub_text,
     verdict_summary,
 )
-from amr_async.pipeline.strategies._search import SnapshotSearcher
-from amr_async.pipeline.strategies.base import DROPPED, Stage, StageResult
+from amr_async.pipeline.strategies._search import (
+    F32,
+    SCORE_MARGIN,
+    SnapshotSearcher,
+    unchanged_by,
+)
+from amr_async.pipeline.strategies.base import DROPPED, Stage, StageResult, WindowAbandoned
 from amr_async.sandbox import Sandbox
 from amr_async.teacher.types import Outcome, OutcomeKind
 
 # A code's AST hash (None: unparseable) and the stored module (id, name) with that hash.
 _Known = tuple[str | None, tuple[int, str] | None]
+
+
+@dataclass(slots=True)
+class _View:
+    """How one window's items read the DB.
+
+    `final` resolves to the window's snapshot when it opens for real. A window opened
+    speculatively reads `base` (the DB as merged so far) and must prove that what the
+    windows before it may still add (`ahead`: AST hashes and vectors) cannot change a result.
+    """
+
+    final: asyncio.Future[Snapshot]
+    base: Snapshot | None = None
+    ahead_hashes: frozenset[str] = frozenset()
+    ahead_vectors: F32 | None = None
+
+    async def settled(self) -> Snapshot:
+        """The real snapshot (waits for the window to open; `WindowAbandoned` on a stop)."""
+        return await asyncio.shield(self.final)
+
+
+@dataclass(slots=True)
+class SpeculationStats:
+    """How speculation went (see `Speculative`): windows opened early, and how many
+    searches of their items were proven unchanged or waited for the real snapshot."""
+
+    windows: int = 0
+    proven: int = 0
+    waited: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +160,8 @@ class _Shared:
     db: ModuleDB
     sandbox: Sandbox
     run_id: str | None
-    snapshot: Snapshot | None = None
+    views: dict[int, _View] = field(default_factory=dict)  # by window index
+    speculation: SpeculationStats = field(default_factory=SpeculationStats)
     merges: list[dict[str, Any]] = field(default_factory=list)
     # Parsing and hashing batched across the items in flight (see `Coalescer`).
     functions_of: Coalescer[str, list[FunctionRecord]] = field(default_factory=function_extractor)
@@ -128,10 +173,12 @@ class _Shared:
         self.known_hash = Coalescer(partial(_hash_and_look_up, self.db.store))
         self.searcher = SnapshotSearcher(self.db)
 
-    def frozen(self) -> Snapshot:
-        if self.snapshot is None:
-            raise RuntimeError("amr-evol: no DB window is open (the runner calls begin_window)")
-        return self.snapshot
+    def view(self, item: InputItem) -> _View:
+        """The view of the item's window (lines `w*size+1 ... (w+1)*size` are window w)."""
+        view = self.views.get((item.line_no - 1) // self.config.window_size)
+        if view is None:
+            raise RuntimeError("amr-evol: the item's DB window is not open (see begin_window)")
+        return view
 
     def ask(
         self, teacher: JournaledTeacher, kind: str, item: InputItem, stage: str, **values: str
@@ -198,14 +245,10 @@ class _Retrieve(_Stage):
     async def run(
         self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
     ) -> StageResult:
-        c = self.shared.config
         stubs: list[str] = outputs["decompose"]["stubs"]
         by = "stubs" if stubs else "direct_answer"
         queries = stubs or [answer_code(outputs["direct"]["response"])]
-        snapshot = self.shared.frozen()
-        hits = await self.shared.searcher.search(
-            snapshot, queries, k=c.k, min_similarity=c.min_similarity
-        )
+        hits = await self._search(self.shared.view(item), queries)
         seen: set[int] = set()
         modules: list[dict[str, Any]] = []
         for query_index, row in enumerate(hits):
@@ -222,8 +265,26 @@ class _Retrieve(_Stage):
                         "code": hit.module.code,
                     }
                 )
-        out = {"by": by, "snapshot_modules": len(snapshot), "modules": modules}
+        out = {"by": by, "modules": modules}
         return StageResult(out, {"by": by, "retrieved": len(modules)})
+
+    async def _search(self, view: _View, queries: list[str]) -> list[list[SearchHit]]:
+        """The window snapshot's hits; ahead of it when proven the same (see `_View`)."""
+        s, c = self.shared, self.shared.config
+        if view.base is not None and not view.final.done():
+            assert view.ahead_vectors is not None
+            hits, best = await s.searcher.search_ahead(
+                view.base, queries, view.ahead_vectors, k=c.k, min_similarity=c.min_similarity
+            )
+            if all(
+                unchanged_by(row, b, c.k, c.min_similarity)
+                for row, b in zip(hits, best, strict=True)
+            ):
+                s.speculation.proven += 1
+                return hits
+            s.speculation.waited += 1
+        snapshot = await view.settled()
+        return await s.searcher.search(snapshot, queries, k=c.k, min_similarity=c.min_similarity)
 
 
 class _Evolve(_Stage):
@@ -250,6 +311,94 @@ class _Evolve(_Stage):
         return StageResult(out, {"fallback": fallback})
 
 
+class _Extract(_Stage):
+    name = "extract"
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        s = self.shared
+        functions = await s.functions_of(outputs["evolve"]["response"])
+        codes = [module_code(r, functions) for r in functions]
+        # Novelty of all the answer's functions at once (one thread hop, one search).
+        known = await self._known(codes, s.view(item))
+        out = {
+            "functions": [
+                {"name": r.name, "code": code, "known": reason}
+                for r, code, reason in zip(functions, codes, known, strict=True)
+            ]
+        }
+        return StageResult(out, {"functions": len(codes), "new": known.count(None)})
+
+    async def _known(self, codes: list[str], view: _View) -> list[str | None]:
+        """Why each of `codes` is not new to the window's snapshot, or None when it is."""
+        if not codes:
+            return []
+        s = self.shared
+        looked_up = await s.known_hash.many(codes)
+        if view.base is not None and not view.final.done():
+            reasons = await self._novelty(codes, looked_up, view.base, view)
+            if reasons is not None:
+                s.speculation.proven += 1
+                return reasons
+            s.speculation.waited += 1
+            snapshot = await view.settled()
+            # Looked up again: the merges just waited for may have stored one of them.
+            looked_up = await s.known_hash.many(codes)
+        else:
+            snapshot = await view.settled()
+        reasons = await self._novelty(codes, looked_up, snapshot, None)
+        assert reasons is not None
+        return reasons
+
+    async def _novelty(
+        self,
+        codes: list[str],
+        looked_up: list[_Known],
+        snapshot: Snapshot,
+        ahead: _View | None,
+    ) -> list[str | None] | None:
+        """`_known` against `snapshot`; with `ahead`, None unless proven unchanged by what
+        the windows before may still add."""
+        reasons: list[str | None] = [None] * len(codes)
+        unknown: list[int] = []
+        for i, (code_hash, found) in enumerate(looked_up):
+            if code_hash is None:
+                reasons[i] = "unparseable"
+                continue
+            if ahead is not None and code_hash in ahead.ahead_hashes:
+                return None
+            # The hash index covers the live DB; only modules inside the snapshot count.
+            if found is not None and found[0] < len(snapshot):
+                reasons[i] = f"duplicate_ast:{found[0]}"
+            else:
+                unknown.append(i)
+        if not unknown:
+            return reasons
+        texts = [codes[i] for i in unknown]
+        threshold = self.shared.config.novelty_max_cosine
+        if ahead is None:
+            hits = await self.shared.searcher.search(snapshot, texts, k=1)
+        else:
+            assert ahead.ahead_vectors is not None
+            hits, best = await self.shared.searcher.search_ahead(
+                snapshot, texts, ahead.ahead_vectors, k=1
+            )
+            for row, b in zip(hits, best, strict=True):
+                top = row[0].score if row else float("-inf")
+                # Unchanged top hit, or no hit of either kind reaches the threshold.
+                if not (
+                    unchanged_by(row, b, 1, -1.0)
+                    or (top < threshold and b < threshold - SCORE_MARGIN)
+                ):
+                    return None
+        for i, row in zip(unknown, hits, strict=True):
+            if row and row[0].score >= threshold:
+                hit = row[0]
+                reasons[i] = f"near_duplicate:{hit.module.id}:{hit.score:.3f}"
+        return reasons
+
+
 class _Verify(_Stage):
     name = "verify"
 
@@ -259,16 +408,10 @@ class _Verify(_Stage):
         s = self.shared
         c = s.config
         response: str = outputs["evolve"]["response"]
-        functions = await s.functions_of(response)
-        codes = [module_code(r, functions) for r in functions]
-        # Novelty of all the answer's functions at once (one thread hop, one search), then
-        # the novel ones are tested and run concurrently; results in answer order.
-        known = await self._known(codes, s.frozen())
-        jobs = [
-            self._check(item, teacher, r, code, reason)
-            for r, code, reason in zip(functions, codes, known, strict=True)
-        ]
-        if known.count(None) > 1:
+        functions: list[dict[str, Any]] = outputs["extract"]["functions"]
+        # The new functions are tested and run concurrently; results in answer order.
+        jobs = [self._check(item, teacher, f["name"], f["code"], f["known"]) for f in functions]
+        if sum(f["known"] is None for f in functions) > 1:
             checks = await asyncio.gather(*jobs)
         else:  # nothing to overlap: plain awaits spare a task per function
             checks = [await job for job in jobs]
@@ -277,15 +420,15 @@ class _Verify(_Stage):
         accepted: list[dict[str, Any]] = []
         all_tests: list[str] = []
         raw_tests: dict[str, str] = {}
-        for record, (entry, code, asserts, raw, used) in zip(functions, checks, strict=True):
+        for f, (entry, code, asserts, raw, used) in zip(functions, checks, strict=True):
             candidates.append(entry)
             if raw is None:
                 continue
             usage = add_usage(usage, used)
-            raw_tests[record.name] = raw
+            raw_tests[f["name"]] = raw
             all_tests.extend(asserts)
             if entry.get("passed"):
-                accepted.append({"name": record.name, "code": code, "tests": "\n".join(asserts)})
+                accepted.append({"name": f["name"], "code": code, "tests": "\n".join(asserts)})
         out: dict[str, Any] = {
             "candidates": candidates,
             "accepted": accepted,
@@ -311,7 +454,7 @@ class _Verify(_Stage):
         self,
         item: InputItem,
         teacher: JournaledTeacher,
-        record: FunctionRecord,
+        name: str,
         code: str,
         known: str | None,
     ) -> tuple[dict[str, Any], str, list[str], str | None, dict[str, Any]]:
@@ -319,13 +462,13 @@ class _Verify(_Stage):
 
         A function the snapshot knows (`known` says why) gets no tests call (raw answer None).
         """
-        entry: dict[str, Any] = {"name": record.name}
+        entry: dict[str, Any] = {"name": name}
         if known is not None:
             entry.update(novel=False, reason=known)
             return entry, code, [], None, {}
         entry["novel"] = True
         outcome, used = await self.shared.ask(
-            teacher, "tests", item, "tests", function_name=record.name, code=code
+            teacher, "tests", item, "tests", function_name=name, code=code
         )
         tests = parse_tests(outcome.text)  # parsed and planned once, here
         asserts = [t.source for t in tests]
@@ -341,31 +484,6 @@ class _Verify(_Stage):
         if not result.passed:
             entry["reason"] = "tests_failed"
         return entry, code, asserts, outcome.text, used
-
-    async def _known(self, codes: Sequence[str], snapshot: Snapshot) -> list[str | None]:
-        """Why each of `codes` is not new to the snapshot, or None when it is."""
-        if not codes:
-            return []
-        looked_up = await self.shared.known_hash.many(codes)
-        reasons: list[str | None] = [None] * len(codes)
-        unknown: list[int] = []
-        for i, (code_hash, found) in enumerate(looked_up):
-            if code_hash is None:
-                reasons[i] = "unparseable"
-                continue
-            # The hash index covers the live DB; only modules inside the snapshot count.
-            if found is not None and found[0] < len(snapshot):
-                reasons[i] = f"duplicate_ast:{found[0]}"
-            else:
-                unknown.append(i)
-        if unknown:
-            hits = await self.shared.searcher.search(snapshot, [codes[i] for i in unknown], k=1)
-            threshold = self.shared.config.novelty_max_cosine
-            for i, row in zip(unknown, hits, strict=True):
-                if row and row[0].score >= threshold:
-                    hit = row[0]
-                    reasons[i] = f"near_duplicate:{hit.module.id}:{hit.score:.3f}"
-        return reasons
 
 
 def _hash_and_look_up(store: ModuleStore, codes: Sequence[str]) -> list[_Known]:
@@ -384,6 +502,13 @@ def _hash_and_look_up(store: ModuleStore, codes: Sequence[str]) -> list[_Known]:
         code_hash = hashes.get(code)
         out.append((code_hash, stored.get(code_hash) if code_hash is not None else None))
     return out
+
+
+def _ahead(searcher: SnapshotSearcher, codes: list[str]) -> tuple[frozenset[str], F32]:
+    """AST hashes (as `_hash_and_look_up` computes them) and vectors of `codes`."""
+    parseable = [code for code in codes if _defines_a_function(code)]
+    hashes = ast_hash(parseable, include_name=False, threads=1) if parseable else []
+    return frozenset(h for h in hashes if h is not None), searcher.embed_ahead(codes)
 
 
 def _defines_a_function(code: str) -> bool:
@@ -429,6 +554,7 @@ class AmrEvolStrategy:
             _Decompose(self._shared),
             _Retrieve(self._shared),
             _Evolve(self._shared),
+            _Extract(self._shared),
             _Verify(self._shared),
         )
 
@@ -445,8 +571,8 @@ class AmrEvolStrategy:
         """One summary per window merged in this attempt (added ids, rejections)."""
         return self._shared.merges
 
-    async def begin_window(self) -> None:
-        """Freeze the DB as the next window's items will see it.
+    async def begin_window(self, index: int) -> None:
+        """Freeze the DB as window `index`'s items will see it.
 
         The sandbox is started here if it is not yet (a no-op after the first window): the
         runner calls this for the first window while the first items' `direct` calls run,
@@ -456,7 +582,45 @@ class AmrEvolStrategy:
             SandboxError: the sandbox could not start.
         """
         await self._shared.sandbox.start()
-        self._shared.snapshot = self._shared.db.snapshot()
+        snapshot = self._shared.db.snapshot()
+        view = self._shared.views.get(index)
+        if view is None:
+            future = asyncio.get_running_loop().create_future()
+            self._shared.views[index] = _View(future)
+            future.set_result(snapshot)
+        elif not view.final.done():  # opened speculatively: now for real
+            view.final.set_result(snapshot)
+
+    def additions_bound(self, outputs: Mapping[str, Any]) -> Sequence[str] | None:
+        """The accepted modules once verified; before that, the new functions once extracted."""
+        if "verify" in outputs:
+            return [m["code"] for m in outputs["verify"]["accepted"]]
+        if "extract" in outputs:
+            return [f["code"] for f in outputs["extract"]["functions"] if f["known"] is None]
+        return None
+
+    async def speculate_window(self, index: int, additions: Sequence[str]) -> bool:
+        """Open window `index` over the DB as merged so far (see the module docstring)."""
+        s = self._shared
+        if not s.searcher.can_search_ahead:
+            return False
+        hashes, vectors = await asyncio.to_thread(_ahead, s.searcher, list(additions))
+        future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        s.views[index] = _View(future, s.db.snapshot(), hashes, vectors)
+        s.speculation.windows += 1
+        return True
+
+    def abandon_windows(self) -> None:
+        """Stages waiting for a speculatively opened window raise `WindowAbandoned`."""
+        for view in self._shared.views.values():
+            if not view.final.done():
+                view.final.set_exception(WindowAbandoned())
+                view.final.exception()  # retrieved: no "never retrieved" log if none waits
+
+    @property
+    def speculation(self) -> SpeculationStats:
+        """How speculation went in this attempt."""
+        return self._shared.speculation
 
     async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Merge the accepted modules of the window's finished records (input order)."""
@@ -485,7 +649,9 @@ class AmrEvolStrategy:
                 "rejected": len(result.rejected) if result else 0,
             }
         )
-        self._shared.snapshot = None
+        # Windows end in order: the one ending is the oldest open one.
+        if self._shared.views:
+            del self._shared.views[min(self._shared.views)]
 
     def record(self, item: InputItem, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         c = self.config

@@ -83,8 +83,44 @@ class Windowed(Protocol):
     @property
     def window_size(self) -> int: ...
 
-    async def begin_window(self) -> None: ...
+    async def begin_window(self, index: int) -> None:
+        """Window `index` (0-based) reads the state as it is now: every earlier window merged."""
+        ...
 
     async def end_window(self, records: Sequence[Mapping[str, Any]]) -> None:
         """The window's finished records, in input order (failed items have none)."""
+        ...
+
+
+class WindowAbandoned(Exception):
+    """The run stopped while a stage waited for its window's state; the item stays resumable."""
+
+
+@runtime_checkable
+class Speculative(Windowed, Protocol):
+    """A windowed strategy whose items may start their gated stages before their window opens.
+
+    Window w's state is the state after windows < w merged. While an earlier window waits
+    for its last items (e.g. one sandbox job running to its CPU limit), the runner may open
+    w speculatively: once every item of every unmerged window before w has a bound on what
+    it may add (`additions_bound`), it calls `speculate_window` with all those bounds, and
+    the gated stages of w's items run against the state as merged so far. Each such stage
+    must return exactly what it would return once w opens for real: it proves that nothing
+    in the bound changes its result, or waits for `begin_window(w)` and computes again
+    (raising `WindowAbandoned` if the run stops first). Outputs therefore never depend on
+    speculation, only the wall time does.
+    """
+
+    def additions_bound(self, outputs: Mapping[str, Any]) -> Sequence[str] | None:
+        """What an item with these completed stage outputs may still add at its window's
+        merge (a superset: module codes), or None while that is not known yet."""
+        ...
+
+    async def speculate_window(self, index: int, additions: Sequence[str]) -> bool:
+        """Open window `index` over the state merged so far, given every module code the
+        windows still unmerged before it may add; False: cannot (the runner waits)."""
+        ...
+
+    def abandon_windows(self) -> None:
+        """The run stops: stages waiting for their window to open raise `WindowAbandoned`."""
         ...
