@@ -665,7 +665,7 @@ const PREFETCH_ROWS: usize = 8;
 /// Ask for every cache line of `bytes` bytes at `ptr` (a hint: no fault, no effect on results).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn prefetch(ptr: *const u8, bytes: usize) {
+pub(crate) fn prefetch(ptr: *const u8, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let mut off = 0;
     while off < bytes {
@@ -677,7 +677,7 @@ fn prefetch(ptr: *const u8, bytes: usize) {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn prefetch(_ptr: *const u8, _bytes: usize) {}
+pub(crate) fn prefetch(_ptr: *const u8, _bytes: usize) {}
 
 /// Start address and byte length of row `r` (for prefetching).
 fn row_span(matrix: Matrix<'_>, dim: usize, r: usize) -> (*const u8, usize) {
