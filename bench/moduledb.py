@@ -279,9 +279,18 @@ def measure(
     reranks: list[int],
     query_bits: list[int],
     vector_dtype: str,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
-    path = tmp / f"{index}-{size}"
-    built = build(path, vectors[:size], index, threads, vector_dtype)
+    path = (keep or tmp) / f"{index}-{size}-{vector_dtype}"
+    marker = path / "bench-build.json"  # the fill's figures, next to a kept DB
+    if keep is not None and marker.exists():
+        built = json.loads(marker.read_text())
+    else:
+        if path.exists():  # a kept DB whose fill did not finish
+            shutil.rmtree(path)
+        built = build(path, vectors[:size], index, threads, vector_dtype)
+        if keep is not None:
+            marker.write_text(json.dumps(built))
     qfile = queries_file
     if index == "exact" and size > 100_000 and len(truth) > exact_queries:
         # A full scan per query: fewer queries keep the run short; recall is 1 by design.
@@ -326,7 +335,8 @@ def measure(
     files = {p.name: p.stat().st_size for p in path.iterdir()}
     index_file = sum(v for name, v in files.items() if name.startswith("index."))
     vector_file = sum(v for name, v in files.items() if name.startswith("vectors."))
-    shutil.rmtree(path)
+    if keep is None:
+        shutil.rmtree(path)
     return {
         "index": index,
         "size": size,
@@ -420,6 +430,15 @@ def main() -> None:
         f"{IVF_QUERY_BITS})",
     )
     parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="build the DBs in DIR and keep them; a later run with the same DIR reuses a DB "
+        "already built there (same index, size and vector dtype; its fill figures are the "
+        "stored ones) and measures only reopen and queries",
+    )
+    parser.add_argument(
         "--child",
         nargs=8,
         metavar=("PATH", "INDEX", "QUERIES", "THREADS", "EF", "NPROBE", "RERANK", "BITS"),
@@ -467,6 +486,8 @@ def main() -> None:
     vectors = synthetic(max(sizes), seed=1, iid=args.iid)
     queries = synthetic(args.queries, seed=2, iid=args.iid)
     results: list[dict[str, Any]] = []
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-moduledb-") as tmpdir:
         tmp = Path(tmpdir)
         qfile = tmp / "queries.npy"
@@ -496,6 +517,7 @@ def main() -> None:
                         reranks,
                         query_bits,
                         args.vector_dtype,
+                        args.keep,
                     )
                     res = {**res, "size": size, "measured_size": cap, "capped": True}
                     done[index] = res
@@ -514,6 +536,7 @@ def main() -> None:
                         reranks,
                         query_bits,
                         args.vector_dtype,
+                        args.keep,
                     )
                     done[index] = res
                 results.append(res)

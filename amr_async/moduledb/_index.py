@@ -342,7 +342,9 @@ IVF_TRAIN_ITERS = 5
 # survive retraining unchanged.
 # Candidates re-ranked exactly per query (`StoreConfig.rerank`; 0: scan the lists exactly).
 # At 1M, nprobe 256: rerank 256 / 512 gave recall 0.964 / 0.964 (128 at nprobe 320: 0.977
-# vs 0.981); the exact list scan 0.964-0.965, so 256 loses nothing measurable.
+# vs 0.981); the exact list scan 0.964-0.965, so 256 loses nothing measurable. Fewer
+# (2,263 lists, nprobe 256): 192 / 128 / 64 gave 0.962 / 0.959 / 0.932 (nprobe 224: 0.953 /
+# 0.9495 / 0.9245); 128 would cut p50 by ~0.3-0.6 ms under load at 0.005 of recall.
 IVF_RERANK = 256
 # Bits per coordinate of the rotated query in the code estimate (1-8). At 1M, nprobe 256,
 # rerank 256: 4 bits 0.964 recall at 4.6 ms CPU, 1 bit (sign codes, Hamming-like) 0.945 at
@@ -354,6 +356,18 @@ IVF_RERANK = 256
 # 256 spans, one thread, load 10) 1.3-1.4 ms CPU per query against 2.4 ms row-major: the
 # scattered lists' memory reads bound it now (a software prefetch of each next list's first
 # 2 KB gave nothing measurable: 1.41 vs 1.40 ms median of four).
+# Breakdown of one 1M query (2,263 lists, nprobe 256: 114k rows; load 3-4, 2026-11-27,
+# first pass over 200 queries, median µs): probe 434, scan 946, re-rank 446 (27 minor page
+# faults: the f16 rows' first touch in this process, 64 KB fault-around each), Python glue
+# ~200; 1.0 of 2.6 ms CPU on the calling thread, the rest the scan's second rayon thread.
+# Since then: the probe's dot products run four centroids per AVX2 pass (140 vs 225-260
+# µs CPU), the scan's tasks share the r-th-best floor (a late task no longer refills its
+# pool: -40-50 % CPU when the rows are cached, -10 % when not) and prefetch two blocks
+# ahead (-4 %), and the re-rank's 256 rows are split over both threads. Same results; A/B on
+# one kept DB, load 1.3-1.7, two runs each: p50 3.97 / 3.30 -> 2.54 / 2.13 ms at nprobe 256,
+# rerank 256 (CPU 4.6 / 3.8 -> 3.8 / 3.3 ms). Pre-faulting the vector file (MAP_POPULATE,
+# MADV_POPULATE_READ) would remove the faults but make the whole file resident (+768 B per
+# module at 384-d f16): the RSS goal rules it out.
 IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED

@@ -17,9 +17,13 @@
 //! by inverted list; `ids` maps an arena row to the vector's id. Work is split over rayon
 //! threads by groups of spans; each group keeps its best `r`, merged at the end. The order
 //! is total (estimate descending, then id ascending), so results never depend on threads.
+//! A query's groups share a [`Bound`]: the best `r`-th estimate any of them has seen, a
+//! floor below which no row can enter the final `r`, so a group started late does not
+//! refill its buffer from scratch; it only drops rows, so it changes no result.
 
 use rayon::prelude::*;
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 
 /// Rows per parallel task: large enough that a task's overhead (~µs) is small against
 /// its scan (~5 ns per row), small enough to balance two threads on one query.
@@ -196,8 +200,16 @@ impl Pool {
         if self.items.len() > self.r {
             self.items.select_nth_unstable_by(self.r - 1, better);
             self.items.truncate(self.r);
-            self.threshold = self.items[self.r - 1].est;
+            // An adopted floor may exceed the r-th best of the rows kept from before it.
+            self.threshold = self.threshold.max(self.items[self.r - 1].est);
         }
+    }
+
+    /// Raise the admission threshold to the shared floor (rows below it cannot enter the
+    /// query's final `r`, whichever group holds them).
+    #[inline]
+    pub(crate) fn adopt(&mut self, bound: &Bound) {
+        self.threshold = self.threshold.max(bound.get());
     }
 
     fn merge(mut self, other: Self) -> Self {
@@ -211,6 +223,39 @@ impl Pool {
         self.prune();
         self.items.sort_unstable_by(better);
         self.items
+    }
+}
+
+/// A query's floor shared by its parallel groups: the highest `r`-th best estimate any
+/// group's pool has reached (an `f32` in an atomic; relaxed order suffices, as any value a
+/// group reads is a valid floor).
+pub(crate) struct Bound(AtomicU32);
+
+impl Bound {
+    fn new() -> Self {
+        Self(AtomicU32::new(f32::NEG_INFINITY.to_bits()))
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(AtomicOrdering::Relaxed))
+    }
+
+    /// Raise the floor to `v` (no effect when `v` is lower or NaN).
+    #[inline]
+    pub(crate) fn raise(&self, v: f32) {
+        let mut cur = self.0.load(AtomicOrdering::Relaxed);
+        while v > f32::from_bits(cur) {
+            match self.0.compare_exchange_weak(
+                cur,
+                v.to_bits(),
+                AtomicOrdering::Relaxed,
+                AtomicOrdering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
     }
 }
 
@@ -432,14 +477,14 @@ pub fn code_topk(
         bounds,
         r,
         TASK_ROWS,
-        |qi, s| scan_spans(codes, &planes[qi], s, r, limit),
+        |qi, s, _| scan_spans(codes, &planes[qi], s, r, limit),
     ))
 }
 
 /// Split `q` queries' spans (`spans[bounds[i]..bounds[i + 1]]` for query `i`) into tasks of
-/// about `task_rows` rows, run `scan(query, spans)` on each (over rayon threads when the
-/// call holds two tasks' rows or more), merge each query's pools and return `q × r` ids,
-/// -1 padded.
+/// about `task_rows` rows, run `scan(query, spans, floor)` on each (over rayon threads when
+/// the call holds two tasks' rows or more; `floor` is the query's shared [`Bound`], which
+/// a scan may use to skip rows), merge each query's pools and return `q × r` ids, -1 padded.
 pub(crate) fn run_tasks<F>(
     q: usize,
     spans: &[(usize, usize)],
@@ -449,7 +494,7 @@ pub(crate) fn run_tasks<F>(
     scan: F,
 ) -> Vec<i64>
 where
-    F: Fn(usize, &[(usize, usize)]) -> Pool + Sync,
+    F: Fn(usize, &[(usize, usize)], &Bound) -> Pool + Sync,
 {
     let mut out = vec![-1i64; q * r];
     if r == 0 || q == 0 {
@@ -474,7 +519,8 @@ where
             total += rows;
         }
     }
-    let run = |&(qi, s): &(usize, &[(usize, usize)])| (qi, scan(qi, s));
+    let floors: Vec<Bound> = (0..q).map(|_| Bound::new()).collect();
+    let run = |&(qi, s): &(usize, &[(usize, usize)])| (qi, scan(qi, s, &floors[qi]));
     let pools: Vec<(usize, Pool)> = if total >= 2 * task_rows && tasks.len() > 1 {
         tasks.par_iter().map(run).collect()
     } else {

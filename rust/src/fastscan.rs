@@ -15,7 +15,11 @@
 //! Both give the same integers, then the same float formula as the row-major scan, so the
 //! estimates (and the ranking: estimate descending, id ascending) are identical.
 
-use crate::binary::{check_query, run_tasks, CodesError, Pool, QueryPlanes};
+use crate::binary::{check_query, run_tasks, Bound, CodesError, Pool, QueryPlanes};
+use crate::topk::prefetch;
+
+/// Blocks prefetched ahead of the scan (see `scan_body`).
+const AHEAD: usize = 2;
 
 /// Rows per block of the layout.
 pub const BLOCK: usize = 32;
@@ -251,7 +255,11 @@ fn finish_block(
     }
 }
 
-/// Scan the spans (starts multiples of 32) block by block.
+/// Scan the spans (starts multiples of 32) block by block. The pool's threshold follows
+/// the query's shared `floor` both ways: raised to it before each block, published when
+/// the pool's own rises past it (a task started late then admits only rows that beat
+/// what the others have found: at 1M, ~14 tasks of 8k rows had each admitted ~1,200 rows,
+/// each an `ids` cache miss and a share of the pool's pruning).
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn scan_body(
@@ -261,12 +269,31 @@ fn scan_body(
     r: usize,
     limit: i64,
     simd: bool,
+    floor: &Bound,
 ) -> Pool {
     let bb = block_bytes(codes.words());
     let mut pool = Pool::new(r);
     let mut sums = [0u32; BLOCK];
-    for &(start, len) in spans {
+    // Blocks (codes and factors) asked for ahead of the scan, within a list and into the
+    // next one's start.
+    let fetch = |first: usize| {
+        if let Some(b) = codes.blocks.get((first / BLOCK) * bb..) {
+            prefetch(b.as_ptr(), bb);
+        }
+        if let Some(f) = codes.factors.get(2 * first..) {
+            prefetch(f.as_ptr().cast(), 8 * BLOCK);
+        }
+    };
+    for (i, &(start, len)) in spans.iter().enumerate() {
+        if let Some(&(next, next_len)) = spans.get(i + 1) {
+            for first in (next..next + next_len).step_by(BLOCK).take(AHEAD) {
+                fetch(first);
+            }
+        }
         for first in (start..start + len).step_by(BLOCK) {
+            if first + AHEAD * BLOCK < start + len {
+                fetch(first + AHEAD * BLOCK);
+            }
             let block = &codes.blocks[(first / BLOCK) * bb..(first / BLOCK + 1) * bb];
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -282,7 +309,12 @@ fn scan_body(
                 block_sums_portable(block, luts, &mut sums);
             }
             let valid = (start + len - first).min(BLOCK);
+            pool.adopt(floor);
+            let before = pool.threshold;
             finish_block(codes, luts, &sums, first, valid, &mut pool, limit);
+            if pool.threshold > before {
+                floor.raise(pool.threshold);
+            }
         }
     }
     pool
@@ -297,8 +329,9 @@ fn scan_avx2(
     spans: &[(usize, usize)],
     r: usize,
     limit: i64,
+    floor: &Bound,
 ) -> Pool {
-    scan_body(codes, luts, spans, r, limit, true)
+    scan_body(codes, luts, spans, r, limit, true, floor)
 }
 
 /// Whether the SIMD path can run for these codes and bits on this CPU.
@@ -358,6 +391,25 @@ pub fn fast_topk(
     limit: i64,
     portable: bool,
 ) -> Result<Vec<i64>, CodesError> {
+    fast_topk_tasks(
+        codes, queries, bits, spans, bounds, r, limit, portable, TASK_ROWS,
+    )
+}
+
+/// [`fast_topk`] with `task_rows` rows per parallel task (tests vary it: the ids must not
+/// depend on it).
+#[allow(clippy::too_many_arguments)]
+fn fast_topk_tasks(
+    codes: FastCodes<'_>,
+    queries: &[f32],
+    bits: usize,
+    spans: &[(usize, usize)],
+    bounds: &[usize],
+    r: usize,
+    limit: i64,
+    portable: bool,
+    task_rows: usize,
+) -> Result<Vec<i64>, CodesError> {
     check(codes, queries, bits, spans, bounds)?;
     let words = codes.words();
     let luts: Vec<QueryLuts> = queries
@@ -370,15 +422,15 @@ pub fn fast_topk(
         spans,
         bounds,
         r,
-        TASK_ROWS,
-        |qi, s| {
+        task_rows,
+        |qi, s, floor| {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: `simd_available` saw AVX2.
-                return unsafe { scan_avx2(codes, &luts[qi], s, r, limit) };
+                return unsafe { scan_avx2(codes, &luts[qi], s, r, limit, floor) };
             }
             let _ = simd;
-            scan_body(codes, &luts[qi], s, r, limit, false)
+            scan_body(codes, &luts[qi], s, r, limit, false, floor)
         },
     ))
 }
@@ -494,6 +546,68 @@ mod tests {
                     let got = fast_topk(fast, &queries, bits, &spans, &bounds, r, limit, portable)
                         .unwrap();
                     assert_eq!(got, want, "bits {bits} r {r} portable {portable}");
+                }
+            }
+        }
+    }
+
+    /// The shared floor only drops rows that cannot make the final `r`: the ids do not
+    /// depend on how the spans are cut into tasks (one task, or many run in parallel),
+    /// also with tied estimates (every row's code and factors repeated in another list).
+    #[test]
+    fn task_split_and_shared_floor_change_no_result() {
+        let dim = 384usize;
+        let words = dim.div_ceil(64);
+        let half = 32 * 30;
+        let (codes, _, factors) = fixture(half, dim, 11);
+        // Rows half.. repeat rows 0.. (same code, same factors: equal estimates).
+        let codes = [codes.clone(), codes].concat();
+        let factors = [factors.clone(), factors].concat();
+        let n = 2 * half;
+        let slots: Vec<usize> = (0..n).collect();
+        let mut blocks = vec![0u8; n / BLOCK * block_bytes(words)];
+        pack(&mut blocks, words, &slots, &codes);
+        let ids: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % n as i64).collect();
+        let fast = FastCodes {
+            blocks: &blocks,
+            factors: &factors,
+            ids: &ids,
+            dim,
+        };
+        // Lists of odd sizes (not multiples of 32), empty and single-row ones, both copies.
+        let mut spans = Vec::new();
+        for (i, start) in (0..n).step_by(BLOCK * 3).enumerate() {
+            let len = [77usize, 0, 1, 96, 33, 65][i % 6];
+            spans.push((start, len.min(n - start)));
+        }
+        let row_major = Codes {
+            words: &codes,
+            factors: &factors,
+            ids: &ids,
+            dim,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let queries: Vec<f32> = (0..2 * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let bounds = [0usize, spans.len() / 2, spans.len()];
+        for (r, limit) in [
+            (1usize, i64::MAX),
+            (10, i64::MAX),
+            (64, 1000),
+            (5000, i64::MAX),
+        ] {
+            // The row-major scan (no shared floor) is the reference.
+            let want = code_topk(row_major, &queries, 4, &spans, &bounds, r, limit).unwrap();
+            for portable in [true, false] {
+                let one =
+                    fast_topk_tasks(fast, &queries, 4, &spans, &bounds, r, limit, portable, n)
+                        .unwrap();
+                assert_eq!(one, want, "r {r} limit {limit} one task");
+                for task_rows in [1usize, 40, 200] {
+                    let split = fast_topk_tasks(
+                        fast, &queries, 4, &spans, &bounds, r, limit, portable, task_rows,
+                    )
+                    .unwrap();
+                    assert_eq!(split, one, "r {r} limit {limit} tasks of {task_rows}");
                 }
             }
         }

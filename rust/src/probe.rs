@@ -31,10 +31,50 @@ fn scores_body(query: &[f32], centroids: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`scores_body`] with explicit AVX2: the same lane sums (a multiply, then an add: no FMA,
+/// so every rounding matches [`dot`]) for four rows per pass. The compiler left the
+/// portable loop nearly scalar (~130 ns per 384-d centroid, in L2 or not).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn scores_avx2(query: &[f32], centroids: &[f32], out: &mut [f32]) {
-    scores_body(query, centroids, out);
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let dim = query.len();
+    let whole = dim / 8 * 8;
+    let quads = out.len() / 4;
+    for quad in 0..quads {
+        let rows: [&[f32]; 4] =
+            std::array::from_fn(|i| &centroids[(4 * quad + i) * dim..(4 * quad + i + 1) * dim]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for at in (0..whole).step_by(8) {
+            // SAFETY: at + 8 <= whole <= dim, the length of the query and of every row.
+            unsafe {
+                let x = _mm256_loadu_ps(query.as_ptr().add(at));
+                for (a, row) in acc.iter_mut().zip(rows) {
+                    let y = _mm256_loadu_ps(row.as_ptr().add(at));
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, y));
+                }
+            }
+        }
+        for (i, (a, row)) in acc.into_iter().zip(rows).enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+            let tail: f32 = query[whole..]
+                .iter()
+                .zip(&row[whole..])
+                .map(|(x, y)| x * y)
+                .sum();
+            out[4 * quad + i] = lanes.iter().sum::<f32>() + tail;
+        }
+    }
+    for (o, c) in out[4 * quads..]
+        .iter_mut()
+        .zip(centroids[4 * quads * dim..].chunks_exact(dim))
+    {
+        *o = dot(query, c);
+    }
 }
 
 /// Dot products of `query` with every row of `centroids` (rows of `query.len()`).
@@ -121,6 +161,30 @@ mod tests {
                     want.sort_unstable();
                     assert_eq!(got, &want[..], "dim {dim} nprobe {nprobe}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn four_row_scores_equal_dot_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        // Row counts around multiples of four, dimensions with and without a tail.
+        for (n, dim) in [
+            (0usize, 8usize),
+            (1, 384),
+            (3, 37),
+            (4, 384),
+            (9, 37),
+            (130, 384),
+        ] {
+            let c: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+            let q: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
+            let want: Vec<u32> = c.chunks_exact(dim).map(|r| dot(&q, r).to_bits()).collect();
+            for portable in [false, true] {
+                let mut got = vec![0f32; n];
+                scores(&q, &c, &mut got, portable);
+                let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "n {n} dim {dim} portable {portable}");
             }
         }
     }

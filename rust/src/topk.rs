@@ -665,7 +665,7 @@ const PREFETCH_ROWS: usize = 8;
 /// Ask for every cache line of `bytes` bytes at `ptr` (a hint: no fault, no effect on results).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn prefetch(ptr: *const u8, bytes: usize) {
+pub(crate) fn prefetch(ptr: *const u8, bytes: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let mut off = 0;
     while off < bytes {
@@ -677,7 +677,7 @@ fn prefetch(ptr: *const u8, bytes: usize) {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn prefetch(_ptr: *const u8, _bytes: usize) {}
+pub(crate) fn prefetch(_ptr: *const u8, _bytes: usize) {}
 
 /// Start address and byte length of row `r` (for prefetching).
 fn row_span(matrix: Matrix<'_>, dim: usize, r: usize) -> (*const u8, usize) {
@@ -775,6 +775,9 @@ fn scan_rows(query: &[f32], matrix: Matrix<'_>, dim: usize, k: usize, ids: &[i64
 /// calling thread (handing a short scan to the pool costs more than it saves).
 const ROWS_PER_TASK: usize = 16_384;
 
+/// Smallest piece of a lone query's rows handed to another thread.
+const MIN_PIECE_ROWS: usize = 96;
+
 /// Exact top-`k` of each query over its own subset of the matrix's rows.
 ///
 /// Query `i` scores the rows `rows[offsets[i]..offsets[i + 1]]` (ids into `matrix`,
@@ -841,8 +844,17 @@ pub fn topk_rows(
     let mut pieces: Vec<(usize, usize, usize)> = Vec::new();
     for q in 0..nq {
         let mut start = offsets[q];
+        // A lone query's gathered rows (an IVF re-rank: a few hundred cache-missing rows)
+        // are split over the threads too.
+        let size = if nq == 1 {
+            (offsets[1] - offsets[0])
+                .div_ceil(rayon::current_num_threads().max(1))
+                .clamp(MIN_PIECE_ROWS, ROWS_PER_TASK)
+        } else {
+            ROWS_PER_TASK
+        };
         while start < offsets[q + 1] {
-            let stop = (start + ROWS_PER_TASK).min(offsets[q + 1]);
+            let stop = (start + size).min(offsets[q + 1]);
             pieces.push((q, start, stop));
             start = stop;
         }
@@ -1172,6 +1184,31 @@ mod tests {
             .collect();
         let full = topk(&q[..dim], Matrix::F32(&copy), dim, k).unwrap();
         assert_eq!(one.scores, full.scores);
+    }
+
+    /// A lone query's rows are split over the threads (`MIN_PIECE_ROWS` up): the result is
+    /// the one-piece scan's, ties included (rows repeated, so scores repeat).
+    #[test]
+    fn lone_query_split_matches_naive_with_ties() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let (n, dim) = (600, 37);
+        let base: Vec<f32> = (0..n / 2 * dim)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let data = [base.clone(), base].concat(); // row i + n/2 repeats row i
+        let halves: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+        let back: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
+        let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for len in [1usize, 95, 96, 97, 193, 256, 600] {
+            let rows: Vec<i64> = (0..len as i64).map(|i| (i * 7) % n as i64).collect();
+            for k in [1usize, 10, 256] {
+                let got =
+                    topk_rows(&q, Matrix::F16(&halves), dim, k, &rows, &[0, rows.len()]).unwrap();
+                let mut want = naive_rows(&q, &back, None, dim, &rows, k.min(len));
+                want.resize(k.min(len), -1);
+                assert_eq!(got.indices, want, "rows {len} k {k}");
+            }
+        }
     }
 
     #[test]
