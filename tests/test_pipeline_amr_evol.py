@@ -634,6 +634,52 @@ async def test_run_command_starts_the_sandbox_at_the_first_window(tmp_path: Path
     assert sandbox.zygote_pid is None  # closed with the stack
 
 
+async def test_a_novelty_lookup_begun_before_the_merge_is_not_trusted_after_it(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # The window opens for real while its item's hash lookup is in flight: the lookup ran
+    # before the merge stored `code`, so it must not be read against the real snapshot.
+    code = "def add_up(xs):\n    return sum(xs)\n"
+    async with _open(tmp_path) as db:
+        strategy = AmrEvolStrategy(
+            AmrEvolConfig(model="m", window_size=1),
+            templates=load_templates(),
+            db=db,
+            sandbox=sandbox,
+        )
+        shared = strategy._shared
+        lookup = shared.known_hash
+        looked, release = asyncio.Event(), asyncio.Event()
+
+        class _Held:
+            """The first lookup returns only once the test releases it."""
+
+            async def many(self, codes: Any) -> Any:
+                found = await lookup.many(codes)
+                if not looked.is_set():
+                    looked.set()
+                    await release.wait()
+                return found
+
+        shared.known_hash = _Held()  # type: ignore[assignment]
+        await strategy.begin_window(0)
+        assert await strategy.speculate_window(1, [code])
+        extract = strategy.stages[4]
+        outputs = {"evolve": {"response": f"```python\n{code}```"}}
+        running = asyncio.create_task(
+            extract.run(InputItem("b", 2, "again"), outputs, None)  # type: ignore[arg-type]
+        )
+        await asyncio.wait_for(looked.wait(), timeout=30)
+        module = {"name": "f", "code": code, "tests": "assert True"}
+        await strategy.end_window([{"id": "a", "modules_verified": [module]}])
+        await strategy.begin_window(1)
+        release.set()
+        result = await asyncio.wait_for(running, timeout=30)
+    assert result.output["functions"] == [
+        {"name": "add_up", "code": code, "known": "duplicate_ast:0"}
+    ]
+
+
 def _hit(score: float) -> SearchHit:
     return SearchHit(score, None)  # type: ignore[arg-type]
 

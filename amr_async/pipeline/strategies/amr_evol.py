@@ -335,8 +335,12 @@ class _Extract(_Stage):
         if not codes:
             return []
         s = self.shared
+        # Decided before the lookup: a lookup begun ahead of the window's merge may miss
+        # what that merge stores, even if the window has opened for real by its end.
+        ahead = view.base is not None and not view.final.done()
         looked_up = await s.known_hash.many(codes)
-        if view.base is not None and not view.final.done():
+        if ahead:
+            assert view.base is not None
             reasons = await self._novelty(codes, looked_up, view.base, view)
             if reasons is not None:
                 s.speculation.proven += 1
