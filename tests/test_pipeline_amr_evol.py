@@ -334,37 +334,55 @@ async def test_speculative_windows_give_the_same_outputs_and_db(
     assert all(c["novel"] is False for c in again)
 
 
+_ADD_UP = "def add_up(xs):\n    return sum(xs)\n"
+
+
+async def _ahead_of_window_0(db: ModuleDB, sandbox: Sandbox) -> AmrEvolStrategy:
+    """Windows of one line; window 1 opened speculatively while window 0 may add `_ADD_UP`."""
+    strategy = AmrEvolStrategy(
+        AmrEvolConfig(model="m", window_size=1),
+        templates=load_templates(),
+        db=db,
+        sandbox=sandbox,
+    )
+    await strategy.begin_window(0)
+    assert await strategy.speculate_window(1, [_ADD_UP])
+    return strategy
+
+
+def _extract_add_up(strategy: AmrEvolStrategy) -> asyncio.Task[Any]:
+    """The `extract` stage of window 1's item, whose evolved answer is `_ADD_UP`."""
+    extract = strategy.stages[4]
+    assert extract.name == "extract"
+    outputs = {"evolve": {"response": f"```python\n{_ADD_UP}```"}}
+    return asyncio.create_task(
+        extract.run(InputItem("b", 2, "again"), outputs, None)  # type: ignore[arg-type]
+    )
+
+
+async def _merge_add_up_and_open_window_1(strategy: AmrEvolStrategy) -> None:
+    module = {"name": "f", "code": _ADD_UP, "tests": "assert True"}
+    await strategy.end_window([{"id": "a", "modules_verified": [module]}])
+    await strategy.begin_window(1)
+
+
+_ADD_UP_KNOWN = [{"name": "add_up", "code": _ADD_UP, "known": "duplicate_ast:0"}]
+
+
 async def test_a_speculative_novelty_check_that_waits_sees_the_merge_it_waited_for(
-    tmp_path: Path, bank: Bank, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    code = "def add_up(xs):\n    return sum(xs)\n"
     async with _open(tmp_path) as db:
-        strategy = AmrEvolStrategy(
-            AmrEvolConfig(model="m", window_size=1),
-            templates=load_templates(),
-            db=db,
-            sandbox=sandbox,
-        )
-        await strategy.begin_window(0)
-        # Window 1 opens while window 0 may still add `code`.
-        assert await strategy.speculate_window(1, [code])
-        extract = strategy.stages[4]
-        assert extract.name == "extract"
-        outputs = {"evolve": {"response": f"```python\n{code}```"}}
-        item = InputItem("b", 2, "again")
-        running = asyncio.create_task(extract.run(item, outputs, None))  # type: ignore[arg-type]
-        # It cannot prove `code` new (window 0 may add it), so it waits ...
+        strategy = await _ahead_of_window_0(db, sandbox)
+        running = _extract_add_up(strategy)
+        # It cannot prove `_ADD_UP` new (window 0 may add it), so it waits ...
         while strategy.speculation.waited == 0:  # noqa: ASYNC110 - a test's poll
             await asyncio.sleep(0.01)
         assert not running.done()
         # ... and window 0 adds it.
-        module = {"name": "f", "code": code, "tests": "assert True"}
-        await strategy.end_window([{"id": "a", "modules_verified": [module]}])
-        await strategy.begin_window(1)
+        await _merge_add_up_and_open_window_1(strategy)
         result = await asyncio.wait_for(running, timeout=30)
-    assert result.output["functions"] == [
-        {"name": "add_up", "code": code, "known": "duplicate_ast:0"}
-    ]
+    assert result.output["functions"] == _ADD_UP_KNOWN
 
 
 async def test_stop_and_resume_mid_run_gives_the_same_outputs_and_db(
@@ -638,15 +656,9 @@ async def test_a_novelty_lookup_begun_before_the_merge_is_not_trusted_after_it(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     # The window opens for real while its item's hash lookup is in flight: the lookup ran
-    # before the merge stored `code`, so it must not be read against the real snapshot.
-    code = "def add_up(xs):\n    return sum(xs)\n"
+    # before the merge stored `_ADD_UP`, so it must not be read against the real snapshot.
     async with _open(tmp_path) as db:
-        strategy = AmrEvolStrategy(
-            AmrEvolConfig(model="m", window_size=1),
-            templates=load_templates(),
-            db=db,
-            sandbox=sandbox,
-        )
+        strategy = await _ahead_of_window_0(db, sandbox)
         shared = strategy._shared
         lookup = shared.known_hash
         looked, release = asyncio.Event(), asyncio.Event()
@@ -662,22 +674,12 @@ async def test_a_novelty_lookup_begun_before_the_merge_is_not_trusted_after_it(
                 return found
 
         shared.known_hash = _Held()  # type: ignore[assignment]
-        await strategy.begin_window(0)
-        assert await strategy.speculate_window(1, [code])
-        extract = strategy.stages[4]
-        outputs = {"evolve": {"response": f"```python\n{code}```"}}
-        running = asyncio.create_task(
-            extract.run(InputItem("b", 2, "again"), outputs, None)  # type: ignore[arg-type]
-        )
+        running = _extract_add_up(strategy)
         await asyncio.wait_for(looked.wait(), timeout=30)
-        module = {"name": "f", "code": code, "tests": "assert True"}
-        await strategy.end_window([{"id": "a", "modules_verified": [module]}])
-        await strategy.begin_window(1)
+        await _merge_add_up_and_open_window_1(strategy)
         release.set()
         result = await asyncio.wait_for(running, timeout=30)
-    assert result.output["functions"] == [
-        {"name": "add_up", "code": code, "known": "duplicate_ast:0"}
-    ]
+    assert result.output["functions"] == _ADD_UP_KNOWN
 
 
 def _hit(score: float) -> SearchHit:
