@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from amr_async import _core
 from amr_async.moduledb._embedders import Embedder
 from amr_async.moduledb._errors import UnparseableCode
 from amr_async.moduledb._source import FunctionInfo, describe_many
@@ -265,7 +266,9 @@ class ModuleDB:
             vectors, k=1, min_similarity=threshold, nprobe=NEAR_DUPLICATE_NPROBE
         )
         stored_names = self.store.fetch(row[0][1] for row in stored if row)
-        within = vectors @ vectors.T
+        # The Rust kernel, not `vectors @ vectors.T`: a merge's batch is small, and NumPy's
+        # product wakes OpenBLAS's threads, which then spin (~1 ms of CPU per pipeline item).
+        within = _core.cosine_matrix(vectors, vectors)
         keep: list[int] = []
         kept_rows: list[int] = []
         rejected: list[Rejection] = []
