@@ -124,6 +124,48 @@ async def test_duplicate_ids_are_rejected_and_the_run_goes_on(tmp_path: Path) ->
     assert (report.done, report.already_done, report.rejected) == (0, 3, 2)
 
 
+class _Bug(_Ask):
+    """A stage with a bug: an unexpected exception (not `ItemFailed`) for one item."""
+
+    async def run(
+        self, item: InputItem, outputs: Mapping[str, Any], teacher: JournaledTeacher
+    ) -> StageResult:
+        if item.item_id == "i3":
+            raise SystemError("a bug in a stage")
+        return await super().run(item, outputs, teacher)
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+async def test_an_unexpected_error_ends_the_run_instead_of_hanging_it(
+    tmp_path: Path, windowed: bool
+) -> None:
+    # With the work queue full when the bug surfaced, the producer used to wait forever
+    # to hand the (cancelled) workers their end markers.
+    _input(tmp_path, [f"i{n}" for n in range(40)])
+    strategy = _Windows() if windowed else _TwoStages(set())
+    strategy._stages = (_Ask("first"), _Bug("second"))
+    with Journal.open(tmp_path / "j.db") as journal:
+        run = journal.start_run(config={}, output_path=tmp_path / "out.jsonl", run_id="r")
+        teacher = JournaledTeacher(_Teacher().send, provider=Provider.OPENAI, run=run)
+        runner = Runner(
+            strategy=strategy,
+            teacher=teacher,
+            input_path=tmp_path / "in.jsonl",
+            rejects_path=tmp_path / "rejects.jsonl",
+            run=run,
+            settings=RunSettings(concurrency=2, batch_lines=4),
+        )
+        task = asyncio.create_task(runner.run())
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:  # the old hang: cancel it so that the test ends
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert done, "the run hung"
+        with pytest.raises(ExceptionGroup) as caught:
+            task.result()
+    assert caught.group_contains(SystemError, match="a bug in a stage")
+
+
 async def test_no_journal_baseline_writes_plain_output(tmp_path: Path) -> None:
     _input(tmp_path, ["a", "b"])
     double = _Teacher()

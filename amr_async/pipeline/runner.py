@@ -406,10 +406,12 @@ class Runner:
                 if self._window is not None:
                     self._window.set_produced()
                     self._progress.set()
-                if self._windowed is not None:
-                    await self._windows.put(None)
-                for _ in range(concurrency):
-                    await queue.put(None)
+            # End markers after a normal end only: when a task has failed, the TaskGroup
+            # has cancelled the workers and the closer, and a full queue would wait forever.
+            if self._windowed is not None:
+                await self._windows.put(None)
+            for _ in range(concurrency):
+                await queue.put(None)
         # Items dropped after the producer's last trip to the reader.
         if dropped := self._take_dropped():
             await write_rejects(dropped)
