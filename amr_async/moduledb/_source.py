@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from amr_async import _core
+from amr_async import _core, _python_ast
 from amr_async.moduledb._errors import UnparseableCode
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -44,7 +44,7 @@ def parse_function(code: str) -> tuple[ast.Module, ast.FunctionDef | ast.AsyncFu
         UnparseableCode: With the line and CPython's message, or when no function is defined.
     """
     try:
-        tree = ast.parse(code)
+        tree = _python_ast.parse(code)
     except SyntaxError as exc:
         raise UnparseableCode(f"line {exc.lineno}: {exc.msg}") from exc
     except ValueError as exc:  # e.g. null bytes
@@ -127,7 +127,7 @@ def extract_functions(text: str) -> list[str]:
         UnparseableCode: When `text` does not parse.
     """
     try:
-        tree = ast.parse(text)
+        tree = _python_ast.parse(text)
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         raise UnparseableCode(f"line {line}: {exc}") from exc

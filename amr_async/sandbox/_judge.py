@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from amr_async import _python_ast
 from amr_async.sandbox import _worker
 from amr_async.sandbox._types import NOT_GIVEN, AssertTest, CallTest, Status, Test
 
@@ -535,7 +536,7 @@ def plan_assert(test: AssertTest) -> Plan:
     if isinstance(test._plan, Plan):
         return test._plan
     try:
-        tree = ast.parse(test.source)
+        tree = _python_ast.parse(test.source)
     except SyntaxError as exc:
         message = f"test does not parse: {exc.msg} (line {exc.lineno})"
         return Plan([], lambda _: (Status.ERROR, message, None), key=test.source)
@@ -557,7 +558,7 @@ def asserts_of(source: str, *, planned: bool = True) -> list[AssertTest]:
     Raises:
         SyntaxError: `source` does not parse.
     """
-    tree = ast.parse(source)
+    tree = _python_ast.parse(source)
     lines: list[bytes] | None = None
     out: list[AssertTest] = []
     for node in tree.body:
@@ -588,7 +589,7 @@ def _plan_asserts(source: str, body: list[ast.stmt], splitter: _Splitter) -> Pla
     def source_of(index: int) -> str:
         # Only messages show an assert's text: unparsed when a verdict needs it (from a
         # fresh parse, as `split` rewrote the tree), not for every test planned.
-        stmt = _assert_body(ast.parse(source))[index]
+        stmt = _assert_body(_python_ast.parse(source))[index]
         assert isinstance(stmt, ast.Assert)
         return ast.unparse(stmt.test)
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from amr_async import _python_ast
 from amr_async.core import FunctionRecord, ast_hash
 from amr_async.moduledb import Module, ModuleDB, ModuleStore, SearchHit, Snapshot
 from amr_async.pipeline._input import InputItem
@@ -518,7 +519,7 @@ def _ahead(searcher: SnapshotSearcher, codes: list[str]) -> tuple[frozenset[str]
 def _defines_a_function(code: str) -> bool:
     """CPython parses `code` and it defines a top-level function (`describe`'s own test)."""
     try:
-        tree = ast.parse(code)
+        tree = _python_ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) for node in tree.body)
