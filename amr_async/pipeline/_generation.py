@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from amr_async.core import hash_embed
+from amr_async.core import hash_embed, topk
 from amr_async.journal import Journal, RunJournal
 from amr_async.pipeline._teacher import JournaledTeacher
 from amr_async.teacher.types import Provider
@@ -110,7 +110,7 @@ class Dedup:
     Exact: SHA-256 of the `normalised` text. Near: cosine of the model-free hash embedding
     (`amr_async.core.hash_embed`: word and identifier features) at or above
     `max_similarity`. Memory: 32 bytes + one float32 row (1.5 KB at 384-d) per text; a check is one
-    matrix-vector product over the kept rows.
+    top-1 scan over the kept rows.
     Not thread-safe; used from one task.
 
     Args:
@@ -141,10 +141,12 @@ class Dedup:
             return f"duplicate:{self._hashes[key]}"
         n = len(self._ids)
         if n and vector.any():
-            scores = self._rows[:n] @ vector
-            best = int(np.argmax(scores))
-            if scores[best] >= self.max_similarity:
-                return f"near_duplicate:{self._ids[best]}:{float(scores[best]):.3f}"
+            # The Rust top-k, not `rows @ vector`: NumPy's product wakes OpenBLAS's threads,
+            # which then spin on cores the event loop and the teacher calls need.
+            scores, rows = topk(vector[None, :], self._rows[:n], 1)
+            best, score = int(rows[0, 0]), float(scores[0, 0])
+            if score >= self.max_similarity:
+                return f"near_duplicate:{self._ids[best]}:{score:.3f}"
         return None
 
     def add(self, item_id: str, text: str, vector: npt.NDArray[np.float32]) -> None:
