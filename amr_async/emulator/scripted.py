@@ -43,6 +43,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
@@ -96,20 +97,17 @@ def read_prompt(text: str, bank: Bank) -> Reading:
             )
     by_entry = bank.by_entry
     task = None
-    for name in _DEF.findall(text):
-        task = by_entry.get(name)
+    # finditer, not findall: the scan stops at the first name the bank knows (prompts
+    # with retrieved modules run to several kB; this was most of the reading's CPU).
+    for pattern in (_DEF, _CALL):
+        for found in pattern.finditer(text):
+            task = by_entry.get(found.group(1))
+            if task is not None:
+                return Reading(kind, task, match is not None)
+    for found in _WORD.finditer(text):
+        task = by_entry.get(found.group())
         if task is not None:
             break
-    if task is None:
-        for name in _CALL.findall(text):
-            task = by_entry.get(name)
-            if task is not None:
-                break
-    if task is None:
-        for word in _WORD.findall(text):
-            task = by_entry.get(word)
-            if task is not None:
-                break
     return Reading(kind, task, match is not None)
 
 
@@ -264,7 +262,9 @@ def _with_bug(solution: str) -> str:
         tree = bump.visit(tree)
         if not bump.done:
             return solution + "\n# (emulator) injected bug: result discarded\n"
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    # No `fix_missing_locations`: the one new node has its location copied, and unparse
+    # reads none (a walk of the whole tree per buggy answer, for nothing).
+    return ast.unparse(tree) + "\n"
 
 
 def _doc_summary(node: ast.FunctionDef, fallback: str) -> str:
@@ -286,10 +286,35 @@ def _stub(node: ast.FunctionDef, summary: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Fields of statements, handlers and match cases that hold statements (or handlers, cases).
+_BLOCK_NODES = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _function_defs(tree: ast.Module) -> list[ast.FunctionDef]:
+    """The `def`s of `tree` in `ast.walk` order, visiting statements only.
+
+    A `def` is a statement, so only statement lists can hold one: skipping the
+    expressions (most of a tree's nodes) leaves the breadth-first order of the
+    statements, and so of the `def`s, as `ast.walk` gives it, at a fraction of its
+    cost (it was most of a `decompose` answer's CPU).
+    """
+    found: list[ast.FunctionDef] = []
+    todo: deque[ast.AST] = deque([tree])
+    while todo:
+        node = todo.popleft()
+        if isinstance(node, ast.FunctionDef):
+            found.append(node)
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if type(value) is list and value and isinstance(value[0], _BLOCK_NODES):
+                todo.extend(value)
+    return found
+
+
 @lru_cache(maxsize=1024)
 def _stubs(solution: str, entry: str, instruction: str) -> str:
     tree = parse_quietly(solution)
-    funcs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    funcs = _function_defs(tree)
     stubs: list[str] = []
     for node in funcs[:3]:
         fallback = instruction if node.name == entry else f"Helper used by {entry}."
