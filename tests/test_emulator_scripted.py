@@ -10,7 +10,7 @@ import pytest
 
 from amr_async.emulator import KINDS, Bank, BankError, ScriptedTeacher
 from amr_async.emulator.bank import load_tasks
-from amr_async.emulator.scripted import UnknownKindError, _function_defs, read_prompt
+from amr_async.emulator.scripted import UnknownKindError, _function_defs, _with_bug, read_prompt
 
 CODE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
@@ -191,3 +191,30 @@ def test_reading_takes_the_first_bank_name_of_each_kind(emulator_bank: Bank) -> 
     text = "no call: unknown_word then below_zero then has_close_elements"
     assert read_prompt(text, emulator_bank).task == emulator_bank.by_entry["below_zero"]
     assert read_prompt("nothing_known here", emulator_bank).task is None
+
+
+@pytest.mark.parametrize(
+    ("source", "buggy"),
+    [
+        # The first flippable comparison in visitor order, never one inside another.
+        (
+            "def f(a, b):\n    return a in [b < 1] or a > b\n",
+            "def f(a, b):\n    return a in [b < 1] or a >= b\n",
+        ),
+        (
+            "def f(x):\n    if x is None:\n        return x == 1\n",
+            "def f(x):\n    if x is None:\n        return x != 1\n",
+        ),
+        # No comparison to flip: the first int constant (not a bool) goes up by one.
+        (
+            "def f(x):\n    return x + 2 if True else 3\n",
+            "def f(x):\n    return x + 3 if True else 3\n",
+        ),
+        (
+            "def f(x):\n    return x\n",
+            "def f(x):\n    return x\n\n# (emulator) injected bug: result discarded\n",
+        ),
+    ],
+)
+def test_injected_bug_is_the_first_flip_or_bump(source: str, buggy: str) -> None:
+    assert _with_bug.__wrapped__(source) == buggy
