@@ -4,10 +4,11 @@ The emulator shares the machine's cores with the pipeline in `bench/e2e.py`, so 
 call counts against the end-to-end figure. This measures `Emulator.handle` (route, parse,
 bank lookup, scripted answer, limits, reply body) on one OpenAI chat request per task and
 prompt kind as the `amr-evol` strategy sends them (direct, decompose, evolve, tests), built
-from the HumanEval and MBPP+ tasks at about the sizes the pipeline's prompts have (0.7, 2.2,
-2.9 and 1.2 kB). HTTP parsing and the socket are left out: they are the same per call
-whatever the answer. The emulator runs as `bench/e2e.py` runs it (bug rate 0.1, seed 1,
-the MBPP+ bank). Each repetition starts a fresh emulator, so no answer comes from its cache.
+from the HumanEval and MBPP+ tasks (bodies of 0.3, 2.3, 2.6 and 0.5 kB on average; the
+pipeline's own are 0.7, 2.2, 2.9 and 1.2 kB). HTTP parsing and the socket are left out:
+they are the same per call whatever the answer. The emulator runs as `bench/e2e.py` runs
+it (bug rate 0.1, seed 1, the MBPP+ bank). Each repetition starts a fresh emulator, so no
+answer comes from its cache.
 
 `handler_cpu_ms_per_call`: median over repetitions of CPU ms per call (this process, one
 thread). `responses_sha256`: the reply bodies (ids and clock fixed): equal across versions
