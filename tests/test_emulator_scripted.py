@@ -10,7 +10,7 @@ import pytest
 
 from amr_async.emulator import KINDS, Bank, BankError, ScriptedTeacher
 from amr_async.emulator.bank import load_tasks
-from amr_async.emulator.scripted import UnknownKindError, read_prompt
+from amr_async.emulator.scripted import UnknownKindError, _function_defs, _with_bug, read_prompt
 
 CODE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 EVALPLUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "evalplus"
@@ -152,3 +152,69 @@ def test_bad_bank_file_names_the_line(tmp_path: Path) -> None:
     path.write_text('{"task_id": "a"}\n')
     with pytest.raises(BankError, match=r"bank.jsonl:1: field 'prompt'"):
         load_tasks(path)
+
+
+def test_function_defs_follow_ast_walk_order() -> None:
+    # `decompose` stubs the first three defs in `ast.walk` order; the statement-only walk
+    # must give the same defs in the same order wherever they nest.
+    source = (
+        "def a():\n    def inner():\n        pass\n    return inner\n"
+        "class K:\n    def method(self):\n        pass\n"
+        "if x:\n    def b():\n        pass\nelse:\n    def c():\n        pass\n"
+        "try:\n    def d():\n        pass\nexcept E:\n    def e():\n        pass\n"
+        "finally:\n    def f():\n        pass\n"
+        "for i in y:\n    def g():\n        pass\n"
+        "match z:\n    case 1:\n        def h():\n            pass\n"
+        "async def skipped():\n    def nested_in_async():\n        pass\n"
+        "with m:\n    def w():\n        pass\n"
+        "lam = lambda: [q for q in r]\n"
+    )
+    tree = ast.parse(source)
+    expected = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    got = _function_defs(tree)
+    assert [n.name for n in got] == [n.name for n in expected]
+    assert len(got) == 12  # every def, nested ones included
+
+
+def test_reading_takes_the_first_bank_name_of_each_kind(emulator_bank: Bank) -> None:
+    # A def of a bank function wins over an earlier call in backticks, which wins over a
+    # bare word; the first match of a kind wins within it.
+    text = (
+        "see `truncate_number(x)` and below_zero here\n"
+        "def unknown_helper(x):\n    pass\n"
+        "def has_close_elements(numbers, threshold):\n    pass\n"
+        "def below_zero(ops):\n    pass\n"
+    )
+    assert read_prompt(text, emulator_bank).task == emulator_bank.by_entry["has_close_elements"]
+    text = "words below_zero then `unknown_fn(1)` then `truncate_number(2)`"
+    assert read_prompt(text, emulator_bank).task == emulator_bank.by_entry["truncate_number"]
+    text = "no call: unknown_word then below_zero then has_close_elements"
+    assert read_prompt(text, emulator_bank).task == emulator_bank.by_entry["below_zero"]
+    assert read_prompt("nothing_known here", emulator_bank).task is None
+
+
+@pytest.mark.parametrize(
+    ("source", "buggy"),
+    [
+        # The first flippable comparison in visitor order, never one inside another.
+        (
+            "def f(a, b):\n    return a in [b < 1] or a > b\n",
+            "def f(a, b):\n    return a in [b < 1] or a >= b\n",
+        ),
+        (
+            "def f(x):\n    if x is None:\n        return x == 1\n",
+            "def f(x):\n    if x is None:\n        return x != 1\n",
+        ),
+        # No comparison to flip: the first int constant (not a bool) goes up by one.
+        (
+            "def f(x):\n    return x + 2 if True else 3\n",
+            "def f(x):\n    return x + 3 if True else 3\n",
+        ),
+        (
+            "def f(x):\n    return x\n",
+            "def f(x):\n    return x\n\n# (emulator) injected bug: result discarded\n",
+        ),
+    ],
+)
+def test_injected_bug_is_the_first_flip_or_bump(source: str, buggy: str) -> None:
+    assert _with_bug.__wrapped__(source) == buggy
