@@ -968,6 +968,8 @@ class IvfIndex:
         q = len(queries)
         rerank = self.rerank if rerank is None else max(0, rerank)
         probes = self.nprobe if nprobe is None else max(1, nprobe)
+        if q == 1:
+            return self._search_one(queries, k, view, probes, rerank)
         with self._lock:
             centroids, lists, count = self._centroids, self._lists, self._count
             if centroids is None or lists is None:
@@ -1012,6 +1014,41 @@ class IvfIndex:
         )
         return scores, ids
 
+    def _search_one(
+        self, queries: F32, k: int, view: VectorView, nprobe: int, rerank: int
+    ) -> tuple[F32, I64]:
+        """One query in one Rust call (`_core.ivf_search`: probe, code scan, re-rank with
+        the GIL released once); the same results as the batch path of `search`."""
+        with self._lock:
+            centroids, lists = self._centroids, self._lists
+            if centroids is None or lists is None:
+                probed = None
+            else:
+                # Copies: a writer updates starts and sizes in place; the arrays it grows
+                # it replaces, so a reference to them is a consistent read.
+                probed = (lists.start.copy(), lists.size.copy(), lists.blocks, lists.factors)
+                ids = lists.ids
+        if probed is None or centroids is None:
+            return exact_topk(queries, view, k)
+        starts, sizes, blocks, factors = probed
+        return _core.ivf_search(
+            np.ascontiguousarray(queries, np.float32),
+            centroids,
+            self._rotation,
+            starts,
+            sizes,
+            blocks,
+            factors,
+            ids,
+            view.matrix,
+            k,
+            nprobe,
+            rerank,
+            self.query_bits,
+            view.count,
+            view.scales,
+        )
+
     def _search_codes(
         self,
         queries: F32,
@@ -1025,7 +1062,8 @@ class IvfIndex:
         """Rank the spans' rows by code estimate, then re-rank the best `rerank` exactly."""
         q = len(queries)
         blocks, factors, ids = arena
-        rotated = np.ascontiguousarray(queries @ self._rotation.T, np.float32)
+        # Rotated in Rust, as `_search_one` does: the same floats, so the same ranking.
+        rotated = _core.ivf_rotate(np.ascontiguousarray(queries, np.float32), self._rotation)
         bounds = np.arange(q + 1, dtype=np.int64) * nprobe
         cand = _core.code_topk_fast(
             rotated, blocks, factors, ids, spans, bounds, rerank, self.query_bits, view.count
