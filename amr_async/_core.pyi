@@ -199,3 +199,36 @@ def ivf_probe(
     ranks last. Runs on the calling thread (GIL released; AVX2 when present, `portable`
     forces the plain loop: same results). Raises ValueError for mismatched dimensions.
     """
+
+def ivf_rotate(
+    queries: npt.NDArray[np.float32], rotation: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """`queries @ rotation.T` (q × d; `rotation` d × d) computed as `ivf_search` rotates its
+    query, so a batch's code ranking matches the fused call's. Raises ValueError for shapes."""
+
+def ivf_search(
+    query: npt.NDArray[np.float32],
+    centroids: npt.NDArray[np.float32],
+    rotation: npt.NDArray[np.float32],
+    starts: npt.NDArray[np.int64],
+    sizes: npt.NDArray[np.int64],
+    blocks: npt.NDArray[np.uint8],
+    factors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    matrix: npt.NDArray[np.float32] | npt.NDArray[np.float16] | npt.NDArray[np.int8],
+    k: int,
+    nprobe: int,
+    rerank: int,
+    bits: int = 4,
+    limit: int = ...,
+    scales: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """One IVF query (1 × d) in one call, the GIL released once: the `nprobe` lists nearest
+    it (`ivf_probe`, the centroids' products split over the threads), their rows (list c:
+    slots `starts[c] … starts[c] + sizes[c] - 1` of `blocks`, `factors`, `ids`) ranked by
+    1-bit code estimate (`code_topk_fast`, query rotated as `ivf_rotate`), and the best
+    max(rerank, k) with id < `limit` re-scored exactly on `matrix` in ascending id order
+    (`topk_rows`). With rerank 0, all lists probed, or no more rows than that, every probed
+    row is scored exactly. Returns (1 × k') scores and ids, k' = min(k, rows scored), as
+    `topk_rows`. Raises ValueError for shapes that do not fit or a list past the arena.
+    """

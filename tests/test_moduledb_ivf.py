@@ -703,3 +703,63 @@ def test_codes_survive_reopen_and_a_crash_leftover(tmp_path: Path) -> None:
 def test_rerank_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rerank"):
         ModuleStore(tmp_path / "bad", embedder="synthetic", dim=16, config=StoreConfig(rerank=-1))
+
+
+@pytest.mark.usefixtures("small_train")
+@pytest.mark.parametrize("dtype", ["f16", "int8"])
+def test_one_query_in_one_call_equals_the_batch_path(tmp_path: Path, dtype: str) -> None:
+    # 2,345 rows: lists of odd sizes (not multiples of 32), so blocks end part-filled.
+    vecs = unit(2345, 32, 30)
+    queries = unit(12, 32, 31)
+    config = StoreConfig(index="ivf", vector_dtype=dtype, nprobe=7, rerank=30)  # type: ignore[arg-type]
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    assert index._lists is not None
+    assert (index._lists.size % 32 != 0).any()
+    nlist = index.nlist
+    # Code path, exact list scan (rerank 0), every list probed, a re-rank wider than the
+    # probed rows, 1 list, k above the size, and a snapshot: one query (the fused call)
+    # gives what the same query gets in a batch (the separate kernels), to the bit.
+    cases = [(7, 30, 10), (7, 0, 10), (nlist, 30, 10), (3, 5000, 10), (1, 8, 1), (7, 30, 4000)]
+    for limit in (2345, 1500, 1):
+        view = store.view(limit)
+        for nprobe, rerank, k in cases:
+            batch = index.search(queries, k, view, nprobe=nprobe, rerank=rerank)
+            for i in range(0, len(queries), 3):
+                one = index.search(queries[i : i + 1], k, view, nprobe=nprobe, rerank=rerank)
+                width = one[1].shape[1]
+                assert np.array_equal(one[1][0], batch[1][i][:width]), (limit, nprobe, rerank)
+                assert np.array_equal(one[0][0], batch[0][i][:width])
+                assert (batch[1][i][width:] == -1).all()
+                assert (one[1][0] < limit).all()
+    # Every list and a re-rank of every row: the exact scan.
+    want = _index.exact_topk(queries[:1], store.view(), 10)
+    got = index.search(queries[:1], 10, store.view(), nprobe=nlist, rerank=2345)
+    assert np.array_equal(got[1], want[1])
+    assert np.array_equal(got[0], want[0])
+    store.close()
+
+
+@pytest.mark.usefixtures("small_train")
+def test_ivf_search_refuses_lists_past_the_arena(tmp_path: Path) -> None:
+    vecs = unit(1000, 32, 32)
+    config = StoreConfig(index="ivf")
+    store = ModuleStore(tmp_path / "db", embedder="synthetic", dim=32, config=config)
+    add_synthetic(store, vecs)
+    index = store.index
+    assert isinstance(index, IvfIndex)
+    lists = index._lists
+    assert lists is not None
+    assert index._centroids is not None
+    sizes = lists.size.copy()
+    sizes[0] = len(lists.ids) + 1
+    args = (index._centroids, index._rotation, lists.start, sizes, lists.blocks, lists.factors)
+    with pytest.raises(ValueError, match="ivf_search: list 0"):
+        _core.ivf_search(vecs[:1], *args, lists.ids, store.view().matrix, 10, 4, 20)
+    with pytest.raises(ValueError, match="one query"):
+        _core.ivf_search(vecs[:2], *args, lists.ids, store.view().matrix, 10, 4, 20)
+    with pytest.raises(ValueError, match="rotation"):
+        _core.ivf_rotate(vecs[:2], index._rotation[:4])
+    store.close()

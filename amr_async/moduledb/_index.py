@@ -345,7 +345,11 @@ IVF_TRAIN_ITERS = 5
 # vs 0.981); the exact list scan 0.964-0.965, so 256 loses nothing measurable. Fewer
 # (2,263 lists, nprobe 256): 192 / 128 / 64 gave 0.962 / 0.959 / 0.932 (nprobe 224: 0.953 /
 # 0.9495 / 0.9245); 128 would cut p50 by ~0.3-0.6 ms under load at 0.005 of recall.
-IVF_RERANK = 256
+# With one fused call per query (third session, kept 1M DB, nprobe 256, three interleaved
+# rounds, load 3.9-4.5): rerank 128 p50 1.81 / 2.14 / 1.41 ms against 2.68 / 2.72 / 2.40 for
+# 256 (a smaller pool also admits fewer rows during the scan), recall 0.959 vs 0.9635: the
+# default since, the lever closest to the 1 ms goal at recall >= 0.95.
+IVF_RERANK = 128
 # Bits per coordinate of the rotated query in the code estimate (1-8). At 1M, nprobe 256,
 # rerank 256: 4 bits 0.964 recall at 4.6 ms CPU, 1 bit (sign codes, Hamming-like) 0.945 at
 # 3.3 ms; 1 bit with rerank 512: 0.960 at 3.8 ms. Kernel alone (1M-row arena, 140k rows in
@@ -368,6 +372,14 @@ IVF_RERANK = 256
 # rerank 256 (CPU 4.6 / 3.8 -> 3.8 / 3.3 ms). Pre-faulting the vector file (MAP_POPULATE,
 # MADV_POPULATE_READ) would remove the faults but make the whole file resident (+768 B per
 # module at 384-d f16): the RSS goal rules it out.
+# Third session (kept 1M DB, 200 queries, load 2-5): the phase sum missed the probe's cold
+# centroids (3.5 MB, evicted by each scan: 0.43 ms after a search vs 0.25 ms warm) and the
+# glue between the kernels (spans 40, rotation 20-70, sort/offsets 70 µs); a lone query now
+# runs in one Rust call (`_core.ivf_search`) on a pool thread, the centroids' products split
+# over both threads: p50 1.97-2.74 -> 1.23-1.64 ms (cold pass), same results. The re-rank's
+# ~18 minor faults per query on first touch cost ~7.7 µs each (64 KB fault-around; load 3),
+# ~0.14 ms, and only until the rows are mapped; a pread of each of the 256 rows instead
+# would cost 256 syscalls (~3 µs each measured from Python), so the mapping stays.
 IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED
@@ -682,7 +694,9 @@ class IvfIndex:
     from the vector file.
     With ``rerank=0``, when the probed lists hold at most `rerank` rows, or with
     ``nprobe >= nlist`` the probed rows are scanned exactly instead, so probing every list
-    equals the exact scan. Returned scores are always exact dot products.
+    equals the exact scan. Returned scores are always exact dot products. A lone query
+    runs all of it in one Rust call (`_core.ivf_search`), a batch in one call per step;
+    both give the same results.
 
     Thread-safe: appends and the lists' gathering hold a lock briefly, training runs outside
     it (then swaps the state in), and the scan runs outside it with the GIL released.
@@ -968,6 +982,8 @@ class IvfIndex:
         q = len(queries)
         rerank = self.rerank if rerank is None else max(0, rerank)
         probes = self.nprobe if nprobe is None else max(1, nprobe)
+        if q == 1:
+            return self._search_one(queries, k, view, probes, rerank)
         with self._lock:
             centroids, lists, count = self._centroids, self._lists, self._count
             if centroids is None or lists is None:
@@ -1012,6 +1028,41 @@ class IvfIndex:
         )
         return scores, ids
 
+    def _search_one(
+        self, queries: F32, k: int, view: VectorView, nprobe: int, rerank: int
+    ) -> tuple[F32, I64]:
+        """One query in one Rust call (`_core.ivf_search`: probe, code scan, re-rank with
+        the GIL released once); the same results as the batch path of `search`."""
+        with self._lock:
+            centroids, lists = self._centroids, self._lists
+            if centroids is None or lists is None:
+                probed = None
+            else:
+                # Copies: a writer updates starts and sizes in place; the arrays it grows
+                # it replaces, so a reference to them is a consistent read.
+                probed = (lists.start.copy(), lists.size.copy(), lists.blocks, lists.factors)
+                ids = lists.ids
+        if probed is None or centroids is None:
+            return exact_topk(queries, view, k)
+        starts, sizes, blocks, factors = probed
+        return _core.ivf_search(
+            np.ascontiguousarray(queries, np.float32),
+            centroids,
+            self._rotation,
+            starts,
+            sizes,
+            blocks,
+            factors,
+            ids,
+            view.matrix,
+            k,
+            nprobe,
+            rerank,
+            self.query_bits,
+            view.count,
+            view.scales,
+        )
+
     def _search_codes(
         self,
         queries: F32,
@@ -1025,7 +1076,8 @@ class IvfIndex:
         """Rank the spans' rows by code estimate, then re-rank the best `rerank` exactly."""
         q = len(queries)
         blocks, factors, ids = arena
-        rotated = np.ascontiguousarray(queries @ self._rotation.T, np.float32)
+        # Rotated in Rust, as `_search_one` does: the same floats, so the same ranking.
+        rotated = _core.ivf_rotate(np.ascontiguousarray(queries, np.float32), self._rotation)
         bounds = np.arange(q + 1, dtype=np.int64) * nprobe
         cand = _core.code_topk_fast(
             rotated, blocks, factors, ids, spans, bounds, rerank, self.query_bits, view.count

@@ -8,6 +8,7 @@ pub mod binary;
 pub mod embed;
 pub mod extract;
 pub mod fastscan;
+pub mod ivf;
 pub mod probe;
 pub mod similarity;
 pub mod stack;
@@ -614,6 +615,97 @@ fn ivf_probe<'py>(
     PyArray1::from_vec(py, out).reshape([nq, p])
 }
 
+/// `queries @ rotation.T` (q × d, `rotation` d × d) as the fused IVF search rotates its
+/// query (see `ivf`), so the batch path's codes ranking matches the fused one's.
+#[pyfunction]
+fn ivf_rotate<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    rotation: PyReadonlyArray2<'py, f32>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    if rotation.shape() != [dim, dim] {
+        return Err(PyValueError::new_err(format!(
+            "ivf_rotate: rotation must be ({dim}, {dim}) for {dim}-d queries, got {:?}",
+            rotation.shape()
+        )));
+    }
+    let (q, r) = (crate::rows(&queries), crate::rows(&rotation));
+    let out: Vec<f32> = py.detach(|| {
+        q.chunks_exact(dim.max(1))
+            .flat_map(|v| ivf::rotate(v, &r))
+            .collect()
+    });
+    PyArray1::from_vec(py, out).reshape([nq, dim])
+}
+
+/// One IVF query (1 × d) in one call (see `ivf::search_one`): the `nprobe` nearest
+/// lists, their rows ranked by code estimate, the best `max(rerank, k)` re-scored exactly
+/// on `matrix` (float32, float16, or int8 with `scales`). Returns (1 × k', 1 × k') scores
+/// and ids, k' = min(k, rows scored), as `topk_rows` does.
+#[pyfunction]
+#[pyo3(signature = (query, centroids, rotation, starts, sizes, blocks, factors, ids, matrix, k, nprobe, rerank, bits=4, limit=i64::MAX, scales=None))]
+#[allow(clippy::too_many_arguments)]
+fn ivf_search<'py>(
+    py: Python<'py>,
+    query: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+    rotation: PyReadonlyArray2<'py, f32>,
+    starts: PyReadonlyArray1<'py, i64>,
+    sizes: PyReadonlyArray1<'py, i64>,
+    blocks: PyReadonlyArray2<'py, u8>,
+    factors: PyReadonlyArray2<'py, f32>,
+    ids: PyReadonlyArray1<'py, i64>,
+    matrix: &Bound<'py, PyAny>,
+    k: usize,
+    nprobe: usize,
+    rerank: usize,
+    bits: usize,
+    limit: i64,
+    scales: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<TopKArrays<'py>> {
+    let dim = query.shape()[1];
+    let bb = fastscan::block_bytes(dim.div_ceil(64));
+    if query.shape()[0] != 1 || blocks.shape()[1] != bb || factors.shape()[1] != 2 {
+        return Err(PyValueError::new_err(format!(
+            "ivf_search: one query (1, d), blocks (m, {bb}) and factors (n, 2); got {:?}, \
+             {:?}, {:?}",
+            query.shape(),
+            blocks.shape(),
+            factors.shape()
+        )));
+    }
+    let (q, c, r) = (
+        crate::rows(&query),
+        crate::rows(&centroids),
+        crate::rows(&rotation),
+    );
+    let (starts, sizes, ids) = (rows_1d(&starts), rows_1d(&sizes), rows_1d(&ids));
+    let (bytes, factors) = (crate::rows(&blocks), crate::rows(&factors));
+    let lists = ivf::IvfLists {
+        centroids: &c,
+        rotation: &r,
+        starts: &starts,
+        sizes: &sizes,
+        codes: fastscan::FastCodes {
+            blocks: &bytes,
+            factors: &factors,
+            ids: &ids,
+            dim,
+        },
+    };
+    let params = ivf::IvfParams {
+        k,
+        nprobe,
+        rerank,
+        bits,
+        limit,
+    };
+    search_matrix(py, matrix, scales, (1, dim), |m| {
+        ivf::search_one(lists, &q, m, params).map_err(|e| format!("ivf_search: {e}"))
+    })
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -635,5 +727,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fastscan_pack, m)?)?;
     m.add_function(wrap_pyfunction!(fastscan_unpack, m)?)?;
     m.add_function(wrap_pyfunction!(ivf_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_rotate, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_search, m)?)?;
     Ok(())
 }

@@ -111,26 +111,32 @@ pub fn probe(
     let take = nprobe.min(lists);
     let mut out = Vec::with_capacity(queries.len() / dim * take);
     let mut near = vec![0f32; lists];
-    let mut order: Vec<u32> = Vec::with_capacity(lists);
     for query in queries.chunks_exact(dim) {
         scores(query, centroids, &mut near, portable);
-        order.clear();
-        order.extend(0..lists as u32);
-        let better = |a: &u32, b: &u32| -> Ordering {
-            let (x, y) = (near[*a as usize], near[*b as usize]);
-            match (x.is_nan(), y.is_nan()) {
-                (false, false) => y.total_cmp(&x).then(a.cmp(b)),
-                (nan_a, nan_b) => nan_a.cmp(&nan_b).then(a.cmp(b)),
-            }
-        };
-        if take > 0 && take < lists {
-            order.select_nth_unstable_by(take - 1, better);
-        }
-        let mut chosen: Vec<u32> = order[..take].to_vec();
-        chosen.sort_unstable();
-        out.extend(chosen.into_iter().map(i64::from));
+        out.extend(choose(&near, take).into_iter().map(i64::from));
     }
     Ok(out)
+}
+
+/// The numbers of the `take` highest of `near` (all when `take` exceeds their number),
+/// ascending. Ties go to the lower number; a NaN ranks last.
+pub fn choose(near: &[f32], take: usize) -> Vec<u32> {
+    let lists = near.len();
+    let take = take.min(lists);
+    let mut order: Vec<u32> = (0..lists as u32).collect();
+    let better = |a: &u32, b: &u32| -> Ordering {
+        let (x, y) = (near[*a as usize], near[*b as usize]);
+        match (x.is_nan(), y.is_nan()) {
+            (false, false) => y.total_cmp(&x).then(a.cmp(b)),
+            (nan_a, nan_b) => nan_a.cmp(&nan_b).then(a.cmp(b)),
+        }
+    };
+    if take > 0 && take < lists {
+        order.select_nth_unstable_by(take - 1, better);
+    }
+    order.truncate(take);
+    order.sort_unstable();
+    order
 }
 
 #[cfg(test)]
