@@ -200,6 +200,24 @@ def ivf_probe(
     forces the plain loop: same results). Raises ValueError for mismatched dimensions.
     """
 
+def ivf_compact(
+    centroids: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """The centroids (n × d) in int8 for choosing lists: codes (n × d, within ±127, rounded
+    to nearest) and per row the scale `max |x| / 127` (0 for a zero row), `x ≈ scale × code`."""
+
+def ivf_probe_compact(
+    queries: npt.NDArray[np.float32],
+    codes: npt.NDArray[np.int8],
+    scales: npt.NDArray[np.float32],
+    nprobe: int,
+    portable: bool = False,
+) -> npt.NDArray[np.int64]:
+    """`ivf_probe` on compact centroids (`ivf_compact`): each query quantized the same way,
+    centroid c scored `scales[c] × Σ q_i codes[c, i]` (exact integer sums, so `portable`
+    gives the same results). Raises ValueError for mismatched shapes.
+    """
+
 def ivf_rotate(
     queries: npt.NDArray[np.float32], rotation: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
@@ -208,7 +226,8 @@ def ivf_rotate(
 
 def ivf_search(
     query: npt.NDArray[np.float32],
-    centroids: npt.NDArray[np.float32],
+    centroid_codes: npt.NDArray[np.int8],
+    centroid_scales: npt.NDArray[np.float32],
     rotation: npt.NDArray[np.float32],
     starts: npt.NDArray[np.int64],
     sizes: npt.NDArray[np.int64],
@@ -224,7 +243,8 @@ def ivf_search(
     scales: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """One IVF query (1 × d) in one call, the GIL released once: the `nprobe` lists nearest
-    it (`ivf_probe`, the centroids' products split over the threads), their rows (list c:
+    it by the compact centroids (`ivf_compact`, chosen as `ivf_probe_compact`, the products
+    split over the threads), their rows (list c:
     slots `starts[c] … starts[c] + sizes[c] - 1` of `blocks`, `factors`, `ids`) ranked by
     1-bit code estimate (`code_topk_fast`, query rotated as `ivf_rotate`), and the best
     max(rerank, k) with id < `limit` re-scored exactly on `matrix` in ascending id order

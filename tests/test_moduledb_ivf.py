@@ -550,6 +550,43 @@ def test_ivf_probe_picks_the_nearest_centroids() -> None:
         _core.ivf_probe(queries, unit(10, 100, 0), 3)
 
 
+def test_compact_probe_picks_the_f32_lists_where_scores_are_apart() -> None:
+    rng = np.random.default_rng(42)
+    queries = unit(5, 384, 43)
+    # Per query, centroids at clearly separated scores (0.01 apart, the int8 error ~1e-3):
+    # the compact probe must choose exactly the f32 probe's lists.
+    for query in queries:
+        steps = rng.permutation(700).astype(np.float32) * 0.01 - 3.5
+        noise = 0.02 * (rng.random((700, 384), dtype=np.float32) - 0.5)
+        centroids = np.ascontiguousarray(steps[:, None] * query[None] + noise, np.float32)
+        codes, scales = _core.ivf_compact(centroids)
+        assert codes.dtype == np.int8
+        assert codes.shape == (700, 384)
+        assert scales.shape == (700,)
+        assert np.abs(codes).max() == 127
+        err = np.abs(codes * scales[:, None] - centroids)
+        assert (err <= scales[:, None] * 0.5001).all()
+        for nprobe in (1, 64, 699, 700, 5000):
+            got = _core.ivf_probe_compact(query[None], codes, scales, nprobe)
+            assert np.array_equal(
+                got, _core.ivf_probe_compact(query[None], codes, scales, nprobe, True)
+            )
+            assert np.array_equal(got, _core.ivf_probe(query[None], centroids, nprobe)), nprobe
+    with pytest.raises(ValueError, match="codes must be"):
+        _core.ivf_probe_compact(queries, codes[:, :100], scales, 3)
+
+
+def test_compact_probe_recall_of_the_f32_lists_on_random_centroids() -> None:
+    # No gaps by construction: the lists may differ only at the boundary, a few of 64.
+    centroids = unit(2000, 384, 44)
+    queries = unit(50, 384, 45)
+    codes, scales = _core.ivf_compact(centroids)
+    got = _core.ivf_probe_compact(queries, codes, scales, 64)
+    want = _core.ivf_probe(queries, centroids, 64)
+    overlap = np.mean([len(np.intersect1d(g, w)) for g, w in zip(got, want, strict=True)])
+    assert overlap >= 60, overlap
+
+
 def test_fastscan_pack_writes_only_its_slots_and_refuses_bad_input() -> None:
     _vecs, codes, factors = _arena_args(64, 128, 33)
     slots = np.arange(64, dtype=np.int64)
@@ -755,7 +792,9 @@ def test_ivf_search_refuses_lists_past_the_arena(tmp_path: Path) -> None:
     assert index._centroids is not None
     sizes = lists.size.copy()
     sizes[0] = len(lists.ids) + 1
-    args = (index._centroids, index._rotation, lists.start, sizes, lists.blocks, lists.factors)
+    assert index._compact is not None
+    codes, scales = index._compact
+    args = (codes, scales, index._rotation, lists.start, sizes, lists.blocks, lists.factors)
     with pytest.raises(ValueError, match="ivf_search: list 0"):
         _core.ivf_search(vecs[:1], *args, lists.ids, store.view().matrix, 10, 4, 20)
     with pytest.raises(ValueError, match="one query"):

@@ -5,13 +5,14 @@
 //! `code_topk_fast`, the sort, `topk_rows`), run with the GIL released once and no NumPy
 //! in between. At 1M (2,263 lists, nprobe 256) the Python glue between the kernels cost
 //! ~0.2-0.3 ms per query, and the probe read its 3.5 MB of centroids cold after each scan
-//! (~0.43 ms against ~0.25 ms warm): here the centroids' dot products are split over the
-//! threads. Results are identical to the separate kernels' (tested).
+//! (~0.43 ms against ~0.25 ms warm): here the lists are chosen on int8 copies of the
+//! centroids (a quarter of the bytes; see [`crate::probe::compact`]), their products split
+//! over the threads. Results are identical to the separate kernels' (tested).
 
 use rayon::prelude::*;
 
 use crate::fastscan::{fast_topk, FastCodes};
-use crate::probe::{choose, scores};
+use crate::probe::{choose, compact_scores, quantize, scores, CompactRows};
 use crate::topk::{topk_rows, Matrix, TopKResult};
 
 /// Centroid rows per parallel piece of the probe's dot products: below it, one thread.
@@ -20,8 +21,9 @@ const PROBE_PIECE_ROWS: usize = 256;
 /// An IVF index's state as one query reads it, borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct IvfLists<'a> {
-    /// `nlist × dim` centroids.
-    pub centroids: &'a [f32],
+    /// `nlist × dim` centroids, int8 with a scale per row (see [`crate::probe::compact`]):
+    /// the lists are chosen on them.
+    pub centroids: CompactRows<'a>,
     /// `dim × dim` rotation of the codes (row `i` gives rotated coordinate `i`).
     pub rotation: &'a [f32],
     /// First slot of each list (a multiple of 32) and its number of rows.
@@ -44,19 +46,22 @@ pub struct IvfParams {
     pub limit: i64,
 }
 
-/// Dot products of `query` with every row of `matrix`, split over the threads in pieces
-/// of whole quads of rows (each row's result does not depend on the split).
-pub fn scores_parallel(query: &[f32], matrix: &[f32], out: &mut [f32]) {
+/// [`compact_scores`] of a quantized `query` with every row of `rows`, split over the
+/// threads in pieces of whole quads of rows (each row's result does not depend on the split).
+pub fn compact_parallel(query: &[i8], rows: CompactRows<'_>, out: &mut [f32]) {
     let dim = query.len();
     let threads = rayon::current_num_threads().max(1);
     let piece = out.len().div_ceil(threads).next_multiple_of(4);
     if dim == 0 || piece < PROBE_PIECE_ROWS || threads == 1 {
-        scores(query, matrix, out, false);
+        compact_scores(query, rows, out, false);
         return;
     }
     out.par_chunks_mut(piece)
-        .zip(matrix.par_chunks(piece * dim))
-        .for_each(|(o, m)| scores(query, m, o, false));
+        .zip(rows.codes.par_chunks(piece * dim))
+        .zip(rows.scales.par_chunks(piece))
+        .for_each(|((o, codes), scales)| {
+            compact_scores(query, CompactRows { codes, scales }, o, false);
+        });
 }
 
 /// Rotate `query` (`rotation` is `dim × dim`): the codes' coordinates, as
@@ -71,12 +76,14 @@ pub fn rotate(query: &[f32], rotation: &[f32]) -> Vec<f32> {
 fn check(lists: IvfLists<'_>, query: &[f32]) -> Result<(), String> {
     let dim = query.len();
     let nlist = lists.starts.len();
-    if dim == 0 || lists.codes.dim != dim || lists.centroids.len() != nlist * dim {
+    let c = lists.centroids;
+    if dim == 0 || lists.codes.dim != dim || c.codes.len() != nlist * dim || c.scales.len() != nlist
+    {
         return Err(format!(
-            "{dim}-d query: centroids must be {} × {dim} for {} lists, got {} floats",
-            nlist,
-            nlist,
-            lists.centroids.len()
+            "{dim}-d query: centroids must be {nlist} × {dim} codes and {nlist} scales for \
+             {nlist} lists, got {} codes and {} scales",
+            c.codes.len(),
+            c.scales.len()
         ));
     }
     if lists.sizes.len() != nlist || lists.rotation.len() != dim * dim {
@@ -132,7 +139,9 @@ fn search_in_pool(
     let probes = p.nprobe.max(1).min(nlist);
     let chosen: Vec<usize> = if probes < nlist {
         let mut near = vec![0f32; nlist];
-        scores_parallel(query, lists.centroids, &mut near);
+        let mut code = vec![0i8; query.len()];
+        quantize(query, &mut code);
+        compact_parallel(&code, lists.centroids, &mut near);
         choose(&near, probes)
             .into_iter()
             .map(|c| c as usize)
@@ -179,7 +188,7 @@ fn search_in_pool(
 mod tests {
     use super::*;
     use crate::fastscan::{block_bytes, pack, BLOCK};
-    use crate::probe::probe;
+    use crate::probe::{compact, probe_compact};
     use rand::{Rng, SeedableRng};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -190,11 +199,17 @@ mod tests {
     #[test]
     fn parallel_scores_equal_the_single_thread_ones() {
         for (rows, dim) in [(0usize, 8usize), (3, 8), (1001, 20), (2263, 384)] {
-            let (q, m) = (random(dim, 1), random(rows * dim, 2));
-            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
-            scores(&q, &m, &mut a, false);
-            scores_parallel(&q, &m, &mut b);
-            assert_eq!(a, b, "{rows} × {dim}");
+            let (codes, scales) = compact(&random(rows * dim, 2), dim);
+            let centroids = CompactRows {
+                codes: &codes,
+                scales: &scales,
+            };
+            let mut query = vec![0i8; dim];
+            quantize(&random(dim, 1), &mut query);
+            let (mut one, mut split) = (vec![0f32; rows], vec![0f32; rows]);
+            compact_scores(&query, centroids, &mut one, false);
+            compact_parallel(&query, centroids, &mut split);
+            assert_eq!(one, split, "{rows} × {dim}");
         }
     }
 
@@ -272,10 +287,12 @@ mod tests {
             factors,
             ids,
         } = arena(dim, nlist);
-        let (slots, rows) = (ids.len(), vectors.len() / dim);
-        let centroids = random(nlist * dim, 5);
+        let (codes, scales) = compact(&random(nlist * dim, 5), dim);
         let lists = IvfLists {
-            centroids: &centroids,
+            centroids: CompactRows {
+                codes: &codes,
+                scales: &scales,
+            },
             rotation: &rotation,
             starts: &starts,
             sizes: &sizes,
@@ -306,7 +323,7 @@ mod tests {
             };
             let got = search_one(lists, &query, matrix, p).unwrap();
             // The kernels one by one, as `IvfIndex.search` calls them.
-            let chosen = probe(&query, &centroids, dim, nprobe, false).unwrap();
+            let chosen = probe_compact(&query, lists.centroids, dim, nprobe, false).unwrap();
             let spans: Vec<(usize, usize)> = chosen
                 .iter()
                 .map(|&c| (starts[c as usize] as usize, sizes[c as usize] as usize))
@@ -346,7 +363,7 @@ mod tests {
         let p = IvfParams {
             k: 10,
             nprobe: nlist,
-            rerank: rows,
+            rerank: vectors.len() / dim,
             bits: 4,
             limit: i64::MAX,
         };
@@ -355,7 +372,7 @@ mod tests {
         assert_eq!(got.indices, all.indices);
         // A list reaching past the arena is refused.
         let mut bad = sizes.clone();
-        bad[0] = slots as i64 + 1;
+        bad[0] = ids.len() as i64 + 1;
         let broken = IvfLists {
             sizes: &bad,
             ..lists

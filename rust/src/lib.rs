@@ -69,6 +69,8 @@ fn cosine_matrix<'py>(
 
 /// Scores (q × k) and row indices (q × k) of a top-k search.
 type TopKArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+/// Compact rows as Python receives them: int8 codes (n × d) and a scale per row.
+type CompactArrays<'py> = (Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>);
 
 /// Run `search` over `matrix` (float32, float16, or int8 with one float32 scale per row)
 /// with the GIL released, after checking its dimension against the queries' `dim`, and
@@ -615,6 +617,55 @@ fn ivf_probe<'py>(
     PyArray1::from_vec(py, out).reshape([nq, p])
 }
 
+/// The centroids for choosing lists: int8 codes (n × d) and one scale per row (see
+/// `probe::compact`).
+#[pyfunction]
+fn ivf_compact<'py>(
+    py: Python<'py>,
+    centroids: PyReadonlyArray2<'py, f32>,
+) -> PyResult<CompactArrays<'py>> {
+    let (n, dim) = (centroids.shape()[0], centroids.shape()[1]);
+    let c = crate::rows(&centroids);
+    let (codes, scales) = py.detach(|| probe::compact(&c, dim));
+    Ok((
+        PyArray1::from_vec(py, codes).reshape([n, dim])?,
+        PyArray1::from_vec(py, scales),
+    ))
+}
+
+/// `ivf_probe` on the compact centroids of `ivf_compact` (see `probe::probe_compact`).
+#[pyfunction]
+#[pyo3(signature = (queries, codes, scales, nprobe, portable=false))]
+fn ivf_probe_compact<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    codes: PyReadonlyArray2<'py, i8>,
+    scales: PyReadonlyArray1<'py, f32>,
+    nprobe: usize,
+    portable: bool,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+    if codes.shape() != [scales.shape()[0], dim] {
+        return Err(PyValueError::new_err(format!(
+            "ivf_probe_compact: codes must be ({}, {dim}) for {dim}-d queries and {} \
+             scales, got {:?}",
+            scales.shape()[0],
+            scales.shape()[0],
+            codes.shape()
+        )));
+    }
+    let p = nprobe.min(codes.shape()[0]);
+    let (q, c, s) = (crate::rows(&queries), crate::rows(&codes), rows_1d(&scales));
+    let rows = probe::CompactRows {
+        codes: &c,
+        scales: &s,
+    };
+    let out = py
+        .detach(|| probe::probe_compact(&q, rows, dim, nprobe, portable))
+        .map_err(|e| PyValueError::new_err(format!("ivf_probe_compact: {e}")))?;
+    PyArray1::from_vec(py, out).reshape([nq, p])
+}
+
 /// `queries @ rotation.T` (q × d, `rotation` d × d) as the fused IVF search rotates its
 /// query (see `ivf`), so the batch path's codes ranking matches the fused one's.
 #[pyfunction]
@@ -640,16 +691,17 @@ fn ivf_rotate<'py>(
 }
 
 /// One IVF query (1 × d) in one call (see `ivf::search_one`): the `nprobe` nearest
-/// lists, their rows ranked by code estimate, the best `max(rerank, k)` re-scored exactly
+/// lists by the compact centroids (`ivf_compact`: codes, scales), their rows ranked by code estimate, the best `max(rerank, k)` re-scored exactly
 /// on `matrix` (float32, float16, or int8 with `scales`). Returns (1 × k', 1 × k') scores
 /// and ids, k' = min(k, rows scored), as `topk_rows` does.
 #[pyfunction]
-#[pyo3(signature = (query, centroids, rotation, starts, sizes, blocks, factors, ids, matrix, k, nprobe, rerank, bits=4, limit=i64::MAX, scales=None))]
+#[pyo3(signature = (query, centroid_codes, centroid_scales, rotation, starts, sizes, blocks, factors, ids, matrix, k, nprobe, rerank, bits=4, limit=i64::MAX, scales=None))]
 #[allow(clippy::too_many_arguments)]
 fn ivf_search<'py>(
     py: Python<'py>,
     query: PyReadonlyArray2<'py, f32>,
-    centroids: PyReadonlyArray2<'py, f32>,
+    centroid_codes: PyReadonlyArray2<'py, i8>,
+    centroid_scales: PyReadonlyArray1<'py, f32>,
     rotation: PyReadonlyArray2<'py, f32>,
     starts: PyReadonlyArray1<'py, i64>,
     sizes: PyReadonlyArray1<'py, i64>,
@@ -677,13 +729,17 @@ fn ivf_search<'py>(
     }
     let (q, c, r) = (
         crate::rows(&query),
-        crate::rows(&centroids),
+        crate::rows(&centroid_codes),
         crate::rows(&rotation),
     );
+    let cs = rows_1d(&centroid_scales);
     let (starts, sizes, ids) = (rows_1d(&starts), rows_1d(&sizes), rows_1d(&ids));
     let (bytes, factors) = (crate::rows(&blocks), crate::rows(&factors));
     let lists = ivf::IvfLists {
-        centroids: &c,
+        centroids: probe::CompactRows {
+            codes: &c,
+            scales: &cs,
+        },
         rotation: &r,
         starts: &starts,
         sizes: &sizes,
@@ -727,6 +783,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fastscan_pack, m)?)?;
     m.add_function(wrap_pyfunction!(fastscan_unpack, m)?)?;
     m.add_function(wrap_pyfunction!(ivf_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_compact, m)?)?;
+    m.add_function(wrap_pyfunction!(ivf_probe_compact, m)?)?;
     m.add_function(wrap_pyfunction!(ivf_rotate, m)?)?;
     m.add_function(wrap_pyfunction!(ivf_search, m)?)?;
     Ok(())
