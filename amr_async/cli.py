@@ -7,10 +7,12 @@ Each stage that has commands owns them in its own `cli.py` with a
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from amr_async import config
 from amr_async.emulator import cli as emulator_cli
@@ -126,5 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def exit_with(code: int) -> NoReturn:
+    """End the `amr-async` process with `code`, without the collector's last walk.
+
+    At exit the interpreter's cyclic collector walks every object the command left alive
+    (~0.1 s after a 542-item run); frozen, they are freed by reference counts alone. Every
+    file the commands write is closed before they return, so nothing waits on a finaliser.
+    """
+    gc.freeze()
+    sys.exit(code)
+
+
+def console() -> NoReturn:
+    """The `amr-async` executable."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

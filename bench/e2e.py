@@ -115,7 +115,7 @@ def _emulator(latency: str, cpu: dict[str, float]) -> Iterator[str]:
 # timeline path (argv[3], else "-"), `_timeline.py` samples the run every 100 ms into it.
 _LAUNCHER = """
 import cProfile, dataclasses, json, os, resource, sys, time
-from amr_async.cli import main
+from amr_async.cli import exit_with, main
 import amr_async.moduledb, amr_async.sandbox, amr_async.scheduler, amr_async.teacher.factory
 from amr_async.pipeline.runner import Runner
 from amr_async.pipeline.strategies.amr_evol import AmrEvolStrategy
@@ -156,7 +156,7 @@ with open(sys.argv[1], "w") as f:
                "loop_cpu_s": time.thread_time() - loop,
                "sandbox_cpu_s": cpu(resource.RUSAGE_CHILDREN),
                "speculation": [dataclasses.asdict(s.speculation) for s in strategies]}, f)
-sys.exit(code)
+exit_with(code)  # as the `amr-async` executable ends
 """.replace("BENCH_DIR", repr(str(Path(__file__).resolve().parent)))
 
 

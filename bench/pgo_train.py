@@ -113,6 +113,21 @@ def train(core: ModuleType, files: str) -> dict[str, int]:
         core.code_topk_fast(queries[:2], blocks, factors, ids, spans, bounds, 256)
     core.code_topk(queries[:2], codes, factors, ids, spans, bounds, 256)
     core.fastscan_unpack(blocks, ids[:1_000])
+    # The IVF query: the probe, the rotation, and the fused lone query (62 lists of 300 rows
+    # in the blocks above, re-ranked on f16 rows), as `IvfIndex` calls them.
+    centroids = rng.standard_normal((62, 384), dtype=np.float32)
+    rotation = rng.standard_normal((384, 384), dtype=np.float32)
+    starts = np.arange(0, 62 * 320, 320, dtype=np.int64)
+    sizes = np.full(62, 300, dtype=np.int64)
+    f16 = f32.astype(np.float16)
+    core.ivf_probe(queries, centroids, 16)
+    core.ivf_rotate(queries, rotation)
+    for i in range(len(queries)):
+        for nprobe, rerank in ((16, 128), (62, 0)):
+            core.ivf_search(
+                queries[i : i + 1], centroids, rotation, starts, sizes, blocks, factors, ids,
+                f16, 10, nprobe, rerank,
+            )  # fmt: skip
     return {
         "functions": len(units),
         "hashed": sum(h is not None for h in hashed),
