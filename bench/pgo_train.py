@@ -120,12 +120,13 @@ def train(core: ModuleType, files: str) -> dict[str, int]:
     starts = np.arange(0, 62 * 320, 320, dtype=np.int64)
     sizes = np.full(62, 300, dtype=np.int64)
     f16 = f32.astype(np.float16)
-    core.ivf_probe(queries, centroids, 16)
+    compact = core.ivf_compact(centroids)  # the int8 centroids the probe reads
+    core.ivf_probe_compact(queries, *compact, 16)
     core.ivf_rotate(queries, rotation)
     for i in range(len(queries)):
         for nprobe, rerank in ((16, 128), (62, 0)):
             core.ivf_search(
-                queries[i : i + 1], centroids, rotation, starts, sizes, blocks, factors, ids,
+                queries[i : i + 1], *compact, rotation, starts, sizes, blocks, factors, ids,
                 f16, 10, nprobe, rerank,
             )  # fmt: skip
     return {
