@@ -132,8 +132,8 @@ def exit_with(code: int) -> NoReturn:
     """End the `amr-async` process with `code`, without the collector's last walk.
 
     At exit the interpreter's cyclic collector walks every object the command left alive
-    (~0.1 s after a 542-item run); frozen, they are freed by reference counts alone. Every
-    file the commands write is closed before they return, so nothing waits on a finaliser.
+    (~0.1 s after a 542-item run); frozen, they are freed by reference counts alone. So a
+    command closes what it writes before it returns: nothing may wait on a finaliser.
     """
     gc.freeze()
     sys.exit(code)

@@ -373,23 +373,23 @@ IVF_RERANK = 128
 # rerank 256 (CPU 4.6 / 3.8 -> 3.8 / 3.3 ms). Pre-faulting the vector file (MAP_POPULATE,
 # MADV_POPULATE_READ) would remove the faults but make the whole file resident (+768 B per
 # module at 384-d f16): the RSS goal rules it out.
-# Third session (kept 1M DB, 200 queries, load 2-5): the phase sum missed the probe's cold
-# centroids (3.5 MB, evicted by each scan: 0.43 ms after a search vs 0.25 ms warm) and the
-# glue between the kernels (spans 40, rotation 20-70, sort/offsets 70 µs); a lone query now
-# runs in one Rust call (`_core.ivf_search`) on a pool thread, the centroids' products split
-# over both threads: p50 1.97-2.74 -> 1.23-1.64 ms (cold pass), same results. The re-rank's
-# ~18 minor faults per query on first touch cost ~7.7 µs each (64 KB fault-around; load 3),
-# ~0.14 ms, and only until the rows are mapped; a pread of each of the 256 rows instead
-# would cost 256 syscalls (~3 µs each measured from Python), so the mapping stays.
-# Eighth session: the probe chooses the lists on int8 copies of the centroids (`ivf_compact`:
-# a scale per row, derived on train/load, not saved; 0.87 vs 3.5 MB at 1M) and an int8 copy
-# of the query (`vpmaddubsw`, exact integer sums). Probe alone, kept 1M DB (2,263 lists),
-# nprobe 256, one thread, load 2.4-2.8, median of 200: f32 131-135 µs warm / 596-604 µs
-# cold, int8 63-64 / 147-158 µs; 1.8 of 256 lists differ per random query, at the boundary.
-# Whole fused queries, old and new plain builds in one process alternated query by query
-# (600 each, load 2.0-2.2): CPU 1.13-1.40 -> 0.89-1.06 ms, wall p50 0.62-0.80 -> 0.59-0.66
-# ms; the top-10 ids identical in 600/600, and recall at nprobe 192/224/256/320 unchanged
-# (0.9375 / 0.9495 / 0.959 / 0.9765).
+# 2026-11-27, third session (kept 1M DB, 200 queries, load 2-5): the phase sum missed the probe's
+# cold centroids (3.5 MB, evicted by each scan: 0.43 ms after a search vs 0.25 ms warm) and the
+# glue between the kernels (spans 40, rotation 20-70, sort/offsets 70 µs); a lone query now runs
+# in one Rust call (`_core.ivf_search`) on a pool thread, the centroids' products split over both
+# threads: p50 1.97-2.74 -> 1.23-1.64 ms (cold pass), same results. The re-rank's ~18 minor faults
+# per query on first touch cost ~7.7 µs each (64 KB fault-around; load 3), ~0.14 ms, and only
+# until the rows are mapped; a pread of each of the 256 rows instead would cost 256 syscalls (~3
+# µs each measured from Python), so the mapping stays.
+# Later in that session: the probe chooses the lists on int8 copies of the centroids
+# (`ivf_compact`: a scale per row, derived on train/load, not saved; 0.87 vs 3.5 MB at 1M) and an
+# int8 copy of the query (`vpmaddubsw`, exact integer sums). Probe alone, kept 1M DB (2,263
+# lists), nprobe 256, one thread, load 2.4-2.8, median of 200: f32 131-135 µs warm / 596-604 µs
+# cold, int8 63-64 / 147-158 µs; 1.8 of 256 lists differ per random query, at the boundary. Whole
+# fused queries, old and new plain builds in one process alternated query by query (600 each, load
+# 2.0-2.2): CPU 1.13-1.40 -> 0.89-1.06 ms, wall p50 0.62-0.80 -> 0.59-0.66 ms; the top-10 ids
+# identical in 600/600, and recall at nprobe 192/224/256/320 unchanged (0.9375 / 0.9495 / 0.959 /
+# 0.9765).
 IVF_QUERY_BITS = 4
 # Seed of the random rotation of a new index (saved with it).
 _ROTATION_SEED = 0x5EED
