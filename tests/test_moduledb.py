@@ -275,9 +275,10 @@ def test_indexes_agree_with_exact_and_survive_reopen(
     assert recall >= (0.99 if index == "exact" and dtype == "f16" else 0.9)
     # The perturbed vector's source ranks first. Only the exact f16 scan must get every one:
     # int8 rounding may swap a near tie, and an ANN graph (usearch builds it multithreaded,
-    # so not deterministically) may miss the true nearest for an odd query.
+    # so not deterministically) may miss the true nearest for an odd query: 0.94-1.0 of the
+    # 50 over repeated usearch builds (0.94 once in CI under load, hence 0.9, not 0.95).
     first = np.mean([g[0][1] == q for q, g in enumerate(got)])
-    assert first >= (1.0 if index == "exact" and dtype == "f16" else 0.95)
+    assert first >= (1.0 if index == "exact" and dtype == "f16" else 0.9)
     store.close()
     again = ModuleStore(tmp_path / "db", embedder="synthetic", dim=64)
     assert len(again) == 3000
