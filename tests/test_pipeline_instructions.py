@@ -188,21 +188,89 @@ async def test_evolve_chains_levels_and_goes_on_from_the_parent_after_an_elimina
 def test_dedup_exact_and_near() -> None:
     dedup = Dedup(0.9)
     texts = ["Write a function that adds two numbers.", "Write a function to parse a date."]
-    for i, (t, v) in enumerate(zip(texts, Dedup.embed(texts), strict=True)):
-        assert dedup.check(t, v) is None
-        dedup.add(f"k{i}", t, v)
+    assert dedup.sieve([(f"k{i}", t) for i, t in enumerate(texts)]) == [None, None]
     probe = ["WRITE a function, that adds two numbers!", "Write a function that adds two numbers"]
     probe += ["Write a function that multiplies two matrices of floats."]
-    v = Dedup.embed(probe)
-    assert dedup.check(probe[0], v[0]) == "duplicate:k0"
-    assert dedup.check(probe[1], v[1]) == "duplicate:k0"
-    assert dedup.check(probe[2], v[2]) is None
     near = "Write a function that adds two numbers. Write a function that adds two numbers quickly."
-    why = dedup.check(near, Dedup.embed([near])[0])
-    assert why is not None
-    assert why.startswith("near_duplicate:k0:")
+    got = dedup.sieve([(f"p{i}", t) for i, t in enumerate([*probe, near])])
+    assert got[:3] == ["duplicate:k0", "duplicate:k0", None]
+    assert got[3] is not None
+    assert got[3].startswith("near_duplicate:k0:")
+    # Within one batch: a text kept earlier in it counts, an eliminated one does not.
+    got = dedup.sieve([("a", "Count the vowels in a word."), ("b", "count the VOWELS in a word")])
+    assert got == [None, "duplicate:a"]
+    assert len(dedup) == 4
     with pytest.raises(ValueError, match="max_similarity"):
         Dedup(0.0)
+
+
+def _texts_with_near_duplicates(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` random 20-word texts, a third of them copies of an earlier one with 1-3 words
+    changed (cosine ~0.85-0.97 in the hash embedding: both sides of 0.9)."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(4000)]
+    texts: list[str] = []
+    for i in range(n):
+        if i > 10 and rng.random() < 0.33:
+            words = texts[int(rng.integers(i))].split()
+            for _ in range(int(rng.integers(1, 4))):
+                words[int(rng.integers(len(words)))] = vocab[int(rng.integers(len(vocab)))]
+        else:
+            words = [vocab[int(x)] for x in rng.integers(len(vocab), size=20)]
+        texts.append(" ".join(words))
+    return [(f"t{i}", t) for i, t in enumerate(texts)]
+
+
+def _sequential_scan(entries: list[tuple[str, str]], threshold: float) -> list[float]:
+    """Per text, the best cosine (float32) with the texts kept before it (-1: none), and
+    whether it was kept: the dedup's meaning, checked one text at a time."""
+    vectors = Dedup.embed([t for _, t in entries])
+    kept: list[int] = []
+    best: list[float] = []
+    for i in range(len(entries)):
+        score = float((vectors[kept] @ vectors[i]).max()) if kept else -1.0
+        best.append(score)
+        if score < threshold:
+            kept.append(i)
+    return best
+
+
+def test_dedup_sieve_is_the_sequential_scan_whatever_the_batching() -> None:
+    entries = _texts_with_near_duplicates(400, seed=3)
+    oracle = _sequential_scan(entries, 0.9)
+    runs = []
+    for size in (1, 7, 64, 400):
+        dedup = Dedup(0.9)
+        runs.append([v for i in range(0, 400, size) for v in dedup.sieve(entries[i : i + size])])
+    assert all(run == runs[0] for run in runs)
+    near = [v for v in runs[0] if v is not None]
+    assert 60 <= len(near) <= 120  # both sides of the threshold are exercised
+    borderline = 0
+    for verdict, score in zip(runs[0], oracle, strict=True):
+        if abs(score - 0.9) < 2e-3:  # float16 rows: a cosine this close may round either way
+            borderline += 1
+            continue
+        assert (verdict is not None) == (score >= 0.9)
+        if verdict is not None:
+            assert abs(float(verdict.rsplit(":", 1)[1]) - score) < 2e-3
+    assert borderline <= 4
+
+
+def test_dedup_through_the_trained_index_finds_what_the_scan_finds() -> None:
+    entries = _texts_with_near_duplicates(3000, seed=4)
+    scan = Dedup(0.9)  # below IVF_MIN_TRAIN: the exact scan
+    probed = Dedup(0.9, min_train=500, nprobe=8)  # trains at 500 rows (~90 lists), probes 8
+    expected = [v for i in range(0, 3000, 32) for v in scan.sieve(entries[i : i + 32])]
+    got = [v for i in range(0, 3000, 32) for v in probed.sieve(entries[i : i + 32])]
+    assert probed._index.nlist > 60  # trained, so the 8 lists probed are a small fraction
+    found = sum(1 for a, b in zip(expected, got, strict=True) if a is not None and a == b)
+    near = sum(1 for v in expected if v is not None)
+    assert near > 600
+    assert found >= 0.98 * near
+    # A miss keeps a text the scan drops, which may then catch a later one the scan keeps.
+    extra = sum(1 for a, b in zip(expected, got, strict=True) if a is None and b is not None)
+    assert extra <= 0.01 * near
+    probed.close()
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from amr_async.moduledb._errors import EmbedderMismatch as EmbedderMismatch
 from amr_async.moduledb._errors import EmbedderUnavailable as EmbedderUnavailable
 from amr_async.moduledb._errors import ModuleDBError as ModuleDBError
 from amr_async.moduledb._errors import UnparseableCode as UnparseableCode
+from amr_async.moduledb._index import IvfIndex as IvfIndex
 from amr_async.moduledb._source import describe as describe
 from amr_async.moduledb._source import extract_functions as extract_functions
 from amr_async.moduledb._source import stub_of as stub_of
@@ -39,6 +40,7 @@ from amr_async.moduledb._types import Rejection as Rejection
 from amr_async.moduledb._types import SearchHit as SearchHit
 from amr_async.moduledb._types import Stats as Stats
 from amr_async.moduledb._types import StoredModule as StoredModule
+from amr_async.moduledb._vectors import VectorView as VectorView
 
 __all__ = [
     "DEFAULT_NOVELTY_THRESHOLD",
@@ -52,6 +54,7 @@ __all__ = [
     "EmbeddingTransport",
     "HashEmbedder",
     "HttpEmbeddingTransport",
+    "IvfIndex",
     "MiniLMEmbedder",
     "Module",
     "ModuleDB",
@@ -65,6 +68,7 @@ __all__ = [
     "StoreConfig",
     "StoredModule",
     "UnparseableCode",
+    "VectorView",
     "describe",
     "extract_functions",
     "make_embedder",

@@ -141,15 +141,13 @@ async def _keep(
             report.eliminate(why or "empty")
             continue
         cleaned.append((item_id, text))
-    vectors = await asyncio.to_thread(Dedup.embed, [t for _, t in cleaned])
+    verdicts = await asyncio.to_thread(dedup.sieve, cleaned)
     kept: list[tuple[str, str]] = []
-    for (item_id, text), vector in zip(cleaned, vectors, strict=True):
-        why = dedup.check(text, vector)
-        if why is not None:
+    for entry, why in zip(cleaned, verdicts, strict=True):
+        if why is None:
+            kept.append(entry)
+        else:
             report.eliminate(why)
-            continue
-        dedup.add(item_id, text, vector)
-        kept.append((item_id, text))
     return kept
 
 

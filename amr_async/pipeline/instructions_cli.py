@@ -104,6 +104,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return ExitCode.ERROR
     finally:
+        dedup.close()
         journal.close()
     summary = {
         "written": report.written,
