@@ -24,7 +24,11 @@ allows: `cpu_bound_instructions_per_s` (all cores busy with this run alone) and
 `engine_bound_instructions_per_s` (the engine's one event loop busy), `cpu_utilisation`
 (CPU used / (run seconds x cores)), `outputs_sha256` and `db_sha256` (the records in id
 order and the DB's modules without run id and clock: equal in A/B runs of code that must
-not change outputs), `loadavg` (1 min, at the start), `items`, `cores`.
+not change outputs), `loadavg` (1 min, at the start), `items`, `cores`, and two figures of the
+machine itself, taken before the runs, so runs on different days or VMs can be compared (the
+same code measured 97.3/s median one day and 149/s the next): `machine_python_ms` (a fixed
+pure-Python loop, best of 5) and `machine_fork_us` (fork + exit + wait of this process,
+median of 100: what each sandbox job pays).
 
     .venv/bin/python bench/e2e.py [--quick] [--profile FILE] [--timeline FILE [--only-timeline]]
 """
@@ -236,6 +240,30 @@ def _one_run(
     }
 
 
+def _machine() -> dict[str, float]:
+    """The machine's own speed: a fixed pure-Python loop and a fork (see the docstring)."""
+    loop = []
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        loop.append(time.perf_counter() - start)
+    forks = []
+    for _ in range(100):
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forks.append(time.perf_counter() - start)
+    forks.sort()
+    return {
+        "machine_python_ms": round(1000 * min(loop), 1),
+        "machine_fork_us": round(1e6 * forks[len(forks) // 2]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="40 + 40 prompts, one repetition")
@@ -284,6 +312,7 @@ def main() -> None:
         extra += ["--test-timeout", str(args.test_timeout)]
     rows = _prompts(40 if args.quick else None)
     load = os.getloadavg()[0]
+    machine = _machine()
     results: dict[str, dict[str, Any]] = {}
     runs = (("zero", "0", "none"), ("isolated", "0", "auto"), ("lognormal", args.lognormal, "none"))
     if args.only_timeline:
@@ -375,6 +404,7 @@ def main() -> None:
                 "speculation_proven": zero["speculation"].get("proven", 0),
                 "speculation_waited": zero["speculation"].get("waited", 0),
                 "loadavg": round(load, 2),
+                **machine,
                 "items": int(zero["items"]),
                 "concurrency": args.concurrency,
                 "window": args.window,
