@@ -27,6 +27,7 @@ from amr_async.pipeline.instructions import (
     clean_question,
     evolve,
     pick_heuristic,
+    self_instruct,
 )
 from amr_async.teacher.types import ChatRequest, Outcome, OutcomeKind, Provider, Usage
 from tests.test_pipeline_cli import _cli
@@ -183,6 +184,36 @@ async def test_evolve_chains_levels_and_goes_on_from_the_parent_after_an_elimina
     assert all(r["parent"] in ("z", *(x["id"] for x in z)) for r in z)
     assert report.eliminated.get("refusal", 0) == 3 - len(z)
     assert report.written == len(got)
+
+
+async def test_self_instruct_uses_the_dedup_it_is_given() -> None:
+    # A fresh Dedup is empty, so falsy: `dedup or Dedup()` once swapped the caller's for a
+    # default one, and `--max-similarity` did nothing in self-instruct.
+    names = iter(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"])
+
+    async def send(request: ChatRequest) -> Outcome:
+        # Cosine 0.93-0.95 to each other: near duplicates at 0.9, not at 0.999.
+        text = (
+            "Write a Python function that sorts a list of integers in place and returns the "
+            f"number of swaps it made, then logs {next(names)}."
+        )
+        return Outcome(OutcomeKind.OK, text=text, usage=Usage(10, 10), finish_reason="stop")
+
+    teacher = JournaledTeacher(send, provider=Provider.OPENAI, run=None)
+    seeds = [InputItem(f"s{i}", i, text) for i, text in enumerate(_SEEDS)]
+    got: list[dict[str, Any]] = []
+
+    async def emit(record: dict[str, Any]) -> None:
+        got.append(record)
+
+    dedup = Dedup(0.999)
+    report = await self_instruct(
+        teacher, load_templates()["instruction"], seeds, n=3,
+        settings=TeacherSettings("m", 100, 0.7), emit=emit, dedup=dedup, round_size=4,
+    )  # fmt: skip
+    assert report.written == 3
+    assert report.eliminated == {}
+    assert len(dedup) == len(_SEEDS) + 4  # the round's fourth question is kept, not emitted
 
 
 def test_dedup_exact_and_near() -> None:

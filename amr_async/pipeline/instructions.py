@@ -190,7 +190,7 @@ async def self_instruct(
         raise ValueError("n and round_size must be >= 1")
     if not 0 <= machine_examples <= 7:
         raise ValueError(f"machine_examples must be in 0..7, got {machine_examples}")
-    dedup = dedup or Dedup()
+    dedup = Dedup() if dedup is None else dedup  # an empty Dedup is falsy (len 0)
     report = GenerationReport()
     await _keep(dedup, GenerationReport(), [(s.item_id, s.instruction) for s in seeds])
     rng = random.Random(seed)
